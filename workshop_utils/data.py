@@ -1,0 +1,462 @@
+"""The image index: which picture, which class, which subset — loaded, checked, split and encoded.
+
+Two sources, one table (columns ``image_path`` absolute, ``label``, ``subset``): the car-damage
+``index.csv`` (header ``image,class,subset``, subsets ``T``/``V``) or a folder tree of images (ML.NET's
+``LoadImagesFromDirectory``). Problems are reported with the file and its line numbers (line 1 is the
+header, so the first data row is line 2), never discovered later in the middle of training.
+No TensorFlow here: this module only reads files.
+"""
+from __future__ import annotations
+
+import math
+import os
+import re
+import tempfile
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+import pandas as pd
+
+COLUMNS = ["image_path", "label", "subset"]
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
+INDEX_HEADER = ("image", "class", "subset")
+COLUMN_ALIASES = {"label": "class"}  # accepted in index.csv headers
+SUBSET_NAMES = {
+    "t": "train", "train": "train", "training": "train",
+    "v": "validation", "val": "validation", "valid": "validation", "validation": "validation",
+    "test": "test", "testing": "test",
+}
+TF_DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}  # what tf.io.decode_image reads (images.py)
+SHOW_AT_MOST = 10  # offending rows/values quoted in a message
+
+
+class DatasetError(ValueError):
+    """The dataset (index file, image folder or table) cannot be used as it is."""
+
+
+class DatasetNotFoundError(DatasetError, FileNotFoundError):
+    """The index file or image folder does not exist."""
+
+
+class IndexFormatError(DatasetError):
+    """index.csv cannot be parsed, or a row lacks its image path."""
+
+
+class MissingColumnsError(DatasetError):
+    """index.csv (or a table) lacks a required column."""
+
+
+class MissingImagesError(DatasetError):
+    """Rows point at image files that do not exist."""
+
+
+class UnknownSubsetError(DatasetError):
+    """A subset value is none of T/V/train/validation/val/test."""
+
+
+class EmptyLabelError(DatasetError):
+    """A row or file has no class name."""
+
+
+class EmptyDatasetError(DatasetError):
+    """No rows at all (or none in a subset that is needed)."""
+
+
+class NoImagesFoundError(DatasetError):
+    """A folder holds no .jpg/.jpeg/.png files."""
+
+
+class UnknownLabelError(DatasetError):
+    """A class name that the LabelMap does not know."""
+
+
+class LabelFileError(DatasetError):
+    """labels.txt is empty, unsorted or has duplicate/blank lines."""
+
+
+class UnseenClassWarning(UserWarning):
+    """A class is in validation/test but never in train: the model cannot learn it."""
+
+
+class StratifyFallbackWarning(UserWarning):
+    """split() could not keep class proportions and split at random instead."""
+
+
+def _some(items: Sequence, what: str) -> str:
+    """'lines 2, 5, 9 (3 in all)' — the first SHOW_AT_MOST items and the total count."""
+    items = list(items)
+    shown = ", ".join(str(i) for i in items[:SHOW_AT_MOST])
+    more = f", … and {len(items) - SHOW_AT_MOST} more" if len(items) > SHOW_AT_MOST else ""
+    return f"{what} {shown}{more} ({len(items)} in all)"
+
+
+def _source(df: pd.DataFrame) -> str:
+    """Where a table came from, for messages (load_index/load_images_from_directory set it)."""
+    return str(df.attrs.get("source", "the table"))
+
+
+def _require_columns(df: pd.DataFrame, needed: Sequence[str], fix: str) -> None:
+    missing = [c for c in needed if c not in df.columns]
+    if missing:
+        raise MissingColumnsError(
+            f"{_source(df)}: missing column(s) {', '.join(missing)}; expected {', '.join(needed)}, "
+            f"found {', '.join(map(str, df.columns)) or 'none'}. {fix}"
+        )
+
+
+def _warn_unseen(df: pd.DataFrame, line_of=None) -> list[str]:
+    """Warn (UnseenClassWarning) about classes in validation/test rows but in no train row."""
+    train = set(df.loc[df["subset"] == "train", "label"])
+    others = df[df["subset"].isin(["validation", "test"]) & ~df["label"].isin(train)]
+    unseen = sorted(set(others["label"]))
+    for name in unseen:
+        rows = others[others["label"] == name]
+        if line_of:
+            where = _some([line_of(i) for i in rows.index], "lines")
+        else:
+            where = f"{len(rows)} image{'s' * (len(rows) != 1)}"
+        warnings.warn(
+            f"{_source(df)}: class {name!r} is in {'/'.join(sorted(set(rows['subset'])))} ({where}) but "
+            "never in train, so the model cannot learn it and those images will always be misclassified. "
+            "Add training images of it, or drop those rows.",
+            UnseenClassWarning,
+            stacklevel=3,
+        )
+    return unseen
+
+
+def load_index(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """Read a car-damage ``index.csv`` (``image,class,subset``) into image_path/label/subset, checking every row.
+
+    Paths are relative to the CSV's folder, or — when ``image_dir`` is given — only the file name is kept
+    and looked up in ``image_dir`` (as the original lab does). Row order is kept.
+    """
+    csv_path = Path(csv_path).expanduser().absolute()
+    if not csv_path.is_file():
+        raise DatasetNotFoundError(
+            f"Index file {csv_path} does not exist. Check the path, or fetch the dataset first "
+            "(workshop_utils.download.resolve_dataset)."
+        )
+    try:  # blank lines are kept as empty rows so that row i is line i + 2 of the file
+        raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skip_blank_lines=False,
+                          encoding="utf-8-sig")
+    except pd.errors.EmptyDataError:
+        raise EmptyDatasetError(f"{csv_path}: the file is empty; expected the header image,class,subset "
+                                "followed by one line per image.") from None
+    except (pd.errors.ParserError, UnicodeDecodeError) as error:
+        raise IndexFormatError(f"{csv_path}: not a readable CSV file ({error}). Save it as UTF-8 CSV with "
+                               "the header image,class,subset and three comma-separated values a line.") from None
+    raw.attrs["source"] = str(csv_path)
+    raw.columns = [COLUMN_ALIASES.get(c.strip().lower(), c.strip().lower()) for c in raw.columns]
+    _require_columns(raw, INDEX_HEADER, "Make the first line of the file exactly: image,class,subset")
+    raw = raw[list(INDEX_HEADER)].apply(lambda column: column.str.strip())
+    raw = raw[(raw != "").any(axis=1)]  # blank lines
+
+    def line_of(i: int) -> int:  # pandas row label -> line number in the file (header is line 1)
+        return i + 2
+
+    if raw.empty:
+        raise EmptyDatasetError(f"{csv_path}: the index has a header but no data rows; add one line per "
+                                "image (image,class,subset).")
+
+    def check(mask: pd.Series, error: type[DatasetError], problem: str, fix: str) -> None:
+        if mask.any():
+            raise error(f"{csv_path}: {problem} on {_some([line_of(i) for i in raw.index[mask]], 'lines')}. {fix}")
+
+    check(raw["image"] == "", IndexFormatError, "empty 'image' value",
+          "Every line needs the image's path, e.g. image/12.jpeg.")
+    check(raw["class"] == "", EmptyLabelError, "empty 'class' value",
+          "Every line needs a class name; fill it in or delete the line.")
+    subset = raw["subset"].str.lower().map(SUBSET_NAMES)
+    bad = subset.isna()
+    if bad.any():
+        values = ", ".join(repr(v) for v in sorted(set(raw.loc[bad, "subset"]))[:SHOW_AT_MOST])
+        check(bad, UnknownSubsetError, f"unknown subset value(s) {values}",
+              "Use T (train) or V (validation); train/validation/val/test are also accepted.")
+
+    relative = raw["image"].str.replace("\\", "/", regex=False)
+    if image_dir is not None:
+        base = Path(image_dir).expanduser().absolute()
+        paths = [os.path.join(base, PurePosixPath(p).name) for p in relative]
+    else:
+        paths = [os.path.normpath(os.path.join(csv_path.parent, p)) for p in relative]
+    exists = pd.Series([os.path.isfile(p) for p in paths], index=raw.index)
+    if not exists.all():
+        first = next(p for p, found in zip(paths, exists) if not found)
+        where = f"in {image_dir}" if image_dir is not None else f"relative to {csv_path.parent}"
+        check(~exists, MissingImagesError, f"image files not found (looked {where}; first: {first})",
+              "Check that the image folder sits next to index.csv (or pass image_dir=), or delete those lines.")
+
+    df = pd.DataFrame({"image_path": paths, "label": raw["class"].to_numpy(), "subset": subset.to_numpy()},
+                      index=raw.index)
+    df.attrs["source"] = str(csv_path)
+    df.attrs["unseen_classes"] = _warn_unseen(df, line_of)
+    return df.reset_index(drop=True)
+
+
+def _is_image(name: str) -> bool:
+    return name.lower().endswith(IMAGE_EXTENSIONS)
+
+
+def load_images_from_directory(folder: str | os.PathLike, use_folder_name_as_label: bool = True) -> pd.DataFrame:
+    """Every .jpg/.jpeg/.png under ``folder`` (recursive, sorted), as in ML.NET's LoadImagesFromDirectory.
+
+    The label is the image's parent folder name, or — with ``use_folder_name_as_label=False`` — the
+    leading letters of its file name (``UD7001-220.jpg`` → ``UD``). Subset is left empty: use split().
+    """
+    folder = Path(folder).expanduser().absolute()
+    if not folder.is_dir():
+        raise DatasetNotFoundError(f"Image folder {folder} does not exist (or is not a folder). Check the path.")
+    paths, others = [], 0
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        for name in sorted(files):
+            if _is_image(name) and not name.startswith("."):
+                paths.append(os.path.join(root, name))
+            else:
+                others += 1
+    if not paths:
+        raise NoImagesFoundError(
+            f"{folder}: no images found ({', '.join(IMAGE_EXTENSIONS)} in any case, searched recursively; "
+            f"{others} other file(s) seen). Point at the folder whose sub-folders hold the images, one "
+            "sub-folder per class."
+        )
+    if use_folder_name_as_label:
+        labels = [Path(p).parent.name for p in paths]
+    else:
+        labels = [re.match(r"[^\W\d_]*", Path(p).name).group(0) for p in paths]
+        empty = [Path(p).name for p, label in zip(paths, labels) if not label]
+        if empty:
+            raise EmptyLabelError(
+                f"{folder}: {_some(empty, 'files')} do not start with letters, so they have no class name "
+                "(use_folder_name_as_label=False takes the leading letters, e.g. UD7001-220.jpg -> UD). "
+                "Rename them or use use_folder_name_as_label=True."
+            )
+    df = pd.DataFrame({"image_path": paths, "label": labels, "subset": ""})
+    df.attrs["source"] = str(folder)
+    return df
+
+
+def load_dataset(path: str | os.PathLike) -> pd.DataFrame:
+    """A CSV file, a folder holding ``index.csv``, or a folder of class folders -> the image table."""
+    path = Path(path).expanduser().absolute()
+    if path.is_file():
+        return load_index(path)
+    if (path / "index.csv").is_file():
+        return load_index(path / "index.csv")
+    if path.is_dir():
+        return load_images_from_directory(path)
+    raise DatasetNotFoundError(f"Dataset {path} does not exist: give an index.csv file or a folder of class folders.")
+
+
+def _stratified_or_random(df: pd.DataFrame, n_test: int, seed: int, stratify: bool, stage: str):
+    """sklearn's train_test_split, stratified by label when asked and possible (else warn and go random)."""
+    from sklearn.model_selection import train_test_split
+
+    if stratify:
+        counts = df["label"].value_counts()
+        lonely = sorted(counts.index[counts < 2])
+        reason = (f"{_some([repr(c) for c in lonely], 'classes')} have only 1 image" if lonely else None)
+        if reason is None:
+            try:
+                return train_test_split(df, test_size=n_test, random_state=seed, stratify=df["label"])
+            except ValueError as error:  # e.g. fewer held-out images than classes
+                reason = str(error)
+        warnings.warn(
+            f"{_source(df)}: split() cannot keep class proportions in {stage} ({reason}); splitting at "
+            "random there instead, so some classes may be missing from a part. More images per class avoid this.",
+            StratifyFallbackWarning,
+            stacklevel=3,
+        )
+    return train_test_split(df, test_size=n_test, random_state=seed)
+
+
+def split(df: pd.DataFrame, test_fraction: float = 0.3, validation_fraction: float = 0.9, seed: int = 0,
+          stratify: bool = True) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, validation, test) as the ML.NET tutorial: hold out ``test_fraction``, then split that part
+    ``validation_fraction`` / rest into validation / test. Stratified by label when feasible; same seed, same split.
+    """
+    _require_columns(df, ["image_path", "label"], "Load the table with load_dataset() or load_index().")
+    if not 0 < test_fraction < 1:
+        raise DatasetError(f"split(): test_fraction must be between 0 and 1 (exclusive), got {test_fraction}.")
+    if not 0 < validation_fraction <= 1:
+        raise DatasetError(f"split(): validation_fraction must be in (0, 1], got {validation_fraction}.")
+    if len(df) < 2:
+        raise EmptyDatasetError(f"{_source(df)}: split() needs at least 2 images, got {len(df)}.")
+    n_held = min(max(math.ceil(len(df) * test_fraction), 1), len(df) - 1)
+    train, held = _stratified_or_random(df, n_held, seed, stratify, f"the {test_fraction:.0%} hold-out")
+    n_test = math.ceil(len(held) * (1 - validation_fraction)) if len(held) > 1 else 0
+    if n_test == 0:
+        validation, test = held, held.iloc[:0]
+    else:
+        stage = f"the {validation_fraction:.0%}/{1 - validation_fraction:.0%} validation/test split"
+        validation, test = _stratified_or_random(held, min(n_test, len(held) - 1), seed, stratify, stage)
+    attrs = {k: v for k, v in df.attrs.items() if k != "unseen_classes"}
+    parts = []
+    for part, name in [(train, "train"), (validation, "validation"), (test, "test")]:
+        part = part.assign(subset=name).reset_index(drop=True)
+        part.attrs = dict(attrs)
+        parts.append(part)
+    combined = pd.concat(parts, ignore_index=True)
+    combined.attrs = dict(attrs)
+    _warn_unseen(combined)  # only possible after a random fallback
+    return parts[0], parts[1], parts[2]
+
+
+def by_subset(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation) from the ``subset`` column, as the car-damage lab does with T and V."""
+    _require_columns(df, ["image_path", "label", "subset"], "Load the table with load_index() or use split().")
+    train = df[df["subset"] == "train"].reset_index(drop=True)
+    validation = df[df["subset"] == "validation"].reset_index(drop=True)
+    for part, name in [(train, "train"), (validation, "validation")]:
+        if part.empty:
+            found = ", ".join(sorted(repr(s) for s in set(df["subset"]))) or "no rows at all"
+            raise EmptyDatasetError(
+                f"{_source(df)}: no {name} rows (subset values found: {found}). Mark rows T/V in index.csv, "
+                "or make the parts with split(df)."
+            )
+    unseen = sorted(set(validation["label"]) - set(train["label"]))
+    if unseen and unseen != df.attrs.get("unseen_classes"):  # load_index already warned about these
+        _warn_unseen(df[df["subset"] != "test"])
+    return train, validation
+
+
+class LabelMap:
+    """Class names <-> indices, names sorted by value (so index i is the i-th output of the model)."""
+
+    def __init__(self, names: Iterable[str]):
+        names = sorted({str(n) for n in names})
+        bad = [n for n in names if not n.strip() or "\n" in n or "\r" in n]
+        if bad:
+            raise EmptyLabelError(f"LabelMap: class names must be non-blank single lines, got {bad!r}.")
+        self._names = names
+        self._index = {n: i for i, n in enumerate(names)}
+
+    @classmethod
+    def from_labels(cls, labels: Iterable[str]) -> LabelMap:
+        """The map of the distinct labels in a column or list."""
+        return cls(labels)
+
+    @property
+    def names(self) -> list[str]:
+        """Class names in index order."""
+        return list(self._names)
+
+    def index(self, name: str) -> int:
+        """The index of a class name."""
+        try:
+            return self._index[name]
+        except KeyError:
+            raise UnknownLabelError(
+                f"Unknown class {name!r}; this label map knows {len(self)}: {', '.join(self._names)}."
+            ) from None
+
+    def name(self, index: int) -> str:
+        """The class name at an index."""
+        if not 0 <= int(index) < len(self):
+            raise IndexError(f"Class index {index} is out of range: this label map has {len(self)} classes.")
+        return self._names[int(index)]
+
+    def encode(self, labels: Iterable[str]) -> np.ndarray:
+        """Class names -> int64 indices; all unknown names are reported at once."""
+        labels = list(labels)
+        unknown = sorted({str(x) for x in labels} - set(self._index))
+        if unknown:
+            raise UnknownLabelError(
+                f"{_some([repr(u) for u in unknown], 'unknown classes')}; this label map knows "
+                f"{', '.join(self._names)}. Was the model trained on another dataset?"
+            )
+        return np.array([self._index[x] for x in labels], dtype=np.int64)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``labels.txt`` (one name a line, UTF-8) atomically; ``path`` is the file or its folder."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "labels.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+                f.write("".join(f"{n}\n" for n in self._names))
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.remove(tmp)
+            raise
+        return path
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> LabelMap:
+        """Read a ``labels.txt`` written by save(); order must be as saved (sorted, unique)."""
+        path = Path(path)
+        if path.is_dir():
+            path = path / "labels.txt"
+        if not path.is_file():
+            raise DatasetNotFoundError(f"Label file {path} does not exist; it is written next to a saved model.")
+        lines = path.read_text(encoding="utf-8").splitlines()
+        blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+        if not lines or blank:
+            raise LabelFileError(f"{path}: {'empty file' if not lines else _some(blank, 'blank lines')}; "
+                                 "expected one class name a line.")
+        if lines != sorted(set(lines)):
+            raise LabelFileError(
+                f"{path}: class names are not sorted and unique, so the model's outputs could be matched to "
+                "the wrong names. Re-save it with LabelMap.save() instead of editing it by hand."
+            )
+        return cls(lines)
+
+    def __len__(self) -> int:
+        return len(self._names)
+
+    def __iter__(self):
+        return iter(self._names)
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, LabelMap) and self._names == other._names
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._names))
+
+    def __repr__(self) -> str:
+        return f"LabelMap({self._names!r})"
+
+
+def _image_problem(path: str) -> str | None:
+    """Why an image cannot be used, or None when PIL decodes it fully in a format TensorFlow reads."""
+    from PIL import Image
+
+    if not os.path.isfile(path):
+        return "file not found"
+    try:
+        with Image.open(path) as image:
+            image.verify()  # structure and checksums (PNG)
+        with Image.open(path) as image:
+            image.load()  # every pixel: catches truncated files
+            if image.format not in TF_DECODABLE_FORMATS:
+                return f"format {image.format} cannot be decoded by TensorFlow (JPEG, PNG, GIF, BMP only)"
+    except Exception as error:  # noqa: BLE001  (every failure is reported, none stops the run)
+        return f"cannot decode: {type(error).__name__}: {error}"
+    return None
+
+
+def validate_images(df: pd.DataFrame | Iterable[str | os.PathLike], progress: bool | None = None) -> pd.DataFrame:
+    """Decode every image with PIL; the problems as a DataFrame(path, reason), empty when all are fine.
+
+    One bad file never stops the run. ``progress`` (default: when more than 100 images) shows a tqdm bar.
+    """
+    from tqdm.auto import tqdm
+
+    if isinstance(df, pd.DataFrame):
+        _require_columns(df, ["image_path"], "Load the table with load_dataset() first.")
+        paths = [str(p) for p in df["image_path"]]
+    else:
+        paths = [str(p) for p in df]
+    problems = []
+    for path in tqdm(paths, desc="Checking images", unit="img",
+                     disable=not (len(paths) > 100 if progress is None else progress)):
+        reason = _image_problem(path)
+        if reason:
+            problems.append((path, reason))
+    return pd.DataFrame(problems, columns=["path", "reason"])
