@@ -1,0 +1,279 @@
+"""The bottleneck phase: decoding, bad images, ML.NET's progress lines, and the fingerprinted atomic cache."""
+import json
+import os
+import time
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from workshop_utils import bottleneck
+from workshop_utils.architectures import Architecture
+from workshop_utils.bottleneck import (
+    BottleneckError,
+    Bottlenecks,
+    SkippedImagesWarning,
+    compute_bottlenecks,
+    load_bottlenecks,
+)
+
+keras = pytest.importorskip("keras")
+
+
+def _tiny_backbone(input_shape, weights):
+    return keras.Sequential(
+        [keras.Input(input_shape), keras.layers.Conv2D(4, 3, activation="relu"), keras.layers.GlobalAveragePooling2D()]
+    )
+
+
+def tiny(name="Tiny"):
+    """A 4-wide stand-in backbone: the pipeline and cache logic do not depend on the CNN's size."""
+    return Architecture(name=name, input_size=(32, 32), bottleneck_width=4, preprocess_input=lambda x: x,
+                        scale=1 / 255, offset=0.0, backbone=_tiny_backbone)
+
+
+def _save(path, mode, colour, fmt=None):
+    size = (40, 30)
+    if mode == "P":
+        image = Image.new("RGB", size, colour).convert("P")
+    else:
+        image = Image.new(mode, size, colour)
+    image.save(path, format=fmt)
+    return str(path)
+
+
+@pytest.fixture
+def images(tmp_path):
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = [
+        _save(folder / "rgb.jpg", "RGB", (200, 20, 20)),
+        _save(folder / "rgba.png", "RGBA", (20, 200, 20, 128)),
+        _save(folder / "gray.gif", "L", 90),
+        _save(folder / "rgb.bmp", "RGB", (20, 20, 200)),
+        _save(folder / "gray.jpeg", "L", 200),
+        _save(folder / "palette.png", "P", (250, 250, 0)),
+    ]
+    return pd.DataFrame({"image_path": paths, "label": ["a", "b", "a", "b", "a", "b"]})
+
+
+def _bad_files(folder):
+    text = folder / "text.jpg"
+    text.write_text("this is not a JPEG")
+    empty = folder / "empty.jpg"
+    empty.write_bytes(b"")
+    good = (folder / "rgb.jpg").read_bytes()
+    truncated = folder / "truncated.jpg"
+    truncated.write_bytes(good[: len(good) // 2])
+    return [str(text), str(empty), str(truncated)]
+
+
+def test_decodes_every_format(images, tmp_path):
+    result = compute_bottlenecks(images, tiny(), tmp_path / "ws", batch_size=4, weights=None, progress=False)
+    assert isinstance(result, Bottlenecks)
+    assert result.features.shape == (6, 4) and result.features.dtype == np.float32
+    assert np.isfinite(result.features).all()
+    assert result.labels == list(images["label"])
+    assert result.image_paths == [os.path.abspath(p) for p in images["image_path"]]
+    assert result.skipped.empty and not result.from_cache
+    assert (result.arch, result.weights_id, result.image_size) == ("Tiny", "random-init:seed0", (32, 32))
+
+
+def test_bad_images_are_skipped_and_reported(images, tmp_path):
+    bad = _bad_files(tmp_path / "images")
+    frame = pd.concat([images.iloc[:2], pd.DataFrame({"image_path": bad, "label": ["x", "y", "z"]}),
+                       images.iloc[2:]], ignore_index=True)
+    with pytest.warns(SkippedImagesWarning, match=r"Skipped 3 of 9 images .*text\.jpg"):
+        result = compute_bottlenecks(frame, tiny(), tmp_path / "ws", batch_size=4, weights=None, progress=False)
+    assert len(result) == 6
+    assert result.labels == list(images["label"])  # rows stay aligned with their labels
+    assert not (result.features == 0).all(axis=1).any()  # never a zero vector in place of an image
+    reasons = dict(zip(result.skipped["path"], result.skipped["reason"]))
+    assert list(reasons) == [os.path.abspath(p) for p in bad]
+    assert "Unknown image file format" in reasons[os.path.abspath(bad[0])]
+    assert reasons[os.path.abspath(bad[1])] == "empty file (0 bytes)"
+    assert "Invalid JPEG data" in reasons[os.path.abspath(bad[2])]
+
+
+def test_missing_file_is_skipped(images, tmp_path):
+    frame = pd.concat([images, pd.DataFrame({"image_path": [str(tmp_path / "gone.jpg")], "label": ["a"]})])
+    with pytest.warns(SkippedImagesWarning, match="gone.jpg: file not found"):
+        result = compute_bottlenecks(frame, tiny(), tmp_path / "ws", weights=None, progress=False)
+    assert len(result) == 6
+
+
+def test_nothing_decodable_is_an_error(tmp_path):
+    (tmp_path / "images").mkdir()
+    (tmp_path / "images" / "rgb.jpg").write_bytes(b"\xff\xd8\xff")
+    frame = pd.DataFrame({"image_path": _bad_files(tmp_path / "images"), "label": ["a"] * 3})
+    with pytest.raises(BottleneckError, match=r"None of the 3 images could be decoded \(first: .*text\.jpg"):
+        compute_bottlenecks(frame, tiny(), tmp_path / "ws", weights=None, progress=False)
+
+
+def test_bad_tables(tmp_path):
+    with pytest.raises(BottleneckError, match="needs a DataFrame with an 'image_path' column"):
+        compute_bottlenecks(pd.DataFrame({"path": ["x.jpg"]}), tiny(), tmp_path, weights=None)
+    with pytest.raises(BottleneckError, match="No images to compute bottlenecks for"):
+        compute_bottlenecks(pd.DataFrame({"image_path": []}), tiny(), tmp_path, weights=None)
+    with pytest.raises(BottleneckError, match="batch_size must be at least 1"):
+        compute_bottlenecks(pd.DataFrame({"image_path": ["x.jpg"]}), tiny(), tmp_path, batch_size=0, weights=None)
+
+
+def test_metrics_callback_lines(images, tmp_path):
+    lines = []
+    compute_bottlenecks(images.iloc[:3], tiny(), tmp_path / "ws", cache_name="validation", weights=None,
+                        metrics_callback=lambda m: lines.append(str(m)), progress=False)
+    assert lines == [f"Phase: Bottleneck Computation, Dataset used: Validation, Image Index:   {i}" for i in (1, 2, 3)]
+    lines.clear()
+    compute_bottlenecks(images.iloc[:1], tiny(), tmp_path / "ws", cache_name="train", weights=None,
+                        metrics_callback=lambda m: lines.append(str(m)), progress=False)
+    assert lines == ["Phase: Bottleneck Computation, Dataset used:      Train, Image Index:   1"]
+
+
+def test_cache_files_and_reuse_without_building_the_model(images, tmp_path, monkeypatch, capsys):
+    first = compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    folder = tmp_path / "ws" / "bottlenecks" / "train"
+    assert sorted(p.name for p in folder.iterdir()) == ["features.npy", "labels.txt", "manifest.json"]
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["train"]  # no temporary folders left
+    manifest = json.loads((folder / "manifest.json").read_text())
+    fingerprint = manifest["fingerprint"]
+    assert fingerprint["arch"] == "Tiny" and fingerprint["image_size"] == [32, 32]
+    assert fingerprint["images"][0][:2] == ["rgb.jpg", os.path.getsize(images["image_path"][0])]
+    assert (folder / "labels.txt").read_text().splitlines() == list(images["label"])
+
+    def no_model(*args, **kwargs):
+        raise AssertionError("a cache hit must not build the model")
+
+    monkeypatch.setattr(bottleneck, "feature_extractor", no_model)
+    again = compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False)
+    assert again.from_cache
+    np.testing.assert_array_equal(again.features, first.features)
+    assert again.labels == first.labels and again.image_paths == first.image_paths
+    loaded = load_bottlenecks(folder)
+    np.testing.assert_array_equal(loaded.features, first.features)
+    assert loaded.image_paths == first.image_paths and loaded.labels == first.labels
+
+
+def test_reuse_false_recomputes(images, tmp_path):
+    compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    again = compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=False, weights=None, progress=False)
+    assert not again.from_cache
+
+
+def test_changed_image_makes_the_cache_stale(images, tmp_path, capsys):
+    compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    path = images["image_path"][3]
+    _save(path, "RGB", (255, 255, 255), fmt="BMP")  # same name, new bytes
+    os.utime(path, ns=(time.time_ns(), time.time_ns() + 10**9))
+    capsys.readouterr()
+    result = compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False)
+    assert not result.from_cache
+    out = capsys.readouterr().out.strip().splitlines()
+    assert out == ["Cache train is stale: 1 image changed (first: rgb.bmp); recomputing."]
+    assert compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False).from_cache
+
+
+def test_other_images_make_the_cache_stale(images, tmp_path, capsys):
+    compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    capsys.readouterr()
+    result = compute_bottlenecks(images.iloc[:5], tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False)
+    assert not result.from_cache
+    assert "image list changed: 1 removed (first: palette.png)" in capsys.readouterr().out
+
+
+def test_changed_arch_or_size_makes_the_cache_stale(images, tmp_path, capsys):
+    compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    capsys.readouterr()
+    other = compute_bottlenecks(images, tiny("Tiny2"), tmp_path / "ws", reuse=True, weights=None, progress=False)
+    assert not other.from_cache
+    assert "Cache train is stale: architecture changed (Tiny → Tiny2); recomputing." in capsys.readouterr().out
+    bigger = compute_bottlenecks(images, tiny("Tiny2"), tmp_path / "ws", reuse=True, weights=None,
+                                 image_size=(40, 40), progress=False)
+    assert not bigger.from_cache and bigger.image_size == (40, 40)
+    assert "input size changed (32x32 → 40x40)" in capsys.readouterr().out
+
+
+def test_interrupted_write_is_never_trusted(images, tmp_path, monkeypatch, capsys):
+    real_save = np.save
+
+    def crash_after_features(*args, **kwargs):
+        real_save(*args, **kwargs)
+        raise OSError("disk full (simulated)")
+
+    monkeypatch.setattr(bottleneck.np, "save", crash_after_features)
+    with pytest.raises(OSError, match="simulated"):
+        compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    monkeypatch.undo()
+    parent = tmp_path / "ws" / "bottlenecks"
+    assert list(parent.iterdir()) == []  # neither a final nor a temporary folder is left behind
+    capsys.readouterr()
+    result = compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False)
+    assert not result.from_cache
+    assert "Cache train: no cache yet; computing the bottlenecks." in capsys.readouterr().out
+
+
+def test_interrupted_rewrite_keeps_the_old_cache_and_still_recomputes(images, tmp_path, monkeypatch, capsys):
+    compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    def killed(*args, **kwargs):
+        raise OSError("killed")
+
+    monkeypatch.setattr(bottleneck.np, "save", killed)
+    with pytest.raises(OSError, match="killed"):
+        compute_bottlenecks(images.iloc[:4], tiny(), tmp_path / "ws", weights=None, progress=False)
+    monkeypatch.undo()
+    capsys.readouterr()
+    # The old cache is intact but describes 6 images: asked for 4, it is stale, not trusted.
+    result = compute_bottlenecks(images.iloc[:4], tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False)
+    assert not result.from_cache and len(result) == 4
+    assert "image list changed: 2 removed" in capsys.readouterr().out
+
+
+def test_manifest_without_matching_features_is_not_trusted(images, tmp_path, capsys):
+    compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    folder = tmp_path / "ws" / "bottlenecks" / "train"
+    np.save(folder / "features.npy", np.zeros((2, 4), np.float32))
+    capsys.readouterr()
+    result = compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False)
+    assert not result.from_cache
+    assert "features.npy is damaged" in capsys.readouterr().out
+    with pytest.raises(BottleneckError, match="is not a complete bottleneck cache"):
+        load_bottlenecks(tmp_path / "nowhere")
+
+
+def test_skipped_images_are_remembered_by_the_cache(images, tmp_path):
+    bad = _bad_files(tmp_path / "images")
+    frame = pd.concat([images, pd.DataFrame({"image_path": bad[:1], "label": ["a"]})], ignore_index=True)
+    with pytest.warns(SkippedImagesWarning):
+        compute_bottlenecks(frame, tiny(), tmp_path / "ws", weights=None, progress=False)
+    with pytest.warns(SkippedImagesWarning, match="when the cache was made"):
+        again = compute_bottlenecks(frame, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False)
+    assert again.from_cache and len(again) == 6 and list(again.skipped["path"]) == [os.path.abspath(bad[0])]
+
+
+def test_no_cache_name_writes_nothing(images, tmp_path):
+    result = compute_bottlenecks(images, tiny(), tmp_path / "ws", cache_name=None, weights=None, progress=False)
+    assert result.cache_dir is None and not (tmp_path / "ws").exists()
+
+
+def test_mixed_precision_is_a_noop_on_cpu(images, tmp_path, capsys):
+    if bottleneck.tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is present")
+    result = compute_bottlenecks(images.iloc[:2], tiny(), tmp_path / "ws", weights=None, mixed_precision=True,
+                                 progress=False)
+    assert result.features.dtype == np.float32
+    assert "mixed precision needs a GPU" in capsys.readouterr().out
+
+
+def test_label_indices(images, tmp_path):
+    from workshop_utils.data import LabelMap
+
+    result = compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    np.testing.assert_array_equal(result.label_indices(LabelMap(["a", "b"])), [0, 1, 0, 1, 0, 1])
+
+
+def test_mobilenet_features(images, tmp_path):
+    """The real pipeline end to end with a registered architecture (random weights, small input)."""
+    result = compute_bottlenecks(images, "MobilenetV2", tmp_path / "ws", weights=None, image_size=(64, 64),
+                                 progress=False)
+    assert result.features.shape == (6, 1280) and result.arch == "MobilenetV2"

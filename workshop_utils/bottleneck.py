@@ -1,0 +1,489 @@
+"""The bottleneck phase: every image once through the frozen CNN, the pooled vectors cached on disk.
+
+Files stream through a ``tf.data`` pipeline (read → :func:`workshop_utils.images.decode_image` → batch →
+prefetch) into the feature extractor, so memory holds only the feature matrix, never all the pixels.
+The cache ``<workspace>/bottlenecks/<cache_name>/`` (``features.npy``, ``labels.txt``, ``manifest.json``)
+carries a fingerprint of the architecture, its weights, the input size and every image (relative path,
+size, mtime); ``reuse=True`` trusts it only when the fingerprint matches (ML.NET only checks that the
+files exist). It is written to a temporary folder and renamed into place, so an interrupted run never
+leaves a cache that a later run trusts. An image that cannot be decoded is skipped and reported.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import time
+import uuid
+import warnings
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .architectures import Architecture, WeightsSpec, feature_extractor, get_architecture
+from .config import import_tensorflow, workspace_dir
+from .images import SUPPORTED_FORMATS, decode_image
+from .training_metrics import TRAIN, VALIDATION, BottleneckMetrics, ImageClassificationMetrics
+
+tf = import_tensorflow()
+import keras  # noqa: E402
+
+CACHE_FORMAT = 1
+CACHE_FOLDER = "bottlenecks"
+_LEFTOVER_AGE_SECONDS = 3600  # temp/old folders of interrupted writes older than this are removed
+
+
+class BottleneckError(ValueError):
+    """The bottleneck phase cannot run on this input (no images, no image column, nothing decodable)."""
+
+
+class SkippedImagesWarning(UserWarning):
+    """Some images could not be decoded and were left out of the features (see ``Bottlenecks.skipped``)."""
+
+
+@dataclass
+class Bottlenecks:
+    """Cached features of a set of images: row i of ``features`` is image ``image_paths[i]`` of class ``labels[i]``."""
+
+    features: np.ndarray  # (N, d) float32
+    labels: list[str]
+    image_paths: list[str]
+    skipped: pd.DataFrame  # columns path, reason: images left out because they could not be decoded
+    from_cache: bool
+    arch: str
+    weights_id: str
+    image_size: tuple[int, int]
+    cache_dir: Path | None = None
+    seconds: float = 0.0  # time to compute (or load) the features
+    images_per_second: float = field(default=0.0, repr=False)  # computing speed (0 when loaded from the cache)
+
+    def __len__(self) -> int:
+        return int(self.features.shape[0])
+
+    def label_indices(self, label_map: Any) -> np.ndarray:
+        """The labels as class indices of ``label_map`` (a :class:`workshop_utils.data.LabelMap`)."""
+        return np.asarray(label_map.encode(self.labels), dtype=np.int64)
+
+
+def _empty_skipped() -> pd.DataFrame:
+    return pd.DataFrame({"path": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
+
+
+# ---------------------------------------------------------------------------------------------------
+# Fingerprint and cache files
+
+
+def _image_root(paths: list[str]) -> str:
+    """The deepest folder holding every image: paths in the fingerprint are relative to it."""
+    try:
+        return os.path.commonpath([os.path.dirname(p) for p in paths])
+    except ValueError:  # different drives (Windows): keep absolute paths
+        return ""
+
+
+def _relative(path: str, root: str) -> str:
+    return Path(os.path.relpath(path, root) if root else path).as_posix()
+
+
+def _fingerprint(paths: list[str], architecture: Architecture, weights_id: str, size: tuple[int, int],
+                 precision: str) -> dict[str, Any]:
+    """What the features depend on: model identity, input size, and each image's path, size and mtime."""
+    root = _image_root(paths)
+    images = []
+    for path in paths:
+        try:
+            st = os.stat(path)
+            images.append([_relative(path, root), int(st.st_size), int(st.st_mtime_ns)])
+        except OSError:
+            images.append([_relative(path, root), -1, -1])  # missing: will be skipped, and re-checked next run
+    return {
+        "arch": architecture.name,
+        "weights_id": weights_id,
+        "image_size": [int(size[0]), int(size[1])],
+        "precision": precision,
+        "images": images,
+    }
+
+
+def _stale_reason(old: dict[str, Any], new: dict[str, Any]) -> str | None:
+    """Why a cached fingerprint no longer matches (None when it does), in a few words."""
+    if old.get("format") != CACHE_FORMAT:
+        return f"cache format {old.get('format')} is not the current {CACHE_FORMAT}"
+    if old.get("arch") != new["arch"]:
+        return f"architecture changed ({old.get('arch')} → {new['arch']})"
+    if old.get("weights_id") != new["weights_id"]:
+        return f"backbone weights changed ({old.get('weights_id')} → {new['weights_id']})"
+    if list(old.get("image_size", [])) != new["image_size"]:
+        o, n = old.get("image_size", ["?", "?"]), new["image_size"]
+        return f"input size changed ({o[0]}x{o[1]} → {n[0]}x{n[1]})"
+    if old.get("precision") != new["precision"]:
+        return f"precision changed ({old.get('precision')} → {new['precision']})"
+    old_images = [tuple(x) for x in old.get("images", [])]
+    new_images = [tuple(x) for x in new["images"]]
+    if old_images == new_images:
+        return None
+    old_paths, new_paths = [x[0] for x in old_images], [x[0] for x in new_images]
+    if old_paths != new_paths:
+        added = [p for p in new_paths if p not in set(old_paths)]
+        removed = [p for p in old_paths if p not in set(new_paths)]
+        if added or removed:
+            parts = []
+            if added:
+                parts.append(f"{len(added)} added (first: {added[0]})")
+            if removed:
+                parts.append(f"{len(removed)} removed (first: {removed[0]})")
+            return "image list changed: " + ", ".join(parts)
+        return "image order changed"
+    changed = [n[0] for o, n in zip(old_images, new_images) if o != n]
+    return f"{len(changed)} image{'s' if len(changed) != 1 else ''} changed (first: {changed[0]})"
+
+
+@contextmanager
+def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary sibling folder to fill; on success it replaces ``folder`` in one rename.
+
+    An existing ``folder`` is renamed away first and deleted after the new one is in place, so a crash at
+    any point leaves either the old complete folder, the new complete one, or none — never a partial one
+    under the final name. On an exception the temporary folder is deleted and the exception propagates.
+    """
+    folder = Path(folder)
+    parent = folder.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    _remove_leftovers(parent, folder.name)
+    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    tmp = parent / f".tmp-{folder.name}-{token}"
+    tmp.mkdir()
+    try:
+        yield tmp
+        old = None
+        if folder.exists():
+            old = parent / f".old-{folder.name}-{token}"
+            os.replace(folder, old)
+        os.replace(tmp, folder)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def _write_cache(folder: Path, features: np.ndarray, labels: list[str], manifest: dict[str, Any]) -> None:
+    """Write features, labels and (last) the manifest, atomically."""
+    with atomic_folder(folder) as tmp:
+        np.save(tmp / "features.npy", features, allow_pickle=False)
+        (tmp / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        # The manifest goes last: a folder without it is never trusted.
+        with open(tmp / "manifest.json", "w", encoding="utf-8") as fh:
+            json.dump(manifest, fh)
+            fh.flush()
+            os.fsync(fh.fileno())
+
+
+def _remove_leftovers(parent: Path, name: str) -> None:
+    """Delete temp/old folders that interrupted writes of this cache left behind (older than an hour)."""
+    now = time.time()
+    for pattern in (f".tmp-{name}-*", f".old-{name}-*"):
+        for leftover in parent.glob(pattern):
+            try:
+                if now - leftover.stat().st_mtime > _LEFTOVER_AGE_SECONDS:
+                    shutil.rmtree(leftover, ignore_errors=True)
+            except OSError:
+                pass
+
+
+def _read_manifest(folder: Path) -> dict[str, Any] | None:
+    try:
+        with open(folder / "manifest.json", encoding="utf-8") as fh:
+            data = json.load(fh)
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+def _load_features(folder: Path, manifest: dict[str, Any]) -> np.ndarray | None:
+    """The cached matrix, or None when it does not match the manifest (damaged by hand)."""
+    try:
+        features = np.load(folder / "features.npy", allow_pickle=False)
+    except (OSError, ValueError):
+        return None
+    if features.ndim != 2 or features.shape[0] != manifest.get("rows") or features.dtype != np.float32:
+        return None
+    return features
+
+
+def load_bottlenecks(folder: str | os.PathLike) -> Bottlenecks:
+    """Open a cache folder written by :func:`compute_bottlenecks` without the images (e.g. to retrain a head)."""
+    folder = Path(folder)
+    manifest = _read_manifest(folder)
+    features = None if manifest is None else _load_features(folder, manifest)
+    if manifest is None or features is None:
+        raise BottleneckError(
+            f"{folder} is not a complete bottleneck cache (manifest.json and features.npy must match); "
+            "compute it again with compute_bottlenecks()."
+        )
+    labels = (folder / "labels.txt").read_text(encoding="utf-8").splitlines()
+    root = manifest.get("root", "")
+    skipped_rows = {int(s["index"]) for s in manifest.get("skipped", [])}
+    kept = [img[0] for i, img in enumerate(manifest["fingerprint"]["images"]) if i not in skipped_rows]
+    paths = [os.path.join(root, p) if root else p for p in kept]
+    skipped = pd.DataFrame([(os.path.join(root, s["path"]) if root else s["path"], s["reason"])
+                            for s in manifest.get("skipped", [])], columns=["path", "reason"])
+    fp = manifest["fingerprint"]
+    return Bottlenecks(features=features, labels=labels, image_paths=paths,
+                       skipped=skipped if len(skipped) else _empty_skipped(), from_cache=True, arch=fp["arch"],
+                       weights_id=fp["weights_id"], image_size=tuple(fp["image_size"]), cache_dir=folder)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Computing
+
+
+_RUNNERS: dict[int, tuple[keras.Model, Callable[[tf.Tensor], tf.Tensor]]] = {}
+
+
+def _runner(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
+    """A traced ``model(x, training=False)`` for any batch size, shared between calls (tracing is slow).
+
+    Measured on 2 CPU cores (MobileNetV2 224×224, batch 32): as fast as ``predict_on_batch``; XLA
+    (``jit_compile=True``) was about 15× slower for these convolutions, so it is not used.
+    """
+    key = id(model)
+    if key not in _RUNNERS or _RUNNERS[key][0] is not model:
+        h, w = model.input_shape[1:3]
+        fn = tf.function(lambda x: model(x, training=False),
+                         input_signature=[tf.TensorSpec((None, h, w, 3), tf.float32)], reduce_retracing=True)
+        _RUNNERS[key] = (model, fn)
+        while len(_RUNNERS) > 4:  # as many as architectures.feature_extractor keeps; the oldest go
+            _RUNNERS.pop(next(iter(_RUNNERS)))
+    return _RUNNERS[key][1]
+
+
+def _mixed_precision_model(architecture: Architecture, weights: WeightsSpec, size: tuple[int, int]) -> keras.Model:
+    """The extractor built under Keras's ``mixed_float16`` policy (float16 maths on the GPU, float32 out)."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        return architecture.build(weights, size)
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def _error_reason(path: str, size: tuple[int, int]) -> str | None:
+    """Decode one file eagerly to learn why the pipeline dropped it (None if it decodes now)."""
+    try:
+        if os.path.isfile(path) and os.path.getsize(path) == 0:
+            return "empty file (0 bytes)"
+        decode_image(tf.io.read_file(path), size)
+        return None
+    except tf.errors.OpError as error:
+        message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or type(error).__name__)
+        message = re.sub(r"\s*\[Op:[^\]]*\].*$", "", message).strip()
+        if isinstance(error, tf.errors.NotFoundError):
+            return "file not found"
+        return message or type(error).__name__
+
+
+def _dataset_name(cache_name: str | None, dataset_name: str | None) -> str:
+    if dataset_name:
+        return dataset_name
+    if cache_name and cache_name.lower().startswith("val"):
+        return VALIDATION
+    return TRAIN
+
+
+def compute_bottlenecks(
+    df: pd.DataFrame,
+    arch: str | Architecture,
+    workspace: str | os.PathLike | None = None,
+    cache_name: str | None = "train",
+    reuse: bool = False,
+    batch_size: int = 32,
+    metrics_callback: Callable[[ImageClassificationMetrics], Any] | None = None,
+    *,
+    weights: WeightsSpec = "imagenet",
+    image_size: tuple[int, int] | None = None,
+    dataset_name: str | None = None,
+    progress: bool = True,
+    mixed_precision: bool = False,
+) -> Bottlenecks:
+    """Run every image of ``df`` (columns ``image_path``, ``label``) through the frozen CNN once.
+
+    With ``reuse`` the cache ``<workspace>/bottlenecks/<cache_name>/`` is loaded when its fingerprint
+    matches (no model is even built); otherwise one line says why it is recomputed. ``cache_name=None``
+    neither reads nor writes a cache. ``metrics_callback`` gets ML.NET's per-image line (``dataset_name``
+    "Train"/"Validation", default from ``cache_name``); ``mixed_precision`` applies on a GPU only.
+    """
+    started = time.perf_counter()
+    if not isinstance(df, pd.DataFrame) or "image_path" not in df.columns:
+        got = list(df.columns) if isinstance(df, pd.DataFrame) else type(df).__name__
+        raise BottleneckError(
+            f"compute_bottlenecks needs a DataFrame with an 'image_path' column (got {got}); "
+            "load it with workshop_utils.data.load_dataset()."
+        )
+    if len(df) == 0:
+        raise BottleneckError(f"No images to compute bottlenecks for (cache {cache_name!r} got an empty table).")
+    if int(batch_size) < 1:
+        raise BottleneckError(f"batch_size must be at least 1, got {batch_size}.")
+    architecture = get_architecture(arch)
+    size = architecture.resolve_input_size(image_size)
+    weights_id = architecture.weights_id(weights)
+    gpus = tf.config.list_physical_devices("GPU")
+    if mixed_precision and not gpus:
+        print("Note: mixed precision needs a GPU; computing the bottlenecks in float32 on the CPU.")
+        mixed_precision = False
+    precision = "mixed_float16" if mixed_precision else "float32"
+    paths = [os.path.abspath(str(p)) for p in df["image_path"]]
+    labels = [str(x) for x in df["label"]] if "label" in df.columns else [""] * len(paths)
+    ds_name = _dataset_name(cache_name, dataset_name)
+    base = dict(arch=architecture.name, weights_id=weights_id, image_size=tuple(size))
+
+    folder = None
+    fingerprint = None
+    if cache_name is not None:
+        folder = Path(workspace if workspace is not None else workspace_dir()).expanduser() / CACHE_FOLDER / cache_name
+        fingerprint = _fingerprint(paths, architecture, weights_id, size, precision)
+        if reuse:
+            hit = _try_reuse(folder, fingerprint, paths, labels, base, cache_name, started)
+            if hit is not None:
+                return hit
+
+    if mixed_precision:
+        model = _mixed_precision_model(architecture, weights, size)
+    else:
+        model = feature_extractor(architecture, weights, size)
+    features, ok = _run_pipeline(model, paths, size, int(batch_size), ds_name, metrics_callback, progress)
+
+    skipped_rows = [i for i in range(len(paths)) if not ok[i]]
+    reasons: dict[int, str] = {}
+    retry: list[int] = []
+    for i in skipped_rows:
+        reason = _error_reason(paths[i], size)
+        if reason is None:
+            retry.append(i)  # decoded on a second try (a file written meanwhile): compute it after all
+        else:
+            reasons[i] = reason
+    if retry:
+        images = tf.stack([decode_image(tf.io.read_file(paths[i]), size) for i in retry])
+        features[retry] = np.asarray(_runner(model)(images), dtype=np.float32)
+        ok[retry] = True
+    keep = np.flatnonzero(ok)
+    if len(keep) == 0:
+        first = next(iter(reasons))
+        raise BottleneckError(
+            f"None of the {len(paths)} images could be decoded (first: {paths[first]}: {reasons[first]}); "
+            f"check the image paths and that the files are {SUPPORTED_FORMATS} images."
+        )
+    features = np.ascontiguousarray(features[keep])
+    kept_labels = [labels[i] for i in keep]
+    skipped = pd.DataFrame([(paths[i], reasons[i]) for i in sorted(reasons)], columns=["path", "reason"])
+    elapsed = time.perf_counter() - started
+    if len(skipped):
+        first = skipped.iloc[0]
+        warnings.warn(
+            f"Skipped {len(skipped)} of {len(paths)} images that could not be decoded "
+            f"(first: {first['path']}: {first['reason']}); the list is in Bottlenecks.skipped.",
+            SkippedImagesWarning,
+            stacklevel=2,
+        )
+
+    if folder is not None and fingerprint is not None:
+        root = _image_root(paths)
+        manifest = {
+            "format": CACHE_FORMAT,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
+            "root": root,
+            "rows": int(len(keep)),
+            "width": int(features.shape[1]),
+            "fingerprint": fingerprint,
+            "skipped": [{"index": int(i), "path": _relative(paths[i], root), "reason": reasons[i]}
+                        for i in sorted(reasons)],
+        }
+        _write_cache(folder, features, kept_labels, manifest)
+
+    return Bottlenecks(features=features, labels=kept_labels, image_paths=[paths[i] for i in keep],
+                       skipped=skipped if len(skipped) else _empty_skipped(), from_cache=False,
+                       cache_dir=folder, seconds=elapsed, images_per_second=len(paths) / max(elapsed, 1e-9),
+                       **base)
+
+
+def _try_reuse(folder: Path, fingerprint: dict[str, Any], paths: list[str], labels: list[str],
+               base: dict[str, Any], cache_name: str, started: float) -> Bottlenecks | None:
+    """The cached bottlenecks when the fingerprint matches; else print why and return None."""
+    manifest = _read_manifest(folder)
+    if manifest is None:
+        reason = "no cache yet" if not folder.exists() else "the cache is incomplete (no readable manifest.json)"
+        print(f"Cache {cache_name}: {reason}; computing the bottlenecks.")
+        return None
+    reason = _stale_reason({**manifest.get("fingerprint", {}), "format": manifest.get("format")}, fingerprint)
+    features = None
+    if reason is None:
+        features = _load_features(folder, manifest)
+        if features is None:
+            reason = "features.npy is damaged or does not match manifest.json"
+    if reason is not None or features is None:
+        print(f"Cache {cache_name} is stale: {reason}; recomputing.")
+        return None
+    print(f"Cache {cache_name}: reusing {len(features)} cached bottlenecks (fingerprint matches) from {folder}.")
+    skipped_info = manifest.get("skipped", [])
+    skipped_rows = {int(s["index"]) for s in skipped_info}
+    keep = [i for i in range(len(paths)) if i not in skipped_rows]
+    skipped = pd.DataFrame([(paths[int(s["index"])], s["reason"]) for s in skipped_info], columns=["path", "reason"])
+    if len(skipped):
+        first = skipped.iloc[0]
+        warnings.warn(
+            f"Skipped {len(skipped)} of {len(paths)} images that could not be decoded when the cache was made "
+            f"(first: {first['path']}: {first['reason']}); the list is in Bottlenecks.skipped.",
+            SkippedImagesWarning,
+            stacklevel=3,
+        )
+    return Bottlenecks(features=features, labels=[labels[i] for i in keep], image_paths=[paths[i] for i in keep],
+                       skipped=skipped if len(skipped) else _empty_skipped(), from_cache=True, cache_dir=folder,
+                       seconds=time.perf_counter() - started, **base)
+
+
+def _run_pipeline(model: keras.Model, paths: list[str], size: tuple[int, int], batch_size: int, ds_name: str,
+                  metrics_callback: Callable[[ImageClassificationMetrics], Any] | None,
+                  progress: bool) -> tuple[np.ndarray, np.ndarray]:
+    """Stream the files through decode → batch → model; (features with unfilled rows, decoded-ok mask)."""
+    from tqdm.auto import tqdm
+
+    n = len(paths)
+    width = int(model.output_shape[-1])
+    features = np.zeros((n, width), dtype=np.float32)
+    ok = np.zeros(n, dtype=bool)
+
+    def load(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return index, decode_image(tf.io.read_file(path), size)
+
+    dataset = (
+        tf.data.Dataset.from_tensor_slices((tf.range(n, dtype=tf.int64), tf.constant(paths)))
+        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        # A file that fails to read or decode is dropped here; its index is missing from the batches, and
+        # the reason is found afterwards by decoding it again on its own (see _error_reason).
+        .ignore_errors()
+        .batch(batch_size)
+        .prefetch(tf.data.AUTOTUNE)
+    )
+    run = _runner(model)
+    metrics = ImageClassificationMetrics(bottleneck=BottleneckMetrics(dataset_used=ds_name))
+    with tqdm(total=n, desc=f"Bottlenecks ({ds_name})", unit="img", disable=not progress) as bar:
+        done = 0
+        for indices, images in dataset:
+            idx = indices.numpy()
+            features[idx] = np.asarray(run(images), dtype=np.float32)
+            ok[idx] = True
+            if metrics_callback is not None:
+                for i in idx:
+                    metrics.bottleneck.index = int(i) + 1
+                    metrics_callback(metrics)
+            reached = int(idx[-1]) + 1  # rows dropped before this one count as processed too
+            bar.update(reached - done)
+            done = reached
+        bar.update(n - done)
+    return features, ok

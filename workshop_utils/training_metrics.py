@@ -1,0 +1,93 @@
+"""ML.NET's metric lines (bottleneck and training phases), formatted exactly as .NET prints them.
+
+The metrics callback receives an :class:`ImageClassificationMetrics` whose ``str()`` is the line ML.NET's
+``ToString()`` gives, so ``metrics_callback=print`` shows the same text as the .NET lab. Numbers are
+culture-invariant and float32, printed as .NET Core 3.0+ prints a ``float``: the shortest string that
+round-trips, e.g. ``0.84615386``; right-aligned like ``{x,10}``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+TRAIN = "Train"
+VALIDATION = "Validation"
+
+
+def format_dotnet_float(value: float) -> str:
+    """A float32 as .NET Core 3.0+ ``float.ToString()`` (invariant culture): shortest round-trip digits.
+
+    Fixed notation for decimal exponents −5 < e < max(9, digits) ("0.0001", "12.5"), otherwise
+    scientific with a signed two-digit exponent ("1E-05", "1.2345679E+09"); "NaN", "Infinity", "-Infinity".
+    """
+    x = np.float32(value)
+    if np.isnan(x):
+        return "NaN"
+    if np.isinf(x):
+        return "Infinity" if x > 0 else "-Infinity"
+    if x == 0:
+        return "-0" if np.signbit(x) else "0"
+    scientific = np.format_float_scientific(x, unique=True, trim="-")
+    mantissa, exponent_text = scientific.split("e")
+    exponent = int(exponent_text)
+    digits = len(mantissa.lstrip("-").replace(".", ""))
+    if -5 < exponent < max(digits, 9):
+        return np.format_float_positional(x, unique=True, trim="-")
+    sign = "-" if exponent < 0 else "+"
+    return f"{mantissa}E{sign}{abs(exponent):02d}"
+
+
+def _right(value: object, width: int) -> str:
+    """.NET's ``{value,width}``: right-aligned, never truncated."""
+    return f"{value!s:>{width}}"
+
+
+@dataclass
+class BottleneckMetrics:
+    """One image through the frozen CNN (ML.NET's ``BottleneckMetrics``); ``index`` is 1-based."""
+
+    dataset_used: str = TRAIN
+    index: int = 0
+
+    def __str__(self) -> str:
+        return (f"Phase: Bottleneck Computation, Dataset used: {_right(self.dataset_used, 10)}, "
+                f"Image Index: {_right(self.index, 3)}")
+
+
+@dataclass
+class TrainMetrics:
+    """One epoch's metrics on the train or validation set (ML.NET's ``TrainMetrics``); ``epoch`` is 0-based.
+
+    ``accuracy`` and ``cross_entropy`` are the unweighted means of the per-batch means; ``learning_rate``
+    is the rate of the epoch's last step (printed for the train line only, as ML.NET does).
+    """
+
+    dataset_used: str = TRAIN
+    batch_processed_count: int = 0
+    epoch: int = 0
+    accuracy: float = 0.0
+    cross_entropy: float = 0.0
+    learning_rate: float = 0.0
+
+    def __str__(self) -> str:
+        line = (
+            f"Phase: Training, Dataset used: {_right(self.dataset_used, 10)}, "
+            f"Batch Processed Count: {_right(self.batch_processed_count, 3)}, "
+            f"Epoch: {_right(self.epoch, 3)}, Accuracy: {_right(format_dotnet_float(self.accuracy), 10)}, "
+            f"Cross-Entropy: {_right(format_dotnet_float(self.cross_entropy), 10)}"
+        )
+        if self.dataset_used == TRAIN:
+            line += f", Learning Rate: {_right(format_dotnet_float(self.learning_rate), 10)}"
+        return line
+
+
+@dataclass
+class ImageClassificationMetrics:
+    """What the metrics callback receives: ``train`` during training, ``bottleneck`` while caching features."""
+
+    train: TrainMetrics | None = None
+    bottleneck: BottleneckMetrics | None = None
+
+    def __str__(self) -> str:
+        return str(self.train) if self.train is not None else str(self.bottleneck)
