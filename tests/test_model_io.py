@@ -1,0 +1,423 @@
+"""export_model / Classifier / export_tflite on a tiny stand-in classifier (random MobileNetV2 at 64x64).
+
+One export is shared by the module (it is the slow part); the atomic-write rules are tested with a
+stubbed writer so they cost nothing.
+"""
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import os
+import shutil
+import stat
+import zipfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from workshop_utils import model_io
+from workshop_utils.architectures import feature_extractor
+from workshop_utils.config import import_tensorflow
+from workshop_utils.images import decode_image
+from workshop_utils.model_io import (
+    INPUT_TENSOR,
+    LABEL_TENSOR,
+    PIXELS_TENSOR,
+    SCORES_TENSOR,
+    Classifier,
+    ExportError,
+    FrozenGraphScorer,
+    ImageTooLargeError,
+    InvalidImageError,
+    LabelsFileError,
+    ModelFolderError,
+    UnscoredImagesWarning,
+    export_model,
+    inspect_graph,
+)
+
+tf = import_tensorflow()
+import keras  # noqa: E402
+
+ARCH, SIZE = "MobilenetV2", (64, 64)
+CLASSES = ["bumper_dent", "door_scratch", "glass_shatter", "unknown"]
+TOL = 1e-5
+
+
+class StandInLabelMap:
+    def __init__(self, names):
+        self.names = list(names)
+
+    def save(self, path):
+        Path(path).write_text("\n".join(self.names) + "\n", encoding="utf-8")
+
+
+@dataclass
+class StandInOptions:
+    arch: str = ARCH
+    epoch: int = 5
+    learning_rate: float = 0.01
+    workspace_path: Path | None = Path("/tmp/ws")
+    metrics_callback: Any = print
+    early_stopping: Any = None
+
+
+@dataclass
+class StandInTrained:
+    """The spec's TrainedClassifier attributes, and its predict_proba (softmax of features @ kernel + bias)."""
+
+    arch: str
+    backbone_weights: str | None
+    image_size: tuple[int, int]
+    label_map: StandInLabelMap
+    kernel: np.ndarray
+    bias: np.ndarray
+    history: pd.DataFrame = field(default_factory=lambda: pd.DataFrame({"epoch": [1, 2, 3], "accuracy": [0.2, 0.4, 0.5]}))
+    best_epoch: int = 3
+    stopped_early: bool = False
+    options: StandInOptions = field(default_factory=StandInOptions)
+
+    def predict_proba(self, features):
+        logits = np.asarray(features, np.float64) @ self.kernel.astype(np.float64) + self.bias.astype(np.float64)
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def make_trained() -> StandInTrained:
+    """A head that tells the first four test images apart (class i = image i), so labels are meaningful."""
+    extractor = feature_extractor(ARCH, None, SIZE)
+    blobs = list(varied_images().values())[: len(CLASSES)]
+    features = np.concatenate(
+        [np.asarray(extractor(decode_image(tf.constant(b), SIZE)[None], training=False)) for b in blobs]
+    ).astype(np.float64)
+    kernel = np.linalg.lstsq(features, 5.0 * np.eye(len(CLASSES)), rcond=None)[0]  # logits ≈ 5 · one-hot(i) on image i
+    return StandInTrained(
+        arch=ARCH,
+        backbone_weights=None,
+        image_size=SIZE,
+        label_map=StandInLabelMap(CLASSES),
+        kernel=kernel.astype(np.float32),
+        bias=np.array([0.1, -0.2, 0.05, 0.0], np.float32),
+    )
+
+
+def encode(array: np.ndarray, fmt: str, mode: str | None = None) -> bytes:
+    buffer = io.BytesIO()
+    image = Image.fromarray(array)
+    if mode:
+        image = image.convert(mode)
+    image.save(buffer, format=fmt)
+    return buffer.getvalue()
+
+
+def varied_images() -> dict[str, bytes]:
+    rng = np.random.default_rng(1)
+    y, x = np.mgrid[0:70, 0:90]
+    base = np.stack([x * 2.8, y * 3.6, 128 + 60 * np.sin(x / 6)], -1)
+    noisy = np.clip(base + rng.normal(0, 25, base.shape), 0, 255).astype(np.uint8)
+    blocks = np.kron(rng.integers(0, 256, (5, 4, 3)), np.ones((16, 16, 1))).astype(np.uint8)
+    return {
+        "noise.jpg": encode(noisy, "JPEG"),
+        "blocks.png": encode(blocks, "PNG"),
+        "gray.png": encode(noisy, "PNG", "L"),
+        "plain.bmp": encode(noisy[::-1], "BMP"),
+        "rgba.png": encode(blocks, "PNG", "RGBA"),  # same pixels as blocks.png once alpha is dropped
+        "anim.gif": encode(blocks, "GIF"),
+    }
+
+
+def reference_scores(trained, data: bytes) -> np.ndarray:
+    """What the in-memory model says: the backbone's features of the decoded image through the head."""
+    features = feature_extractor(trained.arch, trained.backbone_weights, trained.image_size)(
+        decode_image(tf.constant(data), trained.image_size)[None], training=False
+    )
+    return trained.predict_proba(np.asarray(features))[0]
+
+
+@pytest.fixture(scope="module")
+def trained():
+    return make_trained()
+
+
+@pytest.fixture(scope="module")
+def images():
+    return varied_images()
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory, trained):
+    root = tmp_path_factory.mktemp("export")
+    metrics = SimpleNamespace(
+        micro_accuracy=0.75, macro_accuracy=0.5, log_loss=np.float64(0.9), log_loss_reduction=0.2,
+        per_class_log_loss=np.array([0.1, 0.2, 0.3, 0.4]), top_k_accuracy=None,
+    )
+    return export_model(trained, root / "model", metrics=metrics)
+
+
+@pytest.fixture(scope="module")
+def classifier(exported):
+    return Classifier.load(exported)
+
+
+# -- the export folder ------------------------------------------------------------------------------------
+def test_export_writes_the_documented_files(exported):
+    assert sorted(p.name for p in exported.iterdir()) == sorted(
+        ["model.keras", "saved_model", "model.pb", "labels.txt", "model_card.json"]
+    )
+    assert (exported / "labels.txt").read_text(encoding="utf-8") == "\n".join(CLASSES) + "\n"
+    assert [p.name for p in exported.parent.iterdir()] == ["model"]  # no temp or backup folders left
+
+
+def test_model_card(exported):
+    card = json.loads((exported / "model_card.json").read_text(encoding="utf-8"))
+    assert card["arch"] == ARCH and card["classes"] == CLASSES and card["num_classes"] == 4
+    assert card["image_size"] == [64, 64]
+    assert card["backbone_weights"] is None and card["backbone_weights_id"] == "random-init:seed0"
+    assert [t["name"] for t in card["inputs"]["frozen_graph"]] == [INPUT_TENSOR, PIXELS_TENSOR]
+    assert [t["name"] for t in card["outputs"]["frozen_graph"]] == [SCORES_TENSOR, LABEL_TENSOR]
+    assert card["inputs"]["saved_model"]["signature"] == "serving_default"
+    assert card["metrics"]["micro_accuracy"] == 0.75 and card["metrics"]["log_loss"] == 0.9
+    assert card["metrics"]["per_class_log_loss"] == dict(zip(CLASSES, [0.1, 0.2, 0.3, 0.4]))
+    assert "top_k_accuracy" not in card["metrics"]
+    options = card["training"]["options"]
+    assert options["type"] == "StandInOptions" and options["epoch"] == 5 and options["workspace_path"] == "/tmp/ws"
+    assert options["metrics_callback"] == "print"
+    assert card["training"]["best_epoch"] == 3 and card["training"]["epochs_run"] == 3
+    assert set(card["versions"]) >= {"python", "tensorflow", "keras"}
+    assert card["versions"]["tensorflow"] == tf.__version__
+    assert dt.datetime.fromisoformat(card["created"]).tzinfo is not None
+    assert "x * 0.00784314 - 1 (inside the model)" in card["preprocessing"]
+
+
+def test_keras_file_has_no_lambda_and_loads_in_safe_mode(exported):
+    with zipfile.ZipFile(exported / "model.keras") as archive:
+        config = archive.read("config.json").decode()
+    assert "Lambda" not in config
+    assert '"workshop_utils>DecodeImageBytes"' in config
+    model = keras.models.load_model(exported / "model.keras", safe_mode=True)
+    assert model.input.dtype == "string" and tuple(model.input.shape) == (None,)
+    assert tuple(model.output.shape) == (None, len(CLASSES))
+
+
+# -- predictions agree everywhere ---------------------------------------------------------------------------
+def test_reloaded_classifier_matches_in_memory_model(classifier, trained, images):
+    in_memory = Classifier.from_trained(trained)
+    for name, data in images.items():
+        expected = reference_scores(trained, data)
+        prediction = classifier.predict_bytes(data, name=name)
+        np.testing.assert_allclose(list(prediction.scores.values()), expected, atol=TOL, err_msg=name)
+        np.testing.assert_allclose(in_memory.predict_proba([data])[0], expected, atol=TOL, err_msg=name)
+        assert prediction.label == CLASSES[int(np.argmax(expected))]
+        assert prediction.probability == pytest.approx(expected.max(), abs=TOL)
+        assert prediction.source == name
+    batch = classifier.predict_proba(list(images.values()))
+    np.testing.assert_allclose(batch, [reference_scores(trained, d) for d in images.values()], atol=TOL)
+    assert [CLASSES[i] for i in batch[:4].argmax(axis=1)] == CLASSES  # the head was built to tell them apart
+
+
+def test_saved_model_signature(exported, trained, images):
+    serving = tf.saved_model.load(str(exported / "saved_model")).signatures["serving_default"]
+    spec = serving.structured_input_signature[1]["image_bytes"]
+    assert spec.dtype == tf.string and spec.shape.as_list() == [None]
+    out = serving(image_bytes=tf.constant(list(images.values())))
+    assert set(out) == {"scores", "label"}
+    expected = np.array([reference_scores(trained, d) for d in images.values()])
+    np.testing.assert_allclose(out["scores"].numpy(), expected, atol=TOL)
+    assert [b.decode() for b in out["label"].numpy()] == [CLASSES[i] for i in expected.argmax(axis=1)]
+
+
+def test_frozen_graph_tensor_names_and_scores(exported, trained, images):
+    table = inspect_graph(exported / "model.pb")
+    inputs = table[table.role == "input"]
+    assert inputs[["name", "dtype", "shape"]].values.tolist() == [[INPUT_TENSOR, "string", (None,)]]
+    outputs = table[table.role == "output"].set_index("name")
+    assert outputs.loc[SCORES_TENSOR, "shape"] == (None, len(CLASSES)) and outputs.loc[LABEL_TENSOR, "dtype"] == "string"
+
+    bytes_scorer = FrozenGraphScorer(exported / "model.pb", INPUT_TENSOR, SCORES_TENSOR, None, exported / "labels.txt")
+    pixel_scorer = FrozenGraphScorer(exported / "model.pb", PIXELS_TENSOR, SCORES_TENSOR, SIZE, exported / "labels.txt")
+    expected = np.array([reference_scores(trained, d) for d in images.values()])
+    np.testing.assert_allclose(bytes_scorer.predict_proba(list(images.values())), expected, atol=TOL)
+    np.testing.assert_allclose(pixel_scorer.predict_proba(list(images.values())), expected, atol=TOL)
+    assert bytes_scorer.predict_bytes(images["noise.jpg"]).label == CLASSES[int(expected[0].argmax())]
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString((exported / "model.pb").read_bytes())
+    wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+    labels = wrapped.prune(INPUT_TENSOR, LABEL_TENSOR)(tf.constant(list(images.values())))
+    assert [b.decode() for b in labels.numpy()] == [CLASSES[i] for i in expected.argmax(axis=1)]
+
+
+def test_predict_file_and_frame(classifier, trained, images, tmp_path):
+    paths = []
+    for name, data in images.items():
+        (tmp_path / name).write_bytes(data)
+        paths.append(str(tmp_path / name))
+    p = classifier.predict_file(tmp_path / "blocks.png")
+    assert p.source == str(tmp_path / "blocks.png")
+    assert str(p).startswith(f"{tmp_path / 'blocks.png'}: {p.label} (")
+    (tmp_path / "cut.jpg").write_bytes(images["noise.jpg"][:1500])
+    df = pd.DataFrame({"image_path": paths + [str(tmp_path / "cut.jpg")], "label": ["?"] * (len(paths) + 1)})
+    with pytest.warns(UnscoredImagesWarning, match=r"1 of 7 images could not be scored"):
+        out = classifier.predict_frame(df, batch_size=4)
+    expected = np.array([reference_scores(trained, d) for d in images.values()])
+    np.testing.assert_allclose(out[[f"score_{c}" for c in CLASSES]].to_numpy()[:6], expected, atol=TOL)
+    assert out["predicted"].tolist()[:6] == [CLASSES[i] for i in expected.argmax(axis=1)]
+    assert out["error"].tolist()[:6] == [None] * 6
+    assert out.loc[6, "predicted"] is None and np.isnan(out.loc[6, "probability"])
+    assert "cut.jpg': the bytes are not a decodable JPEG/PNG/GIF/BMP image (truncated or corrupt" in out.loc[6, "error"]
+
+
+# -- untrusted input -----------------------------------------------------------------------------------------
+def test_bad_image_bytes(classifier, images):
+    with pytest.raises(InvalidImageError, match=r"image 'up\.jpg': the bytes are empty \(0 bytes\): not a decodable JPEG/PNG/GIF/BMP image"):
+        classifier.predict_bytes(b"", name="up.jpg")
+    with pytest.raises(InvalidImageError, match=r"^the bytes \(.*\) are not a decodable JPEG/PNG/GIF/BMP image"):
+        classifier.predict_bytes(b"%PDF-1.4 not an image")
+    jpeg = images["noise.jpg"]
+    for cut in (len(jpeg) - 2, len(jpeg) // 2, 1500):  # missing end marker; half the scan; mostly header
+        with pytest.raises(InvalidImageError, match=r"image 'cut\.jpg': the bytes are not a decodable JPEG/PNG/GIF/BMP image \(truncated or corrupt"):
+            classifier.predict_bytes(jpeg[:cut], name="cut.jpg")
+    with pytest.raises(InvalidImageError, match=r"^one of 2 images \(score them one by one to find it\): the bytes are not a decodable .*\(truncated or corrupt"):
+        classifier.predict_proba([images["blocks.png"], jpeg[:1500]])  # which one is the batch's error: unknown
+    assert issubclass(InvalidImageError, ValueError)
+
+
+def test_pixel_limit(exported, images):
+    strict = Classifier.load(exported, max_pixels=6_000)
+    with pytest.raises(ImageTooLargeError, match=r"image 'big\.jpg': the image is 90x70 = 0.0063 MP, over the limit of 0.006 MP \(max_pixels=6000\)"):
+        strict.predict_bytes(images["noise.jpg"], name="big.jpg")
+    assert strict.predict_bytes(images["blocks.png"]).label in CLASSES  # 64x80 = 5120 pixels: allowed
+
+
+def test_missing_file(classifier, tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Image file '.*nope\.jpg' does not exist"):
+        classifier.predict_file(tmp_path / "nope.jpg")
+
+
+# -- loading errors -------------------------------------------------------------------------------------------
+def test_load_missing_folder_or_files(exported, tmp_path):
+    with pytest.raises(ModelFolderError, match=r"Model folder '.*nowhere' does not exist\. Re-export it with workshop_utils\.model_io\.export_model"):
+        Classifier.load(tmp_path / "nowhere")
+    partial = tmp_path / "partial"
+    partial.mkdir()
+    with pytest.raises(ModelFolderError, match=r"is missing model\.keras, labels\.txt, model_card\.json \(model_card\.json is written last: without it the export did not finish\)\. Re-export"):
+        Classifier.load(partial)
+    shutil.copy(exported / "labels.txt", partial / "labels.txt")
+    shutil.copy(exported / "model_card.json", partial / "model_card.json")
+    with pytest.raises(ModelFolderError, match=r"'.*partial' is missing model\.keras\. Re-export .*python -m workshop_utils run"):
+        Classifier.load(partial)
+
+
+def test_load_rejects_labels_of_another_model(exported, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "model.keras").symlink_to(exported / "model.keras")
+    (folder / "labels.txt").write_text("a\nb\n", encoding="utf-8")
+    shutil.copy(exported / "model_card.json", folder / "model_card.json")
+    with pytest.raises(LabelsFileError, match=r"2 labels but the model has 4 outputs in .*mixed; the labels\.txt does not belong"):
+        Classifier.load(folder)
+    (folder / "model.keras").unlink()
+    (folder / "model.keras").write_bytes(b"not a zip")
+    with pytest.raises(ModelFolderError, match=r"Could not load .*model\.keras"):
+        Classifier.load(folder)
+
+
+def test_head_must_fit_the_backbone(trained):
+    bad = make_trained()
+    bad.kernel = bad.kernel[:1000]
+    with pytest.raises(ExportError, match=r"kernel \(1000, 4\) .* MobilenetV2 gives 1280 features and there are 4 classes; expected kernel \(1280, 4\)"):
+        model_io.build_end_to_end_model(bad)
+
+
+# -- atomic export (stubbed writer: the rules, not TensorFlow) --------------------------------------------
+def fake_writer(content: str, fail: bool = False):
+    def write(folder, trained, metrics, verify):
+        (folder / "model.keras").write_text(content)
+        if fail:
+            raise RuntimeError("disk full (simulated)")
+        (folder / "model_card.json").write_text("{}")
+
+    return write
+
+
+def test_failed_export_leaves_nothing(monkeypatch, tmp_path):
+    monkeypatch.setattr(model_io, "_write_export", fake_writer("new", fail=True))
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(None, tmp_path / "model")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_failed_export_keeps_the_previous_one(monkeypatch, tmp_path):
+    monkeypatch.setattr(model_io, "_write_export", fake_writer("old"))
+    export_model(None, tmp_path / "model")
+    monkeypatch.setattr(model_io, "_write_export", fake_writer("new", fail=True))
+    with pytest.raises(RuntimeError, match="disk full"):
+        export_model(None, tmp_path / "model")
+    assert (tmp_path / "model" / "model.keras").read_text() == "old"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+
+
+def test_export_replaces_a_previous_export(monkeypatch, tmp_path):
+    monkeypatch.setattr(model_io, "_write_export", fake_writer("old"))
+    export_model(None, tmp_path / "model")
+    (tmp_path / "model" / "stale.txt").write_text("from the old export")
+    monkeypatch.setattr(model_io, "_write_export", fake_writer("new"))
+    assert export_model(None, tmp_path / "model") == (tmp_path / "model").absolute()
+    assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.keras", "model_card.json"]
+    assert (tmp_path / "model" / "model.keras").read_text() == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["model"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE((tmp_path / "model").stat().st_mode) == 0o777 & ~umask  # not a private temp dir's 0700
+    with pytest.raises(ExportError, match=r"model already exists; pass overwrite=True"):
+        export_model(None, tmp_path / "model", overwrite=False)
+
+
+def test_export_refuses_a_folder_that_is_not_an_export(monkeypatch, tmp_path):
+    monkeypatch.setattr(model_io, "_write_export", fake_writer("new"))
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "thesis.docx").write_text("precious")
+    with pytest.raises(ExportError, match=r"notes is not empty and holds no model_card\.json, so it is not a previous export; refusing"):
+        export_model(None, tmp_path / "notes")
+    assert (tmp_path / "notes" / "thesis.docx").read_text() == "precious"
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(ExportError, match=r"file exists and is a file"):
+        export_model(None, tmp_path / "file")
+    (tmp_path / "empty").mkdir()
+    export_model(None, tmp_path / "empty")  # an empty folder is fine
+    assert (tmp_path / "empty" / "model.keras").read_text() == "new"
+
+
+def test_verification_failure_message():
+    with pytest.raises(ExportError, match=r"Export check failed: model\.pb gives scores \(1, 2\) that differ .* by 0\.1 \(tolerance 1e-05\)\. Nothing was written"):
+        model_io._check_close("model.pb", [[0.6, 0.4]], np.array([[0.5, 0.5]]))
+
+
+# -- TFLite ---------------------------------------------------------------------------------------------------
+@pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated:UserWarning")
+def test_export_tflite(exported, trained, images, tmp_path):
+    if not hasattr(tf, "lite") or not hasattr(tf.lite, "Interpreter"):
+        pytest.skip(f"TensorFlow {tf.__version__} has no tf.lite (Interpreter/TFLiteConverter)")
+    folder = tmp_path / "model"
+    shutil.copytree(exported, folder)
+    path = model_io.export_tflite(folder)
+    assert path == folder / "model.tflite" and path.stat().st_size > 0
+    card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
+    assert card["tflite"]["input"]["shape"] == [1, 64, 64, 3]
+    assert [p.name for p in folder.iterdir() if p.name.startswith(".")] == []
+    interpreter = tf.lite.Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert list(inp["shape"]) == [1, 64, 64, 3] and inp["dtype"] == np.float32
+    for name in ("noise.jpg", "blocks.png"):
+        pixels = decode_image(tf.constant(images[name]), SIZE)[None].numpy()
+        interpreter.set_tensor(inp["index"], pixels)
+        interpreter.invoke()
+        np.testing.assert_allclose(interpreter.get_tensor(out["index"])[0], reference_scores(trained, images[name]), atol=1e-4)

@@ -1,0 +1,613 @@
+"""Save a trained classifier as a model an application can use without the workshop, and load it back.
+
+:func:`export_model` writes one folder (atomically: built in a temp folder beside it, verified, renamed)::
+
+    model.keras       end-to-end Keras model: encoded image bytes (string, shape [None]) -> probabilities
+    saved_model/      TF SavedModel; signature "serving_default": image_bytes (string [None]) ->
+                      {"scores": float32 [None, C], "label": string [None]}
+    model.pb          frozen GraphDef for ML.NET / TF runtimes, tensors by name:
+                        image_bytes:0  string  [None]          input: encoded JPEG/PNG/GIF/BMP bytes
+                        pixels:0       float32 [None, H, W, 3] decoded RGB 0-255 (may be fed instead)
+                        scores:0       float32 [None, C]       softmax probabilities, classes in labels.txt order
+                        label:0        string  [None]          the top class name
+    labels.txt        class names, one per line, in score order
+    model_card.json   arch, classes, input/output spec, metrics, training options, date, versions
+
+:class:`Classifier` loads the folder (``model.keras`` with ``safe_mode=True``) and scores untrusted images;
+bad bytes raise :class:`InvalidImageError` (a ``ValueError``). :func:`export_tflite` adds ``model.tflite``.
+"""
+from __future__ import annotations
+
+import dataclasses
+import datetime as _dt
+import io
+import json
+import math
+import os
+import platform
+import shutil
+import tempfile
+import uuid
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .architectures import feature_extractor, get_architecture
+from .config import import_tensorflow
+from .frozen_graph import FrozenGraphError, FrozenGraphScorer, freeze_concrete_function, inspect_graph
+from .images import decode_image
+from .predictions import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_FORMATS,
+    ImageTooLargeError,
+    InvalidImageError,
+    LabelsFileError,
+    Prediction,
+    UnscoredImagesWarning,
+    check_image_bytes,
+    load_labels,
+    read_image_file,
+    score_frame,
+    undecodable,
+    write_labels,
+)
+
+tf = import_tensorflow()
+import keras  # noqa: E402
+
+__all__ = [
+    "Classifier", "Prediction", "InvalidImageError", "ImageTooLargeError", "LabelsFileError", "ModelFolderError",
+    "ExportError", "UnscoredImagesWarning", "FrozenGraphScorer", "FrozenGraphError", "inspect_graph",
+    "DecodeImageBytes", "build_end_to_end_model", "export_model", "export_tflite", "check_image_bytes",
+    "pixels_model", "DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "INPUT_TENSOR", "PIXELS_TENSOR", "SCORES_TENSOR",
+    "LABEL_TENSOR",
+]
+
+MODEL_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+FROZEN_GRAPH_FILE = "model.pb"
+LABELS_FILE = "labels.txt"
+CARD_FILE = "model_card.json"
+TFLITE_FILE = "model.tflite"
+REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, CARD_FILE)
+"""What :meth:`Classifier.load` needs (the card is written last: without it the export never finished)."""
+
+INPUT_TENSOR = "image_bytes:0"
+PIXELS_TENSOR = "pixels:0"
+SCORES_TENSOR = "scores:0"
+LABEL_TENSOR = "label:0"
+DECODE_LAYER, HEAD_LAYER = "decode", "head"
+VERIFY_TOLERANCE = 1e-5
+
+
+class ExportError(RuntimeError):
+    """An export could not be written or failed its check; nothing was left at the destination."""
+
+
+class ModelFolderError(OSError):
+    """A model folder is missing, incomplete (files missing) or unreadable."""
+
+
+@keras.saving.register_keras_serializable(package="workshop_utils")
+class DecodeImageBytes(keras.layers.Layer):
+    """Encoded JPEG/PNG/GIF/BMP bytes (string batch [N]) -> float32 RGB 0–255 [N, H, W, 3].
+
+    Uses :func:`workshop_utils.images.decode_image`, the same decoding the bottleneck features were made
+    with, so the saved model sees the pixels the head was trained on. Serializable: no Lambda layer, so
+    ``keras.models.load_model(..., safe_mode=True)`` loads it.
+    """
+
+    def __init__(self, image_size: Sequence[int], **kwargs: Any) -> None:
+        kwargs.setdefault("trainable", False)
+        super().__init__(**kwargs)
+        self.image_size = (int(image_size[0]), int(image_size[1]))
+        self.built = True
+
+    def call(self, inputs: Any) -> Any:
+        h, w = self.image_size
+        return tf.map_fn(
+            lambda contents: decode_image(contents, (h, w)),
+            inputs,
+            fn_output_signature=tf.TensorSpec((h, w, 3), tf.float32),
+        )
+
+    def compute_output_shape(self, input_shape: Any) -> tuple:
+        return (input_shape[0], *self.image_size, 3)
+
+    def compute_output_spec(self, inputs: Any) -> Any:
+        return keras.KerasTensor(self.compute_output_shape(inputs.shape), dtype="float32")
+
+    def get_config(self) -> dict[str, Any]:
+        config = super().get_config()
+        config["image_size"] = list(self.image_size)
+        return config
+
+
+# -- building ----------------------------------------------------------------------------------------------
+def _label_names(trained: Any) -> list[str]:
+    names = getattr(trained.label_map, "names", trained.label_map)
+    return [str(n) for n in names]
+
+
+def build_end_to_end_model(trained: Any) -> keras.Model:
+    """Bytes in, probabilities out: decode → resize → the same frozen backbone → a Dense softmax with the head."""
+    arch = get_architecture(trained.arch)
+    size = arch.resolve_input_size(trained.image_size)
+    names = _label_names(trained)
+    kernel = np.asarray(trained.kernel, dtype=np.float32)
+    bias = np.asarray(trained.bias, dtype=np.float32).reshape(-1)
+    backbone = feature_extractor(arch.name, trained.backbone_weights, size)
+    width = int(backbone.output_shape[-1])
+    if kernel.shape != (width, len(names)) or bias.shape != (len(names),):
+        raise ExportError(
+            f"The head does not fit: kernel {kernel.shape} and bias {bias.shape}, but {arch.name} gives {width} "
+            f"features and there are {len(names)} classes; expected kernel ({width}, {len(names)}). "
+            "Was it trained with another architecture or image size?"
+        )
+    inputs = keras.Input(shape=(), dtype="string", name="image_bytes")
+    pixels = DecodeImageBytes(size, name=DECODE_LAYER)(inputs)
+    features = backbone(pixels, training=False)
+    head = keras.layers.Dense(len(names), activation="softmax", name=HEAD_LAYER)
+    outputs = head(features)
+    head.set_weights([kernel, bias])
+    head.trainable = False
+    return keras.Model(inputs, outputs, name=f"{arch.name}_classifier")
+
+
+def _parts(model: keras.Model) -> tuple[DecodeImageBytes, keras.Model, keras.layers.Layer]:
+    """The decode layer, the backbone and the head of an end-to-end model (built or reloaded)."""
+    decode, head = model.get_layer(DECODE_LAYER), model.get_layer(HEAD_LAYER)
+    middle = [
+        layer for layer in model.layers
+        if layer not in (decode, head) and not isinstance(layer, keras.layers.InputLayer)
+    ]
+    if not isinstance(decode, DecodeImageBytes) or len(middle) != 1:
+        raise ModelFolderError(
+            f"Model {model.name!r} is not a workshop end-to-end model (decode → backbone → head)."
+        )
+    return decode, middle[0], head
+
+
+def pixels_model(model: keras.Model) -> keras.Model:
+    """The float part of an end-to-end model: RGB 0–255 (H, W, 3) float32 → probabilities (for TFLite)."""
+    decode, backbone, head = _parts(model)
+    inputs = keras.Input(shape=(*decode.image_size, 3), dtype="float32", name="rgb_0_255")
+    return keras.Model(inputs, head(backbone(inputs, training=False)), name=f"{model.name}_pixels")
+
+
+def _serving_functions(model: keras.Model, labels: list[str]) -> tuple[Any, Any]:
+    """(SavedModel endpoint, frozen-graph function): bytes [None] → {"scores", "label"}."""
+    decode, backbone, head = _parts(model)
+    spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+
+    def serve(image_bytes: Any) -> dict[str, Any]:
+        scores = model(image_bytes, training=False)
+        label = tf.gather(tf.constant(labels), tf.argmax(scores, axis=-1))
+        return {"scores": scores, "label": label}
+
+    @tf.function(input_signature=[spec])
+    def frozen(image_bytes: Any) -> dict[str, Any]:
+        pixels = tf.identity(decode(image_bytes), name="pixels")
+        probabilities = head(backbone(pixels, training=False))
+        # label reads the head directly, so that scores and label are both leaves of the frozen graph
+        label = tf.identity(tf.gather(tf.constant(labels), tf.argmax(probabilities, axis=-1)), name="label")
+        return {"scores": tf.identity(probabilities, name="scores"), "label": label}
+
+    return (serve, spec), frozen
+
+
+# -- the model card --------------------------------------------------------------------------------------
+def _jsonable(value: Any, depth: int = 0) -> Any:
+    """A JSON-friendly copy: dataclasses and objects become dicts, numbers plain, the rest repr()."""
+    if depth > 6:
+        return repr(value)
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, (int, np.integer)):
+        return int(value)
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else str(float(value))
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, np.ndarray):
+        return _jsonable(value.tolist(), depth + 1)
+    if hasattr(value, "to_dict") and hasattr(value, "index"):  # a pandas Series / DataFrame
+        return _jsonable(value.to_dict(), depth + 1)
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v, depth + 1) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v, depth + 1) for v in value]
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {"type": type(value).__name__,
+                **{f.name: _jsonable(getattr(value, f.name), depth + 1) for f in dataclasses.fields(value)}}
+    if callable(value):
+        return getattr(value, "__qualname__", None) or repr(value)
+    if hasattr(value, "__dict__") and type(value).__module__.startswith("workshop_utils"):
+        return {"type": type(value).__name__,
+                **{k: _jsonable(v, depth + 1) for k, v in vars(value).items() if not k.startswith("_")}}
+    return repr(value)
+
+
+_METRIC_FIELDS = ("micro_accuracy", "macro_accuracy", "log_loss", "log_loss_reduction", "top_k_accuracy", "top_k")
+
+
+def _metrics_summary(metrics: Any, labels: list[str]) -> dict[str, Any] | None:
+    """The scalar metrics (and per-class log-loss by class) of a MulticlassMetrics, a dict, or None."""
+    if metrics is None:
+        return None
+    if isinstance(metrics, dict):
+        return _jsonable(metrics)
+    out: dict[str, Any] = {}
+    for name in _METRIC_FIELDS:
+        if hasattr(metrics, name) and getattr(metrics, name) is not None:
+            out[name] = _jsonable(getattr(metrics, name))
+    for name in ("per_class_log_loss", "precision", "recall"):  # per-class values, keyed by class name
+        per_class = getattr(metrics, name, None)
+        if per_class is not None:
+            values = _jsonable(per_class)
+            out[name] = dict(zip(labels, values)) if isinstance(values, list) and len(values) == len(labels) else values
+    return out or {"repr": repr(metrics)}
+
+
+def _model_card(trained: Any, labels: list[str], size: tuple[int, int], metrics: Any) -> dict[str, Any]:
+    arch = get_architecture(trained.arch)
+    weights_id = getattr(trained, "weights_id", "")  # recorded at training time, when the trainer kept it
+    if not weights_id:
+        try:
+            weights_id = arch.weights_id(trained.backbone_weights)
+        except Exception as exc:  # e.g. the weights file moved since training: record why instead of failing
+            weights_id = f"unknown ({exc})"
+    h, w = size
+    history = getattr(trained, "history", None)
+    return {
+        "format": "workshop_utils car-damage classifier export, version 1",
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "arch": arch.name,
+        "backbone_weights": None if trained.backbone_weights is None else str(trained.backbone_weights),
+        "backbone_weights_id": weights_id,
+        "image_size": [h, w],
+        "classes": labels,
+        "num_classes": len(labels),
+        "preprocessing": (
+            f"tf.io.decode_image(channels=3, expand_animations=False) -> bilinear resize to {h}x{w} -> "
+            f"RGB 0-255 float32 -> x * {arch.scale:g} {'-' if arch.offset < 0 else '+'} {abs(arch.offset):g} "
+            "(inside the model)"
+        ),
+        "files": {
+            MODEL_FILE: "Keras 3 end-to-end model; keras.models.load_model(path, safe_mode=True) after "
+                        "`import workshop_utils.model_io` (registers DecodeImageBytes)",
+            SAVED_MODEL_DIR: "TF SavedModel, signature serving_default",
+            FROZEN_GRAPH_FILE: "frozen GraphDef (constants baked in)",
+            LABELS_FILE: "class names in score order",
+        },
+        "inputs": {
+            "keras": {"name": "image_bytes", "dtype": "string", "shape": [None],
+                      "description": f"encoded {SUPPORTED_FORMATS} bytes, one string per image"},
+            "saved_model": {"signature": "serving_default", "name": "image_bytes", "dtype": "string", "shape": [None]},
+            "frozen_graph": [
+                {"name": INPUT_TENSOR, "dtype": "string", "shape": [None], "description": "encoded image bytes"},
+                {"name": PIXELS_TENSOR, "dtype": "float32", "shape": [None, h, w, 3],
+                 "description": "alternative input: decoded, resized RGB pixels 0-255 (feed instead of image_bytes)"},
+            ],
+        },
+        "outputs": {
+            "keras": {"dtype": "float32", "shape": [None, len(labels)], "description": "softmax probabilities"},
+            "saved_model": {"scores": {"dtype": "float32", "shape": [None, len(labels)]},
+                            "label": {"dtype": "string", "shape": [None]}},
+            "frozen_graph": [
+                {"name": SCORES_TENSOR, "dtype": "float32", "shape": [None, len(labels)],
+                 "description": "softmax probabilities, classes in labels.txt order"},
+                {"name": LABEL_TENSOR, "dtype": "string", "shape": [None], "description": "top class name"},
+            ],
+        },
+        "metrics": _metrics_summary(metrics, labels),
+        "training": {
+            "best_epoch": _jsonable(getattr(trained, "best_epoch", None)),
+            "stopped_early": _jsonable(getattr(trained, "stopped_early", None)),
+            "epochs_run": getattr(trained, "epochs_trained", None) or _epochs_run(history),
+            "options": _jsonable(getattr(trained, "options", None)),
+        },
+        "versions": {
+            "python": platform.python_version(),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+            "numpy": np.__version__,
+            "workshop_utils": _package_version(),
+        },
+    }
+
+
+def _epochs_run(history: Any) -> int | None:
+    if history is None or "epoch" not in getattr(history, "columns", []) or not len(history):
+        return None
+    return int(history["epoch"].max())
+
+
+def _package_version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+# -- exporting -------------------------------------------------------------------------------------------
+def probe_image(image_size: tuple[int, int]) -> bytes:
+    """A deterministic PNG (smooth colour gradients) used to check that every exported form agrees."""
+    from PIL import Image
+
+    h, w = image_size
+    y, x = np.mgrid[0:h, 0:w]
+    rgb = np.stack([255 * x / max(w - 1, 1), 255 * y / max(h - 1, 1), 128 + 100 * np.sin(x / 5.0 + y / 7.0)], axis=-1)
+    buffer = io.BytesIO()
+    Image.fromarray(np.clip(rgb, 0, 255).astype(np.uint8)).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _check_close(what: str, got: Any, expected: np.ndarray) -> None:
+    got = np.asarray(got, dtype=np.float64)
+    if got.shape != expected.shape or not np.allclose(got, expected, atol=VERIFY_TOLERANCE, rtol=0):
+        diff = float(np.max(np.abs(got - expected))) if got.shape == expected.shape else float("nan")
+        raise ExportError(
+            f"Export check failed: {what} gives scores {got.shape} that differ from the in-memory model by {diff:g} "
+            f"(tolerance {VERIFY_TOLERANCE:g}). Nothing was written to the destination; please report this."
+        )
+
+
+def _verify(folder: Path, model: keras.Model, trained: Any, labels: list[str], size: tuple[int, int]) -> None:
+    """Reload every written form and compare its scores on a probe image with the in-memory model and head."""
+    probe = probe_image(size)
+    expected = np.asarray(model(tf.constant([probe]), training=False), dtype=np.float64)
+    features = feature_extractor(trained.arch, trained.backbone_weights, size)(
+        decode_image(tf.constant(probe), size)[None], training=False
+    )
+    if hasattr(trained, "predict_proba"):
+        reference = np.asarray(trained.predict_proba(np.asarray(features)), dtype=np.float64)
+    else:
+        kernel, bias = np.asarray(trained.kernel, np.float64), np.asarray(trained.bias, np.float64)
+        logits = np.asarray(features, np.float64) @ kernel + bias
+        reference = np.exp(logits - logits.max(axis=1, keepdims=True))
+        reference /= reference.sum(axis=1, keepdims=True)
+    _check_close("the trained head on backbone features", expected, reference)
+    reloaded = keras.models.load_model(folder / MODEL_FILE, safe_mode=True)
+    _check_close(MODEL_FILE, reloaded(tf.constant([probe]), training=False), expected)
+    served = tf.saved_model.load(str(folder / SAVED_MODEL_DIR)).signatures["serving_default"](
+        image_bytes=tf.constant([probe])
+    )
+    _check_close(f"{SAVED_MODEL_DIR} (serving_default)", served["scores"], expected)
+    try:
+        graph = FrozenGraphScorer(folder / FROZEN_GRAPH_FILE, INPUT_TENSOR, SCORES_TENSOR, None, labels)
+        FrozenGraphScorer(folder / FROZEN_GRAPH_FILE, PIXELS_TENSOR, LABEL_TENSOR, size, labels)  # names exist
+    except FrozenGraphError as exc:
+        raise ExportError(f"Export check failed: the frozen graph lacks its documented tensors: {exc}") from exc
+    _check_close(FROZEN_GRAPH_FILE, graph.predict_proba([probe]), expected)
+
+
+def _write_export(folder: Path, trained: Any, metrics: Any, verify: bool) -> None:
+    labels = _label_names(trained)
+    size = get_architecture(trained.arch).resolve_input_size(trained.image_size)
+    model = build_end_to_end_model(trained)
+    model.save(folder / MODEL_FILE)
+    write_labels(labels, folder / LABELS_FILE)
+
+    (serve, spec), frozen = _serving_functions(model, labels)
+    archive = keras.export.ExportArchive()
+    archive.track(model)
+    archive.add_endpoint("serve", serve, input_signature=[spec])
+    archive.write_out(str(folder / SAVED_MODEL_DIR), verbose=False)
+
+    graph_def, outputs = freeze_concrete_function(frozen.get_concrete_function())
+    if sorted(outputs) != sorted([LABEL_TENSOR, SCORES_TENSOR]):
+        raise ExportError(
+            f"Freezing named the outputs {outputs}, not {SCORES_TENSOR} and {LABEL_TENSOR}; please report this."
+        )
+    (folder / FROZEN_GRAPH_FILE).write_bytes(graph_def.SerializeToString())
+
+    if verify:
+        _verify(folder, model, trained, labels, size)
+    # The card goes last: a folder with a model card is a complete export.
+    card = _model_card(trained, labels, size, metrics)
+    (folder / CARD_FILE).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def _replace_folder(staged: Path, out_dir: Path) -> None:
+    """Move the finished temp folder to out_dir, swapping out an existing export without a half-state."""
+    if not out_dir.exists():
+        os.replace(staged, out_dir)
+        return
+    old = out_dir.with_name(f".{out_dir.name}.old-{uuid.uuid4().hex[:8]}")
+    os.replace(out_dir, old)
+    try:
+        os.replace(staged, out_dir)
+    except BaseException:
+        os.replace(old, out_dir)
+        raise
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_model(
+    trained: Any, out_dir: str | Path, metrics: Any = None, overwrite: bool = True, verify: bool = True
+) -> Path:
+    """Write model.keras, saved_model/, model.pb, labels.txt and model_card.json to ``out_dir`` (atomically).
+
+    Everything is written to a temp folder beside ``out_dir``, reloaded and compared on a probe image
+    (``verify``), then renamed into place; on any failure nothing changes at ``out_dir``. An existing
+    export there is replaced (``overwrite``); a non-empty folder that is not an export is never replaced.
+    Tensor names of model.pb: ``image_bytes:0`` (string [None]) → ``scores:0`` (float [None, C]) and
+    ``label:0`` (string [None]); ``pixels:0`` (float [None, H, W, 3], RGB 0–255) may be fed instead.
+    """
+    out_dir = Path(out_dir).expanduser().absolute()
+    if out_dir.exists():
+        if not out_dir.is_dir():
+            raise ExportError(f"{out_dir} exists and is a file; pass a folder path for the export.")
+        if not overwrite:
+            raise ExportError(f"{out_dir} already exists; pass overwrite=True or choose another folder.")
+        if any(out_dir.iterdir()) and not (out_dir / CARD_FILE).is_file():
+            raise ExportError(
+                f"{out_dir} is not empty and holds no {CARD_FILE}, so it is not a previous export; refusing to "
+                "replace it. Choose an empty or new folder (e.g. workspace/model)."
+            )
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    staged = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}")
+    staged.mkdir()  # (not tempfile.mkdtemp: its 0700 mode would stay on the export)
+    try:
+        _write_export(staged, trained, metrics, verify)
+        _replace_folder(staged, out_dir)
+    except BaseException:
+        shutil.rmtree(staged, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def export_tflite(out_dir: str | Path) -> Path:
+    """Add ``model.tflite`` to an export: float32 [1, H, W, 3] RGB 0–255 in, [1, C] probabilities out.
+
+    TFLite builtins cannot decode image bytes, so the app decodes and resizes (bilinear) itself and feeds
+    pixels; the model card's ``tflite`` entry records this. Needs a TensorFlow with ``tf.lite``.
+    """
+    out_dir = Path(out_dir).expanduser()
+    converter_cls = getattr(getattr(tf, "lite", None), "TFLiteConverter", None)
+    if converter_cls is None:
+        raise ExportError(
+            f"TensorFlow {tf.__version__} has no tf.lite.TFLiteConverter; install a full TensorFlow build."
+        )
+    classifier = Classifier.load(out_dir)
+    float_model = pixels_model(classifier.model)
+    h, w = classifier.image_size
+    with tempfile.TemporaryDirectory(prefix="tflite-") as tmp:
+        archive = keras.export.ExportArchive()
+        archive.track(float_model)
+        archive.add_endpoint(
+            "serve",
+            lambda rgb: float_model(rgb, training=False),
+            input_signature=[tf.TensorSpec([1, h, w, 3], tf.float32, name="rgb_0_255")],
+        )
+        archive.write_out(tmp, verbose=False)
+        try:
+            content = converter_cls.from_saved_model(tmp).convert()
+        except Exception as exc:
+            raise ExportError(f"TFLite conversion of {out_dir / MODEL_FILE} failed: {exc}") from exc
+    target = out_dir / TFLITE_FILE
+    staged = out_dir / f".{TFLITE_FILE}.partial-{uuid.uuid4().hex[:8]}"
+    try:
+        staged.write_bytes(content)
+        os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
+    if classifier.card is not None:
+        card = dict(classifier.card)
+        card["files"] = {**card.get("files", {}), TFLITE_FILE: "TFLite flatbuffer, float32 pixels in"}
+        card["tflite"] = {"input": {"dtype": "float32", "shape": [1, h, w, 3],
+                                    "description": "RGB 0-255, bilinear-resized; decode the image yourself"},
+                          "output": {"dtype": "float32", "shape": [1, len(classifier.labels)]}}
+        staged_card = out_dir / f".{CARD_FILE}.partial-{uuid.uuid4().hex[:8]}"
+        staged_card.write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
+        os.replace(staged_card, out_dir / CARD_FILE)
+    return target
+
+
+# -- consuming -------------------------------------------------------------------------------------------
+class Classifier:
+    """A loaded export: score untrusted image bytes, files or a frame of paths without the workshop's trainer."""
+
+    def __init__(
+        self,
+        model: keras.Model,
+        labels: Sequence[str],
+        *,
+        card: dict[str, Any] | None = None,
+        directory: Path | None = None,
+        max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    ) -> None:
+        decode, _, _ = _parts(model)
+        self.model = model
+        self.labels = list(labels)
+        if len(self.labels) != int(model.output_shape[-1]):
+            raise LabelsFileError(
+                f"{len(self.labels)} labels but the model has {model.output_shape[-1]} outputs"
+                + (f" in {directory}" if directory else "")
+                + "; the labels.txt does not belong to this model. Re-export the folder."
+            )
+        self.image_size = decode.image_size
+        self.card = card
+        self.directory = directory
+        self.max_pixels = max_pixels
+        self._serve = tf.function(
+            lambda images: self.model(images, training=False),
+            input_signature=[tf.TensorSpec([None], tf.string)],
+            reduce_retracing=True,
+        )
+
+    @classmethod
+    def load(cls, model_dir: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Classifier":
+        """Load an :func:`export_model` folder: model.keras (safe_mode=True), labels.txt, model_card.json."""
+        folder = Path(model_dir).expanduser()
+        fix = (f"Re-export it with workshop_utils.model_io.export_model(trained, {str(folder)!r}) "
+               "or `python -m workshop_utils run`.")
+        if not folder.is_dir():
+            raise ModelFolderError(f"Model folder {str(folder)!r} does not exist. {fix}")
+        missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+        if missing:
+            unfinished = ""
+            if CARD_FILE in missing:
+                unfinished = f" ({CARD_FILE} is written last: without it the export did not finish)"
+            raise ModelFolderError(f"Model folder {str(folder)!r} is missing {', '.join(missing)}{unfinished}. {fix}")
+        try:
+            model = keras.models.load_model(
+                folder / MODEL_FILE, safe_mode=True, custom_objects={"DecodeImageBytes": DecodeImageBytes}
+            )
+        except Exception as exc:
+            raise ModelFolderError(f"Could not load {folder / MODEL_FILE}: {exc}. {fix}") from exc
+        try:
+            card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+        except ValueError as exc:
+            raise ModelFolderError(f"{folder / CARD_FILE} is not valid JSON ({exc}). {fix}") from exc
+        return cls(model, load_labels(folder / LABELS_FILE), card=card, directory=folder, max_pixels=max_pixels)
+
+    @classmethod
+    def from_trained(cls, trained: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Classifier":
+        """An in-memory Classifier for a just-trained head (same model export_model saves), no files."""
+        return cls(build_end_to_end_model(trained), _label_names(trained), max_pixels=max_pixels)
+
+    def predict_proba(self, images: Sequence[bytes], names: Sequence[str | Path | None] | None = None) -> np.ndarray:
+        """Probabilities (N, C) for encoded images; bad bytes raise InvalidImageError naming the image."""
+        names = list(names) if names is not None else [None] * len(images)
+        if not len(images):
+            return np.zeros((0, len(self.labels)))
+        for data, name in zip(images, names):
+            check_image_bytes(data, name=name, max_pixels=self.max_pixels)
+        try:
+            scores = self._serve(tf.constant([bytes(b) for b in images]))
+        except tf.errors.InvalidArgumentError as exc:  # truncated/corrupt data behind a valid header
+            raise undecodable(names[0] if len(names) == 1 else None, exc, len(names)) from exc
+        return np.asarray(scores, dtype=np.float64)
+
+    def predict_bytes(self, data: bytes, name: str | Path | None = None) -> Prediction:
+        """Score one encoded image (e.g. an upload); ``name`` only labels messages and the result."""
+        return Prediction.from_scores(self.predict_proba([data], [name])[0], self.labels, source=name)
+
+    def predict_file(self, path: str | Path) -> Prediction:
+        """Score one image file."""
+        return self.predict_bytes(read_image_file(path, max_pixels=self.max_pixels), name=path)
+
+    def predict_frame(
+        self,
+        df: "pandas.DataFrame",  # noqa: F821
+        path_column: str = "image_path",
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> "pandas.DataFrame":  # noqa: F821
+        """Score every row's image file in batches.
+
+        Returns a copy of ``df`` plus ``predicted``, ``probability``, ``score_<class>`` columns and ``error``:
+        bad images stay in the frame with predicted=None, probability NaN and the reason in ``error``
+        (an UnscoredImagesWarning counts them), so row order and index always match the input.
+        """
+        return score_frame(df, self.predict_proba, self.labels, path_column=path_column, batch_size=batch_size,
+                           max_pixels=self.max_pixels, progress=progress)
+
+    def __repr__(self) -> str:
+        where = f" from {str(self.directory)!r}" if self.directory else ""
+        arch = (self.card or {}).get("arch", self.model.name)
+        h, w = self.image_size
+        return f"Classifier({arch}{where}, {len(self.labels)} classes, image size {h}x{w})"

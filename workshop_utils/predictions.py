@@ -1,0 +1,294 @@
+"""What every scorer shares: untrusted-image checks, the label file and the ``Prediction`` result.
+
+No TensorFlow here (only Pillow), so a command line or web handler can check uploads and catch
+:class:`InvalidImageError` without loading TensorFlow. Used by ``model_io`` (the exported Keras
+model) and ``frozen_graph`` (any frozen ``.pb``).
+"""
+from __future__ import annotations
+
+import html
+import io
+import math
+import warnings
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+SUPPORTED_FORMATS = "JPEG/PNG/GIF/BMP"
+"""What TensorFlow's ``decode_image`` (and so the exported model) can read."""
+
+DEFAULT_MAX_PIXELS = 40_000_000
+"""Largest image (width × height) accepted by default: 40 MP, checked from the header before decoding."""
+
+_PIL_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP"}  # MPO: camera JPEG
+
+
+class InvalidImageError(ValueError):
+    """The bytes are not an image the model can decode (empty, not JPEG/PNG/GIF/BMP, truncated, corrupt)."""
+
+
+class ImageTooLargeError(InvalidImageError):
+    """The image header declares more pixels than the allowed limit (a decompression-bomb guard)."""
+
+
+class LabelsFileError(ValueError):
+    """A labels file is missing, empty or does not match the model's number of outputs."""
+
+
+@dataclass(frozen=True)
+class ImageInfo:
+    """What the header says: format (JPEG/PNG/GIF/BMP), width and height in pixels."""
+
+    format: str
+    width: int
+    height: int
+
+    @property
+    def pixels(self) -> int:
+        return self.width * self.height
+
+
+def describe_source(name: str | Path | None) -> str:
+    """How messages start: ``"image 'car.jpg': "`` when the file name is known, else nothing."""
+    return f"image {str(name)!r}: " if name is not None else ""
+
+
+def check_image_bytes(
+    data: bytes | bytearray | memoryview, name: str | Path | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+) -> ImageInfo:
+    """Check untrusted bytes from the header only: a JPEG/PNG/GIF/BMP within ``max_pixels`` (None = no limit).
+
+    Raises :class:`InvalidImageError` (or :class:`ImageTooLargeError`) naming the file. Truncated or
+    corrupt pixel data is caught later, when TensorFlow decodes it (the scorers turn that error into
+    :class:`InvalidImageError` too), so nothing is decoded twice. A GIF counts all its frames, since
+    TensorFlow decodes every frame before keeping the first.
+    """
+    what = describe_source(name)
+    if isinstance(data, str):
+        raise TypeError(
+            f"{what}got a str, expected the file's bytes; read it with open(path, 'rb').read() "
+            "or use predict_file(path)."
+        )
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise TypeError(f"{what}expected the image's bytes, got {type(data).__name__}.")
+    data = bytes(data)
+    if not data:
+        raise InvalidImageError(f"{what}the bytes are empty (0 bytes): not a decodable {SUPPORTED_FORMATS} image.")
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
+            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+                pil_format = image.format or "?"
+                width, height = image.size
+                frames = int(getattr(image, "n_frames", 1)) if pil_format == "GIF" else 1
+    except Image.DecompressionBombError as exc:
+        raise ImageTooLargeError(f"{what}the image is too large to decode safely ({exc}); downscale it.") from exc
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        raise InvalidImageError(
+            f"{what}the bytes ({len(data)} bytes, starting {data[:8]!r}) are not a decodable {SUPPORTED_FORMATS} "
+            f"image ({exc}). Check that the file is a photo and was fully downloaded."
+        ) from exc
+    fmt = _PIL_FORMATS.get(pil_format)
+    if fmt is None:
+        raise InvalidImageError(
+            f"{what}the bytes are a {pil_format} image, not a decodable {SUPPORTED_FORMATS} image; "
+            "convert it to JPEG or PNG."
+        )
+    if width < 1 or height < 1:
+        raise InvalidImageError(
+            f"{what}the header declares a {width}x{height} size: not a decodable {SUPPORTED_FORMATS} image."
+        )
+    total = width * height * frames
+    if max_pixels is not None and total > max_pixels:
+        size = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
+        raise ImageTooLargeError(
+            f"{what}the image is {size} = {total / 1e6:.3g} MP, over the limit of {max_pixels / 1e6:g} MP "
+            f"(max_pixels={max_pixels}); downscale it or pass a larger max_pixels."
+        )
+    return ImageInfo(fmt, width, height)
+
+
+def read_image_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
+    """A file's bytes after :func:`check_image_bytes`; a missing file raises FileNotFoundError naming it."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"Image file {str(path)!r} does not exist (or is not a file); check the path.")
+    data = path.read_bytes()
+    check_image_bytes(data, name=path, max_pixels=max_pixels)
+    return data
+
+
+def tf_decode_reason(exc: BaseException) -> str:
+    """The useful first line of a TensorFlow decode error (without its ``{{function_node …}}`` noise)."""
+    text = getattr(exc, "message", None) or str(exc)
+    if "}}" in text:
+        text = text.split("}}", 1)[1]
+    text = text.split("\n", 1)[0].split(" [[", 1)[0].strip()
+    return text or type(exc).__name__
+
+
+def undecodable(name: str | Path | None, exc: BaseException, batch_size: int = 1) -> InvalidImageError:
+    """The InvalidImageError for bytes whose header looked fine but TensorFlow could not decode."""
+    if batch_size == 1:
+        what = describe_source(name)
+    else:
+        what = f"one of {batch_size} images (score them one by one to find it): "
+    return InvalidImageError(
+        f"{what}the bytes are not a decodable {SUPPORTED_FORMATS} image (truncated or corrupt: "
+        f"{tf_decode_reason(exc)}). Re-download or re-save the file."
+    )
+
+
+def load_labels(labels: str | Path | Iterable[str]) -> list[str]:
+    """Class names from a list or a ``labels.txt`` path (one per line, UTF-8, blank lines ignored)."""
+    if isinstance(labels, (str, Path)):
+        path = Path(labels).expanduser()
+        if not path.is_file():
+            raise LabelsFileError(
+                f"Labels file {str(path)!r} does not exist; pass the labels as a list or the path of a labels.txt."
+            )
+        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        names = [n for n in names if n]
+        if not names:
+            raise LabelsFileError(f"Labels file {str(path)!r} is empty; it needs one class name per line.")
+        return names
+    names = [str(n) for n in labels]
+    if not names:
+        raise LabelsFileError("The labels list is empty; pass one class name per model output.")
+    return names
+
+
+def write_labels(names: Iterable[str], path: str | Path) -> Path:
+    """Write class names one per line (UTF-8), the format :func:`load_labels` and ML.NET samples read."""
+    path = Path(path)
+    names = [str(n) for n in names]
+    bad = [n for n in names if not n or "\n" in n or "\r" in n or n != n.strip()]
+    if bad:
+        raise LabelsFileError(
+            f"Class names {bad!r} cannot be written one per line; rename them (no line breaks or outer spaces)."
+        )
+    path.write_text("\n".join(names) + "\n", encoding="utf-8")
+    return path
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One image's result: the top label, its probability and every class's score (same order as the model)."""
+
+    label: str
+    probability: float
+    scores: Mapping[str, float] = field(repr=False)
+    source: str | None = None  # the file name, when scored from a file
+
+    @classmethod
+    def from_scores(cls, scores: Iterable[float], labels: list[str], source: str | Path | None = None) -> "Prediction":
+        """Build from one row of probabilities; ties go to the lower class index (like ``argmax``)."""
+        values = [float(s) for s in scores]
+        if len(values) != len(labels):
+            raise LabelsFileError(
+                f"The model returned {len(values)} scores but there are {len(labels)} labels; "
+                "use the labels file exported with this model."
+            )
+        best = max(range(len(values)), key=lambda i: (values[i], -i))
+        return cls(labels[best], values[best], dict(zip(labels, values)), None if source is None else str(source))
+
+    def top(self, k: int = 3) -> list[tuple[str, float]]:
+        """The k most likely classes with their probabilities, best first."""
+        return sorted(self.scores.items(), key=lambda kv: -kv[1])[:k]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form (for ``--json`` output and web responses)."""
+        return {
+            "source": self.source, "label": self.label, "probability": self.probability, "scores": dict(self.scores)
+        }
+
+    def __str__(self) -> str:
+        head = f"{self.source}: " if self.source else ""
+        others = ", ".join(f"{name} {p:.1%}" for name, p in self.top(3)[1:] if not math.isnan(p))
+        return f"{head}{self.label} ({self.probability:.1%})" + (f"   next: {others}" if others else "")
+
+    def _repr_html_(self) -> str:
+        rows = "".join(
+            f"<tr><td>{html.escape(name)}</td><td style='text-align:right'>{p:.1%}</td></tr>"
+            for name, p in self.top(len(self.scores))
+        )
+        title = html.escape(f"{self.source}: ") if self.source else ""
+        return f"<b>{title}{html.escape(self.label)}</b> ({self.probability:.1%})<table>{rows}</table>"
+
+
+class UnscoredImagesWarning(UserWarning):
+    """Some rows of a frame could not be scored; their ``error`` column says why."""
+
+
+def score_frame(
+    df: "pandas.DataFrame",  # noqa: F821
+    predict_proba: Any,
+    labels: list[str],
+    *,
+    path_column: str = "image_path",
+    batch_size: int = 32,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    progress: bool = False,
+) -> "pandas.DataFrame":  # noqa: F821
+    """Score each row's image file in batches; bad images are reported per row, never dropped silently.
+
+    Returns a copy of ``df`` (same index and columns) plus ``predicted`` (label or None), ``probability``,
+    one ``score_<class>`` column per class, and ``error`` (None, or why the row could not be scored: missing
+    file, not a JPEG/PNG/GIF/BMP image, too large, truncated). A warning counts the failed rows.
+    ``predict_proba(list_of_bytes, names)`` returns an (N, C) array and raises InvalidImageError on bad images.
+    """
+    import numpy as np
+    import pandas as pd
+
+    if path_column not in df.columns:
+        raise KeyError(f"The frame has no {path_column!r} column (columns: {list(df.columns)}); pass path_column=...")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+    paths = [str(p) for p in df[path_column].tolist()]
+    n, width = len(paths), len(labels)
+    scores = np.full((n, width), np.nan)
+    errors: list[str | None] = [None] * n
+    starts = range(0, n, batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="Scoring", unit="batch")
+    for start in starts:
+        rows, blobs = [], []
+        for i in range(start, min(n, start + batch_size)):
+            try:
+                blobs.append(read_image_file(paths[i], max_pixels=max_pixels))
+                rows.append(i)
+            except (OSError, InvalidImageError) as exc:
+                errors[i] = str(exc)
+        if not rows:
+            continue
+        try:
+            scores[rows] = predict_proba(blobs, [paths[i] for i in rows])
+        except InvalidImageError:  # one bad image fails its whole batch: find it by scoring one by one
+            for i, data in zip(rows, blobs):
+                try:
+                    scores[i] = predict_proba([data], [paths[i]])[0]
+                except InvalidImageError as exc:
+                    errors[i] = str(exc)
+    ok = np.array([e is None for e in errors], dtype=bool)
+    best = np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1) if width else np.zeros(n, dtype=int)
+    out = df.copy()
+    predicted = [labels[b] if good else None for b, good in zip(best, ok)]
+    out["predicted"] = pd.Series(predicted, index=df.index, dtype=object)
+    out["probability"] = np.where(ok, scores[np.arange(n), best] if n else np.array([]), np.nan)
+    for j, name in enumerate(labels):
+        out[f"score_{name}"] = scores[:, j]
+    out["error"] = pd.Series(errors, index=df.index, dtype=object)
+    failed = int((~ok).sum())
+    if failed:
+        first = next(e for e in errors if e is not None)
+        warnings.warn(
+            f"{failed} of {n} images could not be scored (first: {first}); see the 'error' column.",
+            UnscoredImagesWarning,
+            stacklevel=3,  # the caller of predict_frame
+        )
+    return out
