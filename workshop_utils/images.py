@@ -15,9 +15,11 @@ SUPPORTED_FORMATS = "JPEG/PNG/GIF/BMP"
 def decode_image(contents: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:
     """Encoded bytes (scalar string tensor) -> float32 RGB 0–255 of shape (H, W, 3), bilinear resize.
 
-    Grayscale becomes 3 channels, alpha is dropped, an animated GIF gives its first frame.
+    Grayscale becomes 3 channels, alpha is dropped, an animated GIF gives its first frame. The resize is
+    antialiased: shrinking a phone photo to 224 pixels otherwise aliases fine detail (scratches, cracks),
+    and the EfficientNet-Lite0 port matches its reference ImageNet predictions only with it.
     """
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
-    image = tf.image.resize(image, image_size, method="bilinear")
+    image = tf.image.resize(image, image_size, method="bilinear", antialias=True)
     image.set_shape((image_size[0], image_size[1], 3))
     return image

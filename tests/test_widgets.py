@@ -1,0 +1,60 @@
+"""Widget panels do the same as their buttons through plain methods (what nbval and CI can run)."""
+import io
+
+import numpy as np
+import pandas as pd
+import pytest
+from PIL import Image
+
+from workshop_utils.bottleneck import Bottlenecks
+from workshop_utils.predictions import InvalidImageError, Prediction
+from workshop_utils.trainer import ExponentialLRDecay, Options, PolynomialLRDecay
+from workshop_utils.widgets import RetrainPanel, retrain_panel, summary_line, upload_panel
+
+
+def _bottlenecks(n, seed):
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 3
+    x = (np.eye(3)[y] * 4 + rng.normal(0, 0.3, (n, 3))).astype(np.float32)
+    return Bottlenecks(features=x, labels=[f"c{k}" for k in y], image_paths=[f"{i}.jpeg" for i in range(n)],
+                       skipped=pd.DataFrame(columns=["path", "reason"]), from_cache=True, arch="MobilenetV2",
+                       weights_id="random-init:seed0", image_size=(64, 64))
+
+
+def test_retrain_panel_trains_with_the_controls_values(capsys):
+    panel = retrain_panel(_bottlenecks(60, 0), _bottlenecks(15, 1), Options(epoch=5, arch="MobilenetV2"))
+    assert isinstance(panel, RetrainPanel) and panel.epochs.value == 5
+    trained = panel.train(epochs=7, batch_size=20, learning_rate=0.1, schedule="PolynomialLRDecay")
+    assert panel.last is trained and trained.epochs_trained <= 7
+    options = panel.current_options()
+    assert isinstance(options.learning_rate_scheduler, PolynomialLRDecay) and options.batch_size == 20
+    assert float(options.learning_rate_scheduler.learning_rate(0, 3)) == pytest.approx(0.1)
+    assert "best epoch" in summary_line(trained) and "validation accuracy" in summary_line(trained)
+    assert summary_line(trained) in capsys.readouterr().out  # shown in the output area (stdout outside a kernel)
+    panel.train(schedule="constant")
+    assert panel.current_options().learning_rate_scheduler is None
+
+
+def test_retrain_panel_defaults_to_mlnet_schedule_and_rejects_unknown_controls():
+    panel = retrain_panel(_bottlenecks(30, 0), None, Options(epoch=3, early_stopping=None))
+    assert isinstance(panel.current_options().learning_rate_scheduler, ExponentialLRDecay)
+    with pytest.raises(TypeError, match=r"unknown control 'epoch'.*use epochs, batch_size"):
+        panel.train(epoch=3)
+
+
+class _FakeClassifier:
+    def predict_bytes(self, data, name=None):
+        if not data:
+            raise InvalidImageError(f"{name}: the bytes are not a decodable JPEG/PNG/GIF/BMP image")
+        return Prediction.from_scores([0.2, 0.8], ["dent", "scratch"], source=name)
+
+
+def test_upload_panel_classifies_bytes_and_reports_bad_ones(capsys):
+    buffer = io.BytesIO()
+    Image.new("RGB", (32, 32), (200, 10, 10)).save(buffer, format="PNG")
+    panel = upload_panel(_FakeClassifier())
+    prediction = panel.classify(buffer.getvalue(), name="red.png")
+    assert prediction.label == "scratch" and prediction.probability == pytest.approx(0.8)
+    assert panel.classify(b"", name="empty.jpg") is None
+    # an upload event goes through the same path
+    panel._on_upload({"new": ({"name": "red.png", "content": memoryview(buffer.getvalue())},)})
