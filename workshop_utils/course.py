@@ -37,12 +37,18 @@ def course_data(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
 
 
 def course_options(settings: Settings, **overrides: Any):  # -> trainer.Options
-    """The trainer options the profile asks for (ML.NET's defaults in ``full``), with overrides."""
-    from .trainer import EarlyStopping, Options
+    """The trainer options the profile asks for (ML.NET's defaults in ``full``), with overrides.
+
+    ``learning_rate`` sets the initial rate of ML.NET's exponential schedule (pass
+    ``learning_rate_scheduler=None`` too for a constant rate).
+    """
+    from .trainer import EarlyStopping, ExponentialLRDecay, Options
 
     p = settings.profile
+    rate = float(overrides.pop("learning_rate", p.learning_rate))
     values: dict[str, Any] = dict(
-        arch=p.arch, epoch=p.epochs, batch_size=p.batch_size, learning_rate=p.learning_rate,
+        arch=p.arch, epoch=p.epochs, batch_size=p.batch_size, learning_rate=rate,
+        learning_rate_scheduler=ExponentialLRDecay(learning_rate=rate),  # ML.NET's schedule from this rate
         early_stopping=EarlyStopping(patience=p.patience), workspace_path=str(settings.workspace),
         seed=settings.seed, weights=p.weights, image_size=p.image_size, bottleneck_batch_size=p.bottleneck_batch_size,
         reuse_train_set_bottleneck_cached_values=True, reuse_validation_set_bottleneck_cached_values=True,

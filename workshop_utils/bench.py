@@ -1,0 +1,403 @@
+"""Benchmark: how fast each phase is, next to its physical limit and to what a learner would write instead.
+
+``python -m workshop_utils.bench [--arch NAME] [--images N] [--quick] [--out DIR]`` measures, in one
+process (memory in child processes), the ratios the workshop's approach rests on and writes them to
+``bench/results/<date>-<arch>.json`` plus a markdown table. Targets are reported, never asserted.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import config
+from .config import REPO_ROOT, environment_report, import_tensorflow, sample_dir
+
+TARGETS = {
+    "pipeline_vs_raw": ("≥", 0.9),
+    "cache_speedup": ("≥", 50.0),
+    "head_train_seconds": ("≤", 15.0),
+    "naive_vs_cached_speedup": ("≥", 10.0),
+}
+
+
+@dataclass(frozen=True)
+class BenchSettings:
+    """What to measure with; ``quick`` shrinks everything to fit in about three minutes on 2 cores."""
+
+    arch: str = "EfficientNetLite0"
+    weights: str | None = "imagenet"
+    image_size: tuple[int, int] | None = None
+    images: int = 512
+    batch_size: int = 32
+    head_samples: int = 1210
+    head_features: int = 1280
+    head_classes: int = 8
+    head_epochs: int = 200
+    head_batch_size: int = 10
+    naive_epochs: int = 20  # E of the naive-vs-cached comparison
+    naive_epochs_run: int = 20  # epochs the naive recipe really runs (per-epoch time × E when fewer)
+    memory_probe: bool = True
+
+
+def quick_settings(**overrides: Any) -> BenchSettings:
+    """The ``--quick`` settings: fewer images, the naive recipe timed over 2 epochs and scaled to E = 20."""
+    return replace(BenchSettings(images=96, naive_epochs_run=2), **overrides)
+
+
+def machine_info() -> dict[str, Any]:
+    """CPU model, cores, GPUs and library versions, so a result file says where it was measured."""
+    env = environment_report()
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.lower().startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": env["gpus"], "tensorflow": env["tensorflow"],
+            "keras": env["keras"], "python": env["python"], "platform": env["platform"]}
+
+
+def source_images() -> tuple[pd.DataFrame, str]:
+    """Training images to measure on: the real car-damage photos when downloaded, else the bundled sample."""
+    from .data import by_subset, load_dataset
+    from .download import find_data_root
+
+    real = config.data_dir() / "car-damage"
+    root = find_data_root(real) if real.is_dir() else None
+    if root is not None:
+        return by_subset(load_dataset(root))[0], f"car-damage photos ({root})"
+    return by_subset(load_dataset(sample_dir()))[0], "bundled synthetic sample"
+
+
+def bench_images(n: int, folder: Path) -> pd.DataFrame:
+    """N labelled image files: the source's training images, copied (renamed) until there are N."""
+    train, _ = source_images()
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        source = train.iloc[i % len(train)]
+        target = folder / f"{i:06d}{Path(source.image_path).suffix}"
+        if not target.exists():
+            shutil.copyfile(source.image_path, target)
+        rows.append({"image_path": str(target), "label": source.label, "subset": "train"})
+    return pd.DataFrame(rows)
+
+
+def _decoded(frame: pd.DataFrame, size: tuple[int, int]) -> np.ndarray:
+    """Every image decoded and resized in memory, exactly as the pipeline does (the 'raw' side)."""
+    tf = import_tensorflow()
+    from .images import decode_image
+
+    return np.stack([decode_image(tf.io.read_file(p), size).numpy() for p in frame["image_path"]])
+
+
+def bench_pipeline(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> dict[str, Any]:
+    """(1) files → features vs model.predict on pre-decoded pixels; (2) cache reuse vs first computation."""
+    from .architectures import feature_extractor, get_architecture
+    from .bottleneck import compute_bottlenecks
+
+    size = get_architecture(s.arch).resolve_input_size(s.image_size)
+    model = feature_extractor(s.arch, s.weights, size)
+    pixels = _decoded(frame, size)
+    model.predict(pixels[: s.batch_size], batch_size=s.batch_size, verbose=0)  # warm-up
+    started = time.perf_counter()
+    model.predict(pixels, batch_size=s.batch_size, verbose=0)
+    raw_seconds = time.perf_counter() - started
+    del pixels
+
+    common = dict(workspace=workspace, batch_size=s.batch_size, weights=s.weights, image_size=s.image_size,
+                  progress=False)
+    compute_bottlenecks(frame.head(s.batch_size), s.arch, cache_name="warmup", **common)  # trace + warm
+    started = time.perf_counter()
+    first = compute_bottlenecks(frame, s.arch, cache_name="bench", reuse=False, **common)
+    pipeline_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    again = compute_bottlenecks(frame, s.arch, cache_name="bench", reuse=True, **common)
+    reuse_seconds = time.perf_counter() - started
+    assert again.from_cache and again.features.shape == first.features.shape
+    n = len(frame)
+    return {
+        "images": n,
+        "raw_images_per_second": n / raw_seconds,
+        "pipeline_images_per_second": n / pipeline_seconds,
+        "pipeline_vs_raw": raw_seconds / pipeline_seconds,
+        "bottleneck_seconds": pipeline_seconds,
+        "cache_reuse_seconds": reuse_seconds,
+        "cache_speedup": pipeline_seconds / reuse_seconds,
+    }
+
+
+def structured_features(n: int, d: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """Random features with class structure (a mean per class plus noise), like bottlenecks of real photos."""
+    rng = np.random.default_rng(seed)
+    centers = rng.normal(0.0, 1.0, (classes, d)).astype(np.float32)
+    y = np.arange(n) % classes
+    x = np.maximum(centers[y] + rng.normal(0.0, 2.0, (n, d)).astype(np.float32), 0.0)  # ReLU-like, as pooled CNN features
+    return x.astype(np.float32), y
+
+
+def _bottlenecks(features: np.ndarray, labels: list[str], arch: str, size: tuple[int, int]):
+    from .bottleneck import Bottlenecks
+
+    return Bottlenecks(features=features, labels=labels, image_paths=[f"{i}.jpeg" for i in range(len(labels))],
+                       skipped=pd.DataFrame(columns=["path", "reason"]), from_cache=False, arch=arch,
+                       weights_id="bench", image_size=size)
+
+
+def bench_head(s: BenchSettings) -> dict[str, Any]:
+    """(3) 200 epochs of the softmax head over cached features vs scikit-learn's LogisticRegression."""
+    from sklearn.linear_model import LogisticRegression
+
+    from .trainer import ImageClassificationTrainer, Options
+
+    x, y = structured_features(s.head_samples, s.head_features, s.head_classes)
+    labels = [f"class_{k}" for k in y]
+    train = _bottlenecks(x, labels, s.arch, (224, 224))
+    options = Options(arch=s.arch, epoch=s.head_epochs, batch_size=s.head_batch_size, early_stopping=None,
+                      test_on_train_set=True, progress=False)
+    trainer = ImageClassificationTrainer(options)
+    trainer.fit_features(_bottlenecks(x[:20], labels[:20], s.arch, (224, 224)), None)  # trace once
+    started = time.perf_counter()
+    trained = trainer.fit_features(train, None)
+    head_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    LogisticRegression(max_iter=1000).fit(x, y)
+    sklearn_seconds = time.perf_counter() - started
+    final = trained.history[trained.history["dataset"] == "Train"].iloc[-1]
+    return {
+        "head_train_seconds": head_seconds,
+        "head_train_epochs": s.head_epochs,
+        "head_train_final_accuracy": float(final["accuracy"]),
+        "sklearn_seconds": sklearn_seconds,
+        "head_train_vs_sklearn": head_seconds / sklearn_seconds,
+    }
+
+
+def bench_naive(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> dict[str, Any]:
+    """(4) the tutorial recipe (frozen backbone inside a Sequential, fit over images) vs bottleneck-once."""
+    tf = import_tensorflow()
+    import keras
+
+    from .architectures import feature_extractor, get_architecture
+    from .bottleneck import compute_bottlenecks
+    from .data import LabelMap
+    from .images import decode_image
+    from .trainer import ImageClassificationTrainer, Options
+
+    size = get_architecture(s.arch).resolve_input_size(s.image_size)
+    label_map = LabelMap.from_labels(frame["label"])
+    rng = np.random.default_rng(0)
+    order = rng.permutation(len(frame))
+    cut = max(1, int(len(frame) * 0.8))
+    train_df, val_df = frame.iloc[order[:cut]], frame.iloc[order[cut:]]
+
+    def dataset(df: pd.DataFrame, shuffle: bool = False) -> tf.data.Dataset:
+        ds = tf.data.Dataset.from_tensor_slices((list(df["image_path"]), label_map.encode(df["label"])))
+        if shuffle:  # what the tutorial does: reshuffle the file list every epoch
+            ds = ds.shuffle(len(df), seed=0, reshuffle_each_iteration=True)
+        ds = ds.map(lambda p, y: (decode_image(tf.io.read_file(p), size), y), num_parallel_calls=tf.data.AUTOTUNE)
+        return ds.batch(s.head_batch_size).prefetch(tf.data.AUTOTUNE)
+
+    keras.utils.set_random_seed(0)
+    naive = keras.Sequential([feature_extractor(s.arch, s.weights, size),
+                              keras.layers.Dense(len(label_map), activation="softmax")])
+    naive.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    naive.fit(dataset(train_df.head(s.head_batch_size)), epochs=1, verbose=0, shuffle=False)  # trace + warm
+    started = time.perf_counter()
+    naive.fit(dataset(train_df, shuffle=True), epochs=s.naive_epochs_run, verbose=0, shuffle=False)
+    naive_run_seconds = time.perf_counter() - started
+    naive_seconds = naive_run_seconds * s.naive_epochs / s.naive_epochs_run
+    naive_accuracy = float(naive.evaluate(dataset(val_df), verbose=0)[1])
+
+    options = Options(arch=s.arch, epoch=s.naive_epochs, batch_size=s.head_batch_size, early_stopping=None,
+                      weights=s.weights, image_size=s.image_size, workspace_path=str(workspace), progress=False)
+    started = time.perf_counter()
+    common = dict(workspace=workspace, batch_size=s.batch_size, weights=s.weights, image_size=s.image_size,
+                  progress=False)
+    train_b = compute_bottlenecks(train_df, s.arch, cache_name="naive-train", **common)
+    val_b = compute_bottlenecks(val_df, s.arch, cache_name="naive-validation", **common)
+    trained = ImageClassificationTrainer(options).fit_features(train_b, val_b)
+    cached_seconds = time.perf_counter() - started
+    predicted = trained.predict(val_b.features)
+    cached_accuracy = float(np.mean(np.asarray(predicted) == np.asarray(val_b.labels)))
+    return {
+        "naive_epochs": s.naive_epochs,
+        "naive_epochs_run": s.naive_epochs_run,
+        "naive_seconds": naive_seconds,
+        "naive_extrapolated": s.naive_epochs_run != s.naive_epochs,
+        "cached_seconds": cached_seconds,
+        "naive_vs_cached_speedup": naive_seconds / cached_seconds,
+        "naive_accuracy": naive_accuracy,
+        "naive_accuracy_after_epochs": s.naive_epochs_run,
+        "cached_accuracy": cached_accuracy,
+    }
+
+
+def _current_rss() -> int:
+    import psutil  # installed with Jupyter's kernel
+
+    return int(psutil.Process().memory_info().rss)
+
+
+def _rss_probe(s: BenchSettings, n: int, workspace: Path) -> dict[str, float]:
+    """Child-process body: resident memory just before, and at its highest during, the bottleneck phase."""
+    import threading
+
+    from .bottleneck import compute_bottlenecks
+
+    frame = bench_images(n, workspace / "images")
+    common = dict(workspace=workspace, batch_size=s.batch_size, weights=s.weights, image_size=s.image_size,
+                  progress=False)
+    compute_bottlenecks(frame.head(s.batch_size), s.arch, cache_name="probe-warm", **common)  # model built, traced
+    before = _current_rss()
+    peak = [before]
+    done = threading.Event()
+
+    def sample() -> None:
+        while not done.wait(0.005):
+            peak[0] = max(peak[0], _current_rss())
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = compute_bottlenecks(frame, s.arch, cache_name="probe", **common)
+    finally:
+        done.set()
+        sampler.join()
+    peak[0] = max(peak[0], _current_rss())
+    return {"images": n, "rss_before_bytes": before, "rss_peak_bytes": peak[0],
+            "feature_bytes": float(result.features.nbytes)}
+
+
+def bench_memory(s: BenchSettings, n: int, workspace: Path) -> dict[str, Any]:
+    """(5) peak RSS growth at N and 4N images, each in a fresh process; streaming means only features grow."""
+    probes = []
+    for count in (n, 4 * n):
+        folder = workspace / f"rss-{count}"
+        command = [sys.executable, "-m", "workshop_utils.bench", "--_rss-probe", str(count), "--arch", s.arch,
+                   "--out", str(folder), "--_settings", json.dumps({"weights": s.weights, "image_size": s.image_size,
+                                                                     "batch_size": s.batch_size})]
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+        if done.returncode != 0:
+            raise RuntimeError(f"Memory probe with {count} images failed:\n{done.stderr[-2000:]}")
+        probes.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    small, large = probes
+    growth_small = small["rss_peak_bytes"] - small["rss_before_bytes"]
+    growth_large = large["rss_peak_bytes"] - large["rss_before_bytes"]
+    feature_difference = large["feature_bytes"] - small["feature_bytes"]
+    slack = 64 * 2**20  # allocator and tf.data buffers; loading every image would need hundreds of MB more
+    return {
+        "rss": probes,
+        "rss_growth_small_bytes": growth_small,
+        "rss_growth_large_bytes": growth_large,
+        "rss_growth_difference_bytes": growth_large - growth_small,
+        "feature_matrix_difference_bytes": feature_difference,
+        "rss_growth_explained": bool(growth_large - growth_small <= feature_difference + slack),
+    }
+
+
+def run_benchmark(settings: BenchSettings, out_dir: Path | None = None) -> dict[str, Any]:
+    """Run every measurement and write ``<out_dir>/<date>-<arch>.json``; returns the result dictionary."""
+    out_dir = Path(out_dir or REPO_ROOT / "bench" / "results")
+    with tempfile.TemporaryDirectory(prefix="workshop-bench-") as tmp:
+        workspace = Path(tmp)
+        frame = bench_images(settings.images, workspace / "images")
+        result: dict[str, Any] = {"settings": {k: v for k, v in settings.__dict__.items()}}
+        result.update(bench_pipeline(settings, frame, workspace))
+        result.update(bench_head(settings))
+        result.update(bench_naive(settings, frame, workspace))
+        if settings.memory_probe:
+            result.update(bench_memory(settings, max(16, settings.images // 2), workspace))
+    result["machine"] = machine_info()
+    result["date"] = _dt.datetime.now().isoformat(timespec="seconds")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{_dt.date.today().isoformat()}-{settings.arch}.json"
+    tmp_path = path.with_suffix(".json.tmp")
+    tmp_path.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
+    os.replace(tmp_path, path)
+    result["path"] = str(path)
+    return result
+
+
+def markdown_table(result: dict[str, Any]) -> str:
+    """The result as the README's Performance table."""
+    def status(key: str) -> str:
+        if key not in TARGETS or key not in result:
+            return ""
+        op, bound = TARGETS[key]
+        ok = result[key] >= bound if op == "≥" else result[key] <= bound
+        return f"{op} {bound:g} {'✅' if ok else '❌'}"
+
+    m = result["machine"]
+    rows = [
+        ("bottleneck pipeline vs raw `model.predict`", "pipeline_vs_raw",
+         f"{result['pipeline_images_per_second']:.1f} vs {result['raw_images_per_second']:.1f} images/s"),
+        ("cache reuse speed-up", "cache_speedup",
+         f"{result['bottleneck_seconds']:.2f} s → {result['cache_reuse_seconds'] * 1000:.0f} ms"),
+        (f"head training, {result['head_train_epochs']} epochs of 1,210 × 1,280 (s)", "head_train_seconds",
+         f"scikit-learn LogisticRegression: {result['sklearn_seconds']:.2f} s"),
+        (f"bottleneck-once vs naive Keras fit, E = {result['naive_epochs']}", "naive_vs_cached_speedup",
+         f"{result['naive_seconds']:.0f} s vs {result['cached_seconds']:.1f} s"
+         f"{' (naive timed over %d epochs, scaled)' % result['naive_epochs_run'] if result['naive_extrapolated'] else ''}; "
+         f"accuracy {result['naive_accuracy']:.2f} vs {result['cached_accuracy']:.2f}"),
+    ]
+    lines = [f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {', '.join(m['gpus']) or 'none'}, "
+             f"TensorFlow {m['tensorflow']}; {result['settings']['arch']}, {result['images']} images.", "",
+             "| measure | value | target | details |", "|---|---|---|---|"]
+    for title, key, details in rows:
+        lines.append(f"| {title} | {result[key]:.2f} | {status(key)} | {details} |")
+    if "rss_growth_explained" in result:
+        mb = 2**20
+        lines.append(
+            f"| peak RSS growth, {result['rss'][0]['images']} → {result['rss'][1]['images']} images (MB) | "
+            f"{result['rss_growth_small_bytes'] / mb:.0f} → {result['rss_growth_large_bytes'] / mb:.0f} | "
+            f"explained by features {'✅' if result['rss_growth_explained'] else '❌'} | "
+            f"feature matrix grows {result['feature_matrix_difference_bytes'] / mb:.1f} MB |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point."""
+    parser = argparse.ArgumentParser(prog="python -m workshop_utils.bench", description=__doc__.splitlines()[0])
+    parser.add_argument("--arch", default="EfficientNetLite0", help="backbone to measure (default EfficientNetLite0)")
+    parser.add_argument("--images", type=int, default=None, help="images for the bottleneck measures (default 512; quick 96)")
+    parser.add_argument("--quick", action="store_true", help="small settings, about 3 minutes on 2 CPU cores")
+    parser.add_argument("--out", type=Path, default=None, help="result folder (default bench/results)")
+    parser.add_argument("--_rss-probe", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--_settings", default="{}", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    import_tensorflow()
+    if args._rss_probe:
+        extra = json.loads(args._settings)
+        if extra.get("image_size"):
+            extra["image_size"] = tuple(extra["image_size"])
+        s = replace(BenchSettings(arch=args.arch), **extra)
+        print(json.dumps(_rss_probe(s, args._rss_probe, args.out)))
+        return 0
+    settings = quick_settings(arch=args.arch) if args.quick else BenchSettings(arch=args.arch)
+    if args.images:
+        settings = replace(settings, images=args.images)
+    result = run_benchmark(settings, args.out)
+    print(markdown_table(result))
+    print(f"\nResults written to {result['path']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
