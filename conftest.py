@@ -1,4 +1,4 @@
-"""Test-session defaults: the quick profile (offline, bundled sample) and a throw-away workspace.
+"""Test-session defaults for tests/ and notebooks/: the quick profile (offline, bundled sample), a throw-away workspace.
 
 Both are environment variables, so the notebooks nbval starts as kernels inherit them: 00 → 06 run in
 order and share one workspace, just as a learner's notebooks do.
