@@ -195,7 +195,9 @@ def _predict(args: argparse.Namespace) -> int:
             continue
         timings.append(time.perf_counter() - started)
         if args.json:
-            print(json.dumps({"image": str(path), **prediction.to_dict()}))
+            record = prediction.to_dict()
+            record.pop("source", None)  # the same as "image"
+            print(json.dumps({"image": str(path), **record}))
         else:
             print(f"Image: {path.name} | Predicted: {prediction.label} | Probability: {prediction.probability:.4f}")
     if timings and not args.json:

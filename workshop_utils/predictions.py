@@ -87,9 +87,11 @@ def check_image_bytes(
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{what}the image is too large to decode safely ({exc}); downscale it.") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        # Pillow's own text for unknown bytes names an in-memory object address: of no use to a reader.
+        detail = "" if isinstance(exc, UnidentifiedImageError) else f" ({exc})"
         raise InvalidImageError(
             f"{what}the bytes ({len(data)} bytes, starting {data[:8]!r}) are not a decodable {SUPPORTED_FORMATS} "
-            f"image ({exc}). Check that the file is a photo and was fully downloaded."
+            f"image{detail}. Check that the file is a photo and was fully downloaded."
         ) from exc
     fmt = _PIL_FORMATS.get(pil_format)
     if fmt is None:
