@@ -15,15 +15,7 @@ import numpy as np
 
 from .config import import_tensorflow
 from .images import decode_image
-from .predictions import (
-    DEFAULT_MAX_PIXELS,
-    Prediction,
-    check_image_bytes,
-    load_labels,
-    read_image_file,
-    score_frame,
-    undecodable,
-)
+from .predictions import DEFAULT_MAX_PIXELS, ImageScorer, check_image_bytes, load_labels, undecodable
 
 tf = import_tensorflow()
 
@@ -138,7 +130,7 @@ def inspect_graph(pb_path: str | Path) -> "pandas.DataFrame":  # noqa: F821
     return table.sort_values("role", key=lambda s: s.map(order).fillna(4), kind="stable").reset_index(drop=True)
 
 
-class FrozenGraphScorer:
+class FrozenGraphScorer(ImageScorer):
     """Score images with any frozen TF graph by tensor names (e.g. Custom Vision: ``Placeholder`` → ``loss``).
 
     Preprocessing for a float (or uint8) image input: decode (JPEG/PNG/GIF/BMP) → bilinear resize to
@@ -274,32 +266,6 @@ class FrozenGraphScorer:
             scores = np.exp(scores - scores.max(axis=1, keepdims=True))
             scores /= scores.sum(axis=1, keepdims=True)
         return scores
-
-    def _labels_for(self, width: int) -> list[str]:
-        return self.labels if self.labels is not None else [f"class_{i}" for i in range(width)]
-
-    def predict_bytes(self, data: bytes, name: str | Path | None = None) -> Prediction:
-        """Score one encoded image (untrusted bytes are checked first)."""
-        scores = self.predict_proba([data], [name])[0]
-        return Prediction.from_scores(scores, self._labels_for(len(scores)), source=name)
-
-    def predict_file(self, path: str | Path) -> Prediction:
-        """Score one image file."""
-        return self.predict_bytes(read_image_file(path, max_pixels=self.max_pixels), name=path)
-
-    def predict_frame(
-        self,
-        df: "pandas.DataFrame",  # noqa: F821
-        path_column: str = "image_path",
-        batch_size: int = 32,
-        progress: bool = False,
-    ) -> "pandas.DataFrame":  # noqa: F821
-        """Score every row's image file; see :func:`workshop_utils.predictions.score_frame` for the columns."""
-        labels = self.labels
-        if labels is None:
-            raise FrozenGraphError("predict_frame needs labels; pass labels=[...] or a labels.txt path.")
-        return score_frame(df, self.predict_proba, labels, path_column=path_column, batch_size=batch_size,
-                           max_pixels=self.max_pixels, progress=progress)
 
     def __repr__(self) -> str:
         return (f"FrozenGraphScorer({str(self.pb_path)!r}, {self.input_name!r} → {self.output_name!r}, "

@@ -6,10 +6,9 @@ time are produced by exactly the same operations.
 from __future__ import annotations
 
 from .config import import_tensorflow
+from .predictions import SUPPORTED_FORMATS  # noqa: F401  (what decode_image reads, re-exported)
 
 tf = import_tensorflow()
-
-SUPPORTED_FORMATS = "JPEG/PNG/GIF/BMP"
 
 
 def decode_image(contents: tf.Tensor, image_size: tuple[int, int]) -> tf.Tensor:

@@ -41,6 +41,7 @@ from .images import decode_image
 from .predictions import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_FORMATS,
+    ImageScorer,
     ImageTooLargeError,
     InvalidImageError,
     LabelsFileError,
@@ -48,8 +49,6 @@ from .predictions import (
     UnscoredImagesWarning,
     check_image_bytes,
     load_labels,
-    read_image_file,
-    score_frame,
     undecodable,
     write_labels,
 )
@@ -507,7 +506,7 @@ def export_tflite(out_dir: str | Path) -> Path:
 
 
 # -- consuming -------------------------------------------------------------------------------------------
-class Classifier:
+class Classifier(ImageScorer):
     """A loaded export: score untrusted image bytes, files or a frame of paths without the workshop's trainer."""
 
     def __init__(
@@ -581,30 +580,6 @@ class Classifier:
         except tf.errors.InvalidArgumentError as exc:  # truncated/corrupt data behind a valid header
             raise undecodable(names[0] if len(names) == 1 else None, exc, len(names)) from exc
         return np.asarray(scores, dtype=np.float64)
-
-    def predict_bytes(self, data: bytes, name: str | Path | None = None) -> Prediction:
-        """Score one encoded image (e.g. an upload); ``name`` only labels messages and the result."""
-        return Prediction.from_scores(self.predict_proba([data], [name])[0], self.labels, source=name)
-
-    def predict_file(self, path: str | Path) -> Prediction:
-        """Score one image file."""
-        return self.predict_bytes(read_image_file(path, max_pixels=self.max_pixels), name=path)
-
-    def predict_frame(
-        self,
-        df: "pandas.DataFrame",  # noqa: F821
-        path_column: str = "image_path",
-        batch_size: int = 32,
-        progress: bool = False,
-    ) -> "pandas.DataFrame":  # noqa: F821
-        """Score every row's image file in batches.
-
-        Returns a copy of ``df`` plus ``predicted``, ``probability``, ``score_<class>`` columns and ``error``:
-        bad images stay in the frame with predicted=None, probability NaN and the reason in ``error``
-        (an UnscoredImagesWarning counts them), so row order and index always match the input.
-        """
-        return score_frame(df, self.predict_proba, self.labels, path_column=path_column, batch_size=batch_size,
-                           max_pixels=self.max_pixels, progress=progress)
 
     def __repr__(self) -> str:
         where = f" from {str(self.directory)!r}" if self.directory else ""

@@ -294,3 +294,46 @@ def score_frame(
             stacklevel=3,  # the caller of predict_frame
         )
     return out
+
+
+class ImageScorer:
+    """What every scorer offers on top of its own ``predict_proba``: one image's bytes, a file, a frame.
+
+    Subclasses set ``labels`` (class names, or None when unknown) and ``max_pixels``.
+    """
+
+    labels: list[str] | None = None
+    max_pixels: int | None = DEFAULT_MAX_PIXELS
+
+    def predict_proba(self, images: Any, names: Any = None) -> Any:  # (N, C) probabilities
+        raise NotImplementedError
+
+    def _labels_for(self, width: int) -> list[str]:
+        return self.labels if self.labels is not None else [f"class_{i}" for i in range(width)]
+
+    def predict_bytes(self, data: bytes, name: str | Path | None = None) -> Prediction:
+        """Score one encoded image (e.g. an upload); ``name`` only labels messages and the result."""
+        scores = self.predict_proba([data], [name])[0]
+        return Prediction.from_scores(scores, self._labels_for(len(scores)), source=name)
+
+    def predict_file(self, path: str | Path) -> Prediction:
+        """Score one image file."""
+        return self.predict_bytes(read_image_file(path, max_pixels=self.max_pixels), name=path)
+
+    def predict_frame(
+        self,
+        df: Any,  # pandas.DataFrame
+        path_column: str = "image_path",
+        batch_size: int = 32,
+        progress: bool = False,
+    ) -> Any:  # pandas.DataFrame
+        """Score every row's image file in batches.
+
+        Returns a copy of ``df`` plus ``predicted``, ``probability``, ``score_<class>`` columns and ``error``:
+        bad images stay in the frame with predicted=None, probability NaN and the reason in ``error``
+        (an UnscoredImagesWarning counts them), so row order and index always match the input.
+        """
+        if self.labels is None:
+            raise LabelsFileError("predict_frame needs labels; pass labels=[...] or a labels.txt path.")
+        return score_frame(df, self.predict_proba, self.labels, path_column=path_column, batch_size=batch_size,
+                           max_pixels=self.max_pixels, progress=progress)
