@@ -289,6 +289,18 @@ def _error_reason(path: str, size: tuple[int, int]) -> str | None:
         return message or type(error).__name__
 
 
+def _warn_skipped(skipped: pd.DataFrame, total: int, when: str, stacklevel: int) -> None:
+    """One warning naming how many images were left out and the first one with its reason."""
+    if len(skipped):
+        first = skipped.iloc[0]
+        warnings.warn(
+            f"Skipped {len(skipped)} of {total} images that could not be decoded{when} "
+            f"(first: {first['path']}: {first['reason']}); the list is in Bottlenecks.skipped.",
+            SkippedImagesWarning,
+            stacklevel=stacklevel,
+        )
+
+
 def _dataset_name(cache_name: str | None, dataset_name: str | None) -> str:
     if dataset_name:
         return dataset_name
@@ -383,14 +395,7 @@ def compute_bottlenecks(
     kept_labels = [labels[i] for i in keep]
     skipped = pd.DataFrame([(paths[i], reasons[i]) for i in sorted(reasons)], columns=["path", "reason"])
     elapsed = time.perf_counter() - started
-    if len(skipped):
-        first = skipped.iloc[0]
-        warnings.warn(
-            f"Skipped {len(skipped)} of {len(paths)} images that could not be decoded "
-            f"(first: {first['path']}: {first['reason']}); the list is in Bottlenecks.skipped.",
-            SkippedImagesWarning,
-            stacklevel=2,
-        )
+    _warn_skipped(skipped, len(paths), "", stacklevel=3)
 
     if folder is not None and fingerprint is not None:
         root = _image_root(paths)
@@ -434,14 +439,7 @@ def _try_reuse(folder: Path, fingerprint: dict[str, Any], paths: list[str], labe
     skipped_rows = {int(s["index"]) for s in skipped_info}
     keep = [i for i in range(len(paths)) if i not in skipped_rows]
     skipped = pd.DataFrame([(paths[int(s["index"])], s["reason"]) for s in skipped_info], columns=["path", "reason"])
-    if len(skipped):
-        first = skipped.iloc[0]
-        warnings.warn(
-            f"Skipped {len(skipped)} of {len(paths)} images that could not be decoded when the cache was made "
-            f"(first: {first['path']}: {first['reason']}); the list is in Bottlenecks.skipped.",
-            SkippedImagesWarning,
-            stacklevel=3,
-        )
+    _warn_skipped(skipped, len(paths), " when the cache was made", stacklevel=4)
     return Bottlenecks(features=features, labels=[labels[i] for i in keep], image_paths=[paths[i] for i in keep],
                        skipped=skipped if len(skipped) else _empty_skipped(), from_cache=True, cache_dir=folder,
                        seconds=time.perf_counter() - started, **base)
@@ -461,14 +459,20 @@ def _run_pipeline(model: keras.Model, paths: list[str], size: tuple[int, int], b
     def load(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
         return index, decode_image(tf.io.read_file(path), size)
 
+    # Decoding overlaps the model: a fixed number of decode workers and one batch prefetched. tf.data's
+    # autotuner is off: on 2 CPU cores its background work intermittently halved the model's speed
+    # (~50 instead of ~95 images/s for EfficientNet-Lite0; measured, see workshop_utils.bench).
+    options = tf.data.Options()
+    options.autotune.enabled = False
     dataset = (
         tf.data.Dataset.from_tensor_slices((tf.range(n, dtype=tf.int64), tf.constant(paths)))
-        .map(load, num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
+        .map(load, num_parallel_calls=min(8, os.cpu_count() or 1), deterministic=True)
         # A file that fails to read or decode is dropped here; its index is missing from the batches, and
         # the reason is found afterwards by decoding it again on its own (see _error_reason).
         .ignore_errors()
         .batch(batch_size)
-        .prefetch(tf.data.AUTOTUNE)
+        .prefetch(1)
+        .with_options(options)
     )
     run = _runner(model)
     metrics = ImageClassificationMetrics(bottleneck=BottleneckMetrics(dataset_used=ds_name))
