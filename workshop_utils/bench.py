@@ -74,21 +74,19 @@ def machine_info() -> dict[str, Any]:
             "keras": env["keras"], "python": env["python"], "platform": env["platform"]}
 
 
-def source_images() -> tuple[pd.DataFrame, str]:
-    """Training images to measure on: the real car-damage photos when downloaded, else the bundled sample."""
+def source_images() -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation) images to measure on: the real car-damage photos when downloaded, else the sample."""
     from .data import by_subset, load_dataset
     from .download import find_data_root
 
     real = config.data_dir() / "car-damage"
     root = find_data_root(real) if real.is_dir() else None
-    if root is not None:
-        return by_subset(load_dataset(root))[0], f"car-damage photos ({root})"
-    return by_subset(load_dataset(sample_dir()))[0], "bundled synthetic sample"
+    return by_subset(load_dataset(root if root is not None else sample_dir()))
 
 
 def bench_images(n: int, folder: Path) -> pd.DataFrame:
     """N labelled image files: the source's training images, copied (renamed) until there are N."""
-    train, _ = source_images()
+    train, _ = source_images()  # only training images are replicated: validation stays unseen
     folder.mkdir(parents=True, exist_ok=True)
     rows = []
     for i in range(n):
@@ -199,7 +197,11 @@ def bench_head(s: BenchSettings) -> dict[str, Any]:
 
 
 def bench_naive(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> dict[str, Any]:
-    """(4) the tutorial recipe (frozen backbone inside a Sequential, fit over images) vs bottleneck-once."""
+    """(4) the tutorial recipe (frozen backbone inside a Sequential, fit over images) vs bottleneck-once.
+
+    Both train on the same N image files and are scored on the source's validation images, which are never
+    among the (replicated) training files.
+    """
     tf = import_tensorflow()
     import keras
 
@@ -210,11 +212,8 @@ def bench_naive(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> dict[
     from .trainer import ImageClassificationTrainer, Options
 
     size = get_architecture(s.arch).resolve_input_size(s.image_size)
-    label_map = LabelMap.from_labels(frame["label"])
-    rng = np.random.default_rng(0)
-    order = rng.permutation(len(frame))
-    cut = max(1, int(len(frame) * 0.8))
-    train_df, val_df = frame.iloc[order[:cut]], frame.iloc[order[cut:]]
+    train_df, val_df = frame, source_images()[1]  # the N (replicated) training files; distinct validation images
+    label_map = LabelMap.from_labels(list(train_df["label"]) + list(val_df["label"]))
 
     def dataset(df: pd.DataFrame, shuffle: bool = False) -> tf.data.Dataset:
         ds = tf.data.Dataset.from_tensor_slices((list(df["image_path"]), label_map.encode(df["label"])))
