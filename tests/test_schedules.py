@@ -58,14 +58,12 @@ def test_polynomial_with_cycle():
     assert schedule.learning_rate(25, 10) == pytest.approx(0.0099 * (15 / 40) + 1e-4)
 
 
-def test_learning_rate_is_both_the_initial_rate_and_the_method():
-    schedule = ExponentialLRDecay()
-    assert schedule.learning_rate == 0.01
-    schedule.learning_rate = 0.02  # as the command line does for --learning-rate
-    assert schedule.learning_rate == 0.02
+def test_initial_rate_and_the_per_step_method():
+    schedule = ExponentialLRDecay(learning_rate=0.02)
+    assert schedule.initial_learning_rate == 0.02
     assert schedule.learning_rate(0, 10) == 0.02
-    with pytest.raises(ScheduleError, match="above 0"):
-        schedule.learning_rate = 0
+    with pytest.raises(ScheduleError, match="The learning rate must be above 0, got 0"):
+        ExponentialLRDecay(learning_rate=0)
 
 
 def test_rates_for_an_epoch():

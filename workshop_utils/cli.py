@@ -101,7 +101,8 @@ def _run(args: argparse.Namespace) -> int:
     dataset = args.dataset or profile.dataset
     if dataset == "sample" and profile.name != "quick":
         profile = get_profile("quick")  # the sample is for offline runs: its settings come with it
-        print(f"Dataset 'sample': using the quick profile's settings (arch {profile.arch}, {profile.epochs} epochs).")
+        print(f"Dataset 'sample': defaults from the quick profile (arch {profile.arch}, {profile.epochs} epochs, "
+              "offline weights); flags still override them.")
     weights: str | None = profile.weights
     if args.weights is not None:
         weights = None if args.weights.lower() in {"none", "random"} else args.weights
@@ -116,7 +117,7 @@ def _run(args: argparse.Namespace) -> int:
     from .data import by_subset, load_dataset, split
     from .download import resolve_dataset
     from .metrics import evaluate
-    from .trainer import EarlyStopping, ImageClassificationTrainer, Options
+    from .trainer import EarlyStopping, ExponentialLRDecay, ImageClassificationTrainer, Options
 
     architecture = get_architecture(arch)
     if weights is None:
@@ -133,11 +134,13 @@ def _run(args: argparse.Namespace) -> int:
         f"({len(train_df)} train, {len(validation_df)} validation)."
     )
 
+    rate = args.learning_rate or profile.learning_rate
     options = Options(
         arch=architecture.name,
         epoch=args.epochs or profile.epochs,
         batch_size=args.batch_size or profile.batch_size,
-        learning_rate=args.learning_rate or profile.learning_rate,
+        learning_rate=rate,
+        learning_rate_scheduler=ExponentialLRDecay(learning_rate=rate),  # ML.NET's schedule, from this rate
         early_stopping=EarlyStopping(patience=profile.patience),
         reuse_train_set_bottleneck_cached_values=args.reuse_cache,
         reuse_validation_set_bottleneck_cached_values=args.reuse_cache,
@@ -148,8 +151,6 @@ def _run(args: argparse.Namespace) -> int:
         image_size=image_size,
         bottleneck_batch_size=profile.bottleneck_batch_size,
     )
-    if args.learning_rate:
-        options.learning_rate_scheduler.learning_rate = args.learning_rate
     started = time.perf_counter()
     trained = ImageClassificationTrainer(options).fit(train_df, validation_df)
     print(

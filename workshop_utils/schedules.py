@@ -32,52 +32,27 @@ def _decay_steps(num_epochs_per_decay: float, batches_per_epoch: int) -> int:
     return max(1, int(_f32(batches_per_epoch) * _f32(num_epochs_per_decay)))
 
 
-class _Rate(float):
-    """The initial learning rate as a float that can also be called: ``schedule.learning_rate(step, B)``.
-
-    ML.NET names both the initial rate (a property) and, here, the public per-step method ``learning_rate``;
-    this lets ``schedule.learning_rate = 0.02`` and ``schedule.learning_rate(step, B)`` both work.
-    """
-
-    def __new__(cls, value: float, schedule: "LearningRateScheduler") -> "_Rate":
-        rate = super().__new__(cls, value)
-        rate._schedule = schedule
-        return rate
-
-    def __call__(self, step: int, batches_per_epoch: int) -> float:
-        return self._schedule.rate_at(step, batches_per_epoch)
-
-
-class _InitialRate:
-    """Descriptor storing the initial rate in ``initial_learning_rate`` and returning a callable ``_Rate``."""
-
-    def __get__(self, obj: "LearningRateScheduler | None", objtype: type | None = None) -> Any:
-        if obj is None:
-            return self
-        return _Rate(obj.initial_learning_rate, obj)
-
-    def __set__(self, obj: "LearningRateScheduler", value: float) -> None:
-        value = float(value)
-        if not value > 0:
-            raise ScheduleError(f"The learning rate must be above 0, got {value}.")
-        obj.initial_learning_rate = value
-
-
 class LearningRateScheduler:
     """Base class: a rule giving the learning rate of each training step.
 
-    ``learning_rate`` is both the initial rate (settable, a float) and the per-step method
-    ``learning_rate(step, batches_per_epoch) -> float``.
+    Built with the initial rate (``learning_rate=``, kept as ``initial_learning_rate``); the public
+    method ``learning_rate(step, batches_per_epoch)`` gives the rate of any step.
     """
 
-    learning_rate = _InitialRate()
     _params: tuple[str, ...] = ()
 
     def __init__(self, learning_rate: float = 0.01) -> None:
-        self.learning_rate = learning_rate
+        rate = float(learning_rate)
+        if not rate > 0:
+            raise ScheduleError(f"The learning rate must be above 0, got {learning_rate}.")
+        self.initial_learning_rate = rate
+
+    def learning_rate(self, step: int, batches_per_epoch: int) -> float:
+        """The rate for global ``step`` (``epoch · batches_per_epoch + batch_index``)."""
+        return self.rate_at(step, batches_per_epoch)
 
     def rate_at(self, step: int, batches_per_epoch: int) -> float:
-        """The rate for global ``step`` (``epoch · batches_per_epoch + batch_index``)."""
+        """The schedule's formula (each subclass has its own)."""
         raise NotImplementedError
 
     def rates(self, first_step: int, count: int, batches_per_epoch: int) -> np.ndarray:

@@ -29,7 +29,8 @@ class RetrainPanel:
         self.epochs = w.IntSlider(value=o.epoch, min=1, max=max(200, o.epoch), description="epochs")
         self.batch_size = w.Dropdown(options=sorted({5, 10, 20, 32, 64, o.batch_size}), value=o.batch_size,
                                      description="batch size")
-        rate = o.learning_rate_scheduler.learning_rate if o.learning_rate_scheduler is not None else o.learning_rate
+        rate = (o.learning_rate_scheduler.initial_learning_rate if o.learning_rate_scheduler is not None
+                else o.learning_rate)
         self.learning_rate = w.FloatLogSlider(value=rate, base=10, min=-4, max=0, step=0.1,
                                               description="learning rate", readout_format=".4f")
         self.schedule = w.Dropdown(options=SCHEDULES, value=_schedule_name(o.learning_rate_scheduler),
