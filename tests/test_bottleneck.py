@@ -1,4 +1,5 @@
 """The bottleneck phase: decoding, bad images, ML.NET's progress lines, and the fingerprinted atomic cache."""
+import hashlib
 import json
 import os
 import time
@@ -58,14 +59,21 @@ def images(tmp_path):
     return pd.DataFrame({"image_path": paths, "label": ["a", "b", "a", "b", "a", "b"]})
 
 
+def _noisy_jpeg(path, size=(96, 96)):
+    """A JPEG whose entropy-coded data is long, so cutting it in half keeps a valid header."""
+    pixels = np.random.default_rng(0).integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(path, format="JPEG")
+    return path
+
+
 def _bad_files(folder):
     text = folder / "text.jpg"
     text.write_text("this is not a JPEG")
     empty = folder / "empty.jpg"
     empty.write_bytes(b"")
-    good = (folder / "rgb.jpg").read_bytes()
+    good = _noisy_jpeg(folder / "noisy.jpg").read_bytes()
     truncated = folder / "truncated.jpg"
-    truncated.write_bytes(good[: len(good) // 2])
+    truncated.write_bytes(good[: len(good) // 2])  # header intact, pixel data cut: only the decoder can tell
     return [str(text), str(empty), str(truncated)]
 
 
@@ -84,16 +92,67 @@ def test_bad_images_are_skipped_and_reported(images, tmp_path):
     bad = _bad_files(tmp_path / "images")
     frame = pd.concat([images.iloc[:2], pd.DataFrame({"image_path": bad, "label": ["x", "y", "z"]}),
                        images.iloc[2:]], ignore_index=True)
-    with pytest.warns(SkippedImagesWarning, match=r"Skipped 3 of 9 images .*text\.jpg"):
+    csv = tmp_path / "ws" / "bottlenecks" / "train" / "skipped.csv"
+    with pytest.warns(SkippedImagesWarning, match=r"Skipped 3 of 9 images .*text\.jpg") as caught:
         result = compute_bottlenecks(frame, tiny(), tmp_path / "ws", batch_size=4, weights=None, progress=False)
+    assert str(caught[0].message).endswith(f"; all 3 with reasons: {csv}.")  # points to a file, not an attribute
     assert len(result) == 6
     assert result.labels == list(images["label"])  # rows stay aligned with their labels
     assert not (result.features == 0).all(axis=1).any()  # never a zero vector in place of an image
     reasons = dict(zip(result.skipped["path"], result.skipped["reason"]))
     assert list(reasons) == [os.path.abspath(p) for p in bad]
-    assert "Unknown image file format" in reasons[os.path.abspath(bad[0])]
+    assert reasons[os.path.abspath(bad[0])].startswith(
+        "the bytes (18 bytes, starting b'this is ') are not a decodable JPEG/PNG/GIF/BMP/WebP image")
     assert reasons[os.path.abspath(bad[1])] == "empty file (0 bytes)"
     assert "Invalid JPEG data" in reasons[os.path.abspath(bad[2])]
+    pd.testing.assert_frame_equal(pd.read_csv(csv), result.skipped)
+
+
+def test_cut_jpeg_header_never_reaches_libjpeg(images, tmp_path, capfd):
+    """libjpeg prints "Improper call to JPEG library in state 201" on the C stderr for a cut header: no stray line."""
+    good = _noisy_jpeg(tmp_path / "noisy.jpg").read_bytes()
+    cuts = []
+    for n in (3, 100, 400):
+        cut = tmp_path / f"cut{n}.jpg"
+        cut.write_bytes(good[:n])
+        cuts.append(str(cut))
+    truncated = tmp_path / "half.jpg"
+    truncated.write_bytes(good[: len(good) // 2])  # decoded (and refused) by TensorFlow
+    frame = pd.concat([images, pd.DataFrame({"image_path": cuts + [str(truncated)], "label": "a"})])
+    capfd.readouterr()
+    with pytest.warns(SkippedImagesWarning, match="Skipped 4 of 10 images"):
+        result = compute_bottlenecks(frame, tiny(), tmp_path / "ws", weights=None, progress=False)
+    assert len(result) == 6
+    err = capfd.readouterr().err
+    assert "JPEG library" not in err and "Input file read error" not in err, err
+
+
+def test_decompression_bomb_is_skipped_from_its_header(images, tmp_path):
+    """9000 x 5000 = 45 MP, over predictions.DEFAULT_MAX_PIXELS (40 MP): reported, never decoded (a 1-bit PNG: 6 kB)."""
+    big = tmp_path / "images" / "big.png"
+    Image.new("1", (9000, 5000)).save(big)
+    frame = pd.concat([images, pd.DataFrame({"image_path": [str(big)], "label": ["a"]})], ignore_index=True)
+    with pytest.warns(SkippedImagesWarning, match=r"Skipped 1 of 7 images .*big\.png: the image is 9000x5000 = 45 MP, "
+                      r"over the limit of 40 MP \(max_pixels=40000000\)"):
+        result = compute_bottlenecks(frame, tiny(), tmp_path / "ws", weights=None, progress=False)
+    assert len(result) == 6 and list(result.skipped["path"]) == [str(big)]
+
+
+def test_pixel_limit_is_a_parameter_and_part_of_the_fingerprint(images, tmp_path, monkeypatch, capsys):
+    def not_decoded(*args, **kwargs):
+        raise AssertionError("no image over the limit may reach the decoder")
+
+    monkeypatch.setattr(bottleneck, "feature_extractor", not_decoded)  # every image (40x30 = 1200 px) is over 1000
+    with pytest.raises(BottleneckError, match=r"None of the 6 images could be decoded \(first: .*rgb\.jpg: the image "
+                       r"is 40x30 = 0\.0012 MP, over the limit of 0\.001 MP \(max_pixels=1000\)"):
+        compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False, max_pixels=1000)
+    monkeypatch.undo()
+    compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    capsys.readouterr()
+    result = compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False,
+                                 max_pixels=2000)
+    assert not result.from_cache
+    assert "pixel limit changed (max_pixels 40000000 → 2000)" in capsys.readouterr().out
 
 
 def test_missing_file_is_skipped(images, tmp_path):
@@ -134,12 +193,14 @@ def test_metrics_callback_lines(images, tmp_path):
 def test_cache_files_and_reuse_without_building_the_model(images, tmp_path, monkeypatch, capsys):
     first = compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
     folder = tmp_path / "ws" / "bottlenecks" / "train"
-    assert sorted(p.name for p in folder.iterdir()) == ["features.npy", "labels.txt", "manifest.json"]
+    assert sorted(p.name for p in folder.iterdir()) == ["features.npy", "labels.txt", "manifest.json", "skipped.csv"]
     assert sorted(p.name for p in folder.parent.iterdir()) == ["train"]  # no temporary folders left
     manifest = json.loads((folder / "manifest.json").read_text())
     fingerprint = manifest["fingerprint"]
     assert fingerprint["arch"] == "Tiny" and fingerprint["image_size"] == [32, 32]
     assert fingerprint["images"][0][:2] == ["rgb.jpg", os.path.getsize(images["image_path"][0])]
+    assert fingerprint["images"][0][2] == hashlib.sha1(open(images["image_path"][0], "rb").read()).hexdigest()
+    assert manifest["format"] == bottleneck.CACHE_FORMAT == 2 and fingerprint["max_pixels"] == 40_000_000
     assert (folder / "labels.txt").read_text().splitlines() == list(images["label"])
 
     def no_model(*args, **kwargs):
@@ -170,8 +231,25 @@ def test_changed_image_makes_the_cache_stale(images, tmp_path, capsys):
     result = compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False)
     assert not result.from_cache
     out = capsys.readouterr().out.strip().splitlines()
-    assert out == ["Cache train is stale: 1 image changed (first: rgb.bmp); recomputing."]
+    assert out == ["Cache train is stale: 1 image changed content (first: rgb.bmp); recomputing."]
     assert compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False).from_cache
+
+
+def test_same_size_replacement_with_the_old_timestamp_is_noticed(images, tmp_path, capsys):
+    """`cp -p`, rsync and unzip keep the timestamp: a same-size file with new pixels must still make the cache stale."""
+    first = compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    path = images["image_path"][3]  # rgb.bmp: an uncompressed BMP, so other colours keep the exact size
+    before = os.stat(path)
+    _save(path, "RGB", (255, 255, 255), fmt="BMP")
+    os.utime(path, ns=(before.st_atime_ns, before.st_mtime_ns))
+    after = os.stat(path)
+    assert (after.st_size, after.st_mtime_ns) == (before.st_size, before.st_mtime_ns)
+    capsys.readouterr()
+    result = compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False)
+    assert not result.from_cache
+    out = capsys.readouterr().out.strip()
+    assert out == "Cache train is stale: 1 image changed content (first: rgb.bmp); recomputing."
+    assert not np.array_equal(result.features[3], first.features[3])  # the new pixels, not the stale features
 
 
 def test_other_images_make_the_cache_stale(images, tmp_path, capsys):

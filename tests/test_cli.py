@@ -77,3 +77,57 @@ def test_predict_with_a_missing_model_folder_is_one_line(tmp_path, capsys):
     assert main(["predict", str(tmp_path / "nothing"), "x.jpeg"]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: Model folder") and "does not exist" in err
+
+
+def test_workspace_help_names_the_real_default_and_image_dir_is_documented(capsys):
+    from workshop_utils.config import REPO_ROOT
+
+    with pytest.raises(SystemExit):
+        main(["run", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps long lines
+    assert "./workspace" not in text
+    assert f"default: $WORKSHOP_WORKSPACE, else the repository's workspace folder, {REPO_ROOT / 'workspace'})" in text
+    assert "--image-dir IMAGE_DIR folder holding the images of an index.csv dataset" in text
+
+
+def test_run_with_image_dir_reports_skipped_images_in_skipped_csv(tmp_path, capfd):
+    """--image-dir resolves the CSV's file names; skipped images are counted, listed in skipped.csv, warned
+    about in one line each (no Python file/line), and libjpeg prints nothing of its own."""
+    import shutil
+
+    import pandas as pd
+
+    from workshop_utils.config import sample_dir
+
+    photos, meta, workspace = tmp_path / "photos", tmp_path / "meta", tmp_path / "ws"
+    shutil.copytree(sample_dir() / "image", photos)
+    (photos / "notes.jpeg").write_text("not a picture")
+    (photos / "cut.jpeg").write_bytes((photos / "1.jpeg").read_bytes()[:300])  # a cut header: libjpeg complains
+    index = (sample_dir() / "index.csv").read_text().rstrip("\n").splitlines()
+    index += ["elsewhere/notes.jpeg,door_dent,T", "cut.jpeg,door_dent,V"]  # only the file name counts with --image-dir
+    meta.mkdir()
+    (meta / "index.csv").write_text("\n".join(index) + "\n")
+
+    assert main(["run", "--dataset", str(meta / "index.csv"), "--workspace", str(workspace), *SMALL]) == 2
+    assert "image files not found" in capfd.readouterr().err  # without --image-dir: looked next to the CSV
+
+    argv = ["run", "--dataset", str(meta), "--image-dir", str(photos), "--workspace", str(workspace),
+            "--no-export", *SMALL]
+    assert main(argv) == 0
+    out, err = capfd.readouterr()
+    listing = workspace / "skipped.csv"
+    assert f"Skipped 2 images that could not be used (1 train, 1 validation); the list with reasons: {listing}" in out
+    skipped = pd.read_csv(listing)
+    assert skipped.columns.tolist() == ["subset", "path", "reason"]
+    assert skipped["path"].tolist() == [str(photos / "notes.jpeg"), str(photos / "cut.jpeg")]
+    assert skipped["reason"][0].startswith("the bytes (13 bytes, starting b'not a pi') are not a decodable")
+    warning_lines = [line for line in err.splitlines() if "Skipped 1 of" in line]
+    assert len(warning_lines) == 2 and all(line.startswith("warning: Skipped 1 of ") for line in warning_lines), err
+    assert "SkippedImagesWarning" not in err and ".py:" not in err and "warnings.warn" not in err, err
+    assert "JPEG library" not in err, err
+
+    (photos / "notes.jpeg").unlink()
+    (photos / "cut.jpeg").write_bytes((photos / "1.jpeg").read_bytes())
+    (meta / "index.csv").write_text("\n".join(index[:-2]) + "\n")
+    assert main(argv) == 0
+    assert not listing.exists()  # nothing skipped: no list from an earlier run left to mislead

@@ -18,6 +18,7 @@ from workshop_utils.data import (
     EmptyLabelError,
     IndexFormatError,
     LabelFileError,
+    LeftOutFilesWarning,
     LabelMap,
     MissingColumnsError,
     MissingImagesError,
@@ -181,7 +182,8 @@ def test_load_images_from_directory_is_recursive_and_case_insensitive(tmp_path: 
     make_image(tmp_path / "UD" / "a.jpeg", fmt="JPEG")
     (tmp_path / "UD" / "notes.txt").write_text("not an image")
     make_image(tmp_path / ".hidden" / "h.jpg", fmt="JPEG")
-    df = data.load_images_from_directory(tmp_path)
+    with pytest.warns(LeftOutFilesWarning, match=r"left out 1 file — UD/notes\.txt: not a JPEG/PNG/GIF/BMP/WebP "):
+        df = data.load_images_from_directory(tmp_path)
     assert list(df.columns) == ["image_path", "label", "subset"]
     assert df["label"].tolist() == ["CD", "deeper", "UD"]
     assert (df["subset"] == "").all()
@@ -204,14 +206,89 @@ def test_file_names_without_leading_letters_have_no_label(tmp_path: Path):
 def test_folder_without_images(tmp_path: Path):
     (tmp_path / "cls").mkdir()
     (tmp_path / "cls" / "readme.txt").write_text("x")
-    with pytest.raises(NoImagesFoundError, match=r"no images found \(\.jpg, \.jpeg, \.png in any case.*1 other "
-                       r"file\(s\) seen\)\. Point at the folder"):
+    with pytest.raises(NoImagesFoundError, match=r"no images found \(\.jpg, \.jpeg, \.jpe, \.jfif, \.png, \.gif, "
+                       r"\.bmp, \.webp in any case, searched recursively; left out 1 other file\(s\): "
+                       r"cls/readme\.txt\)\. Point at the folder"):
         data.load_images_from_directory(tmp_path)
 
 
 def test_missing_folder(tmp_path: Path):
     with pytest.raises(DatasetNotFoundError, match=r"nope does not exist"):
         data.load_images_from_directory(tmp_path / "nope")
+
+
+def test_every_format_of_the_table_is_taken_from_folders(tmp_path: Path):
+    """GIF/BMP/WebP are read by training and the scorers, so class folders must not silently drop them."""
+    for fmt, name in [("JPEG", "a.jpg"), ("PNG", "b.PNG"), ("GIF", "c.gif"), ("BMP", "d.bmp"), ("WEBP", "e.webp")]:
+        make_image(tmp_path / "cls" / name, fmt=fmt)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nothing left out, nothing to report
+        df = data.load_images_from_directory(tmp_path)
+    assert [Path(p).name for p in df["image_path"]] == ["a.jpg", "b.PNG", "c.gif", "d.bmp", "e.webp"]
+    assert df.attrs["left_out"] == []
+
+
+def test_left_out_files_are_counted_and_named(tmp_path: Path):
+    make_image(tmp_path / "cls" / "a.jpg", fmt="JPEG")
+    for name in ["notes.txt", "scan.tif", "clip.mp4", "z.heic"]:
+        (tmp_path / "cls" / name).write_bytes(b"x")
+    (tmp_path / "cls" / ".DS_Store").write_bytes(b"x")  # hidden: not data, not reported
+    with pytest.warns(LeftOutFilesWarning) as caught:
+        df = data.load_images_from_directory(tmp_path)
+    message = str(caught[0].message)
+    assert message == (f"{tmp_path}: left out 4 files — cls/clip.mp4, cls/notes.txt, cls/scan.tif, … (4 in all): "
+                       "not a JPEG/PNG/GIF/BMP/WebP image (by its extension). All of them, with reasons, are in the "
+                       "table's attrs['left_out'].")
+    assert len(df) == 1 and [Path(p).name for p, _ in df.attrs["left_out"]] == ["clip.mp4", "notes.txt", "scan.tif",
+                                                                                "z.heic"]
+
+
+def test_webp_is_decided_by_what_tf_decodes(tmp_path: Path, monkeypatch):
+    """WebP is taken when the installed TensorFlow decodes it (asked at run time), else left out and reported."""
+    images = pytest.importorskip("workshop_utils.images")
+    make_image(tmp_path / "cls" / "a.jpg", fmt="JPEG")
+    make_image(tmp_path / "cls" / "b.webp", fmt="WEBP")
+    images.tf_decodes.cache_clear()
+    assert images.tf_decodes("WEBP") == _tf_reads_webp(images)
+    monkeypatch.setattr(images, "tf_decodes", lambda fmt: False)
+    with pytest.warns(LeftOutFilesWarning, match=r"left out 1 file — cls/b\.webp: the installed TensorFlow .* cannot "
+                      r"decode WebP images; convert it to JPEG or PNG, or upgrade TensorFlow\."):
+        df = data.load_images_from_directory(tmp_path)
+    assert [Path(p).name for p in df["image_path"]] == ["a.jpg"]
+    problems = data.validate_images([tmp_path / "cls" / "b.webp"])
+    assert problems["reason"].tolist() == [
+        f"the bytes are a WebP image, but the installed TensorFlow {images.tf.__version__} cannot decode WebP images; "
+        "convert it to JPEG or PNG, or upgrade TensorFlow."]
+
+
+def _tf_reads_webp(images) -> bool:
+    """Independent check: decode a WebP written by Pillow with the installed TensorFlow."""
+    import io
+
+    buffer = io.BytesIO()
+    Image.new("RGB", (8, 8), (10, 200, 10)).save(buffer, format="WEBP")
+    try:
+        images.tf.io.decode_image(buffer.getvalue(), channels=3)
+        return True
+    except images.tf.errors.OpError:
+        return False
+
+
+def test_load_dataset_passes_image_dir(tmp_path: Path):
+    photos = tmp_path / "photos"
+    for i in range(3):
+        make_image(photos / f"{i}.jpeg", fmt="JPEG")
+    rows = [("image/0.jpeg", "a", "T"), ("image/1.jpeg", "b", "T"), ("image/2.jpeg", "a", "V")]
+    csv = write_index(tmp_path / "meta", rows, make_images=False)
+    with pytest.raises(MissingImagesError, match=r"looked relative to .*meta"):
+        data.load_dataset(csv)
+    for where in (csv, csv.parent):  # the CSV itself or the folder holding it
+        df = data.load_dataset(where, image_dir=photos)
+        assert df["image_path"].tolist() == [str(photos / f"{i}.jpeg") for i in range(3)]
+    make_image(tmp_path / "folders" / "a" / "x.jpg", fmt="JPEG")
+    with pytest.raises(DatasetError, match=r"folders is a folder of class folders \(no index\.csv\), so "
+                       r"image_dir='.*photos' has nothing to apply to"):
+        data.load_dataset(tmp_path / "folders", image_dir=photos)
 
 
 def test_load_dataset_dispatches(car_index: Path, tmp_path: Path):
@@ -378,18 +455,60 @@ def test_validate_images_reports_every_problem_and_keeps_going(tmp_path: Path):
     truncated.write_bytes(good_jpeg.read_bytes()[:200])
     garbage = tmp_path / "garbage.jpg"
     garbage.write_bytes(b"this is not an image")
-    webp = make_image(tmp_path / "webp.jpg", fmt="WEBP")
+    tiff = make_image(tmp_path / "scan.jpg", fmt="TIFF")
     missing = tmp_path / "missing.jpg"
-    df = pd.DataFrame({"image_path": [str(p) for p in [good_jpeg, truncated, garbage, good_png, webp, missing]],
+    df = pd.DataFrame({"image_path": [str(p) for p in [good_jpeg, truncated, garbage, good_png, tiff, missing]],
                        "label": "x", "subset": "train"})
     problems = data.validate_images(df)
     assert list(problems.columns) == ["path", "reason"]
     reasons = dict(zip(problems["path"], problems["reason"]))
-    assert set(reasons) == {str(truncated), str(garbage), str(webp), str(missing)}
+    assert set(reasons) == {str(truncated), str(garbage), str(tiff), str(missing)}
     assert reasons[str(missing)] == "file not found"
-    assert reasons[str(truncated)].startswith("cannot decode: OSError")
-    assert reasons[str(garbage)].startswith("cannot decode: UnidentifiedImageError")
-    assert reasons[str(webp)] == "format WEBP cannot be decoded by TensorFlow (JPEG, PNG, GIF, BMP only)"
+    assert "are not a decodable JPEG/PNG/GIF/BMP/WebP image" in reasons[str(truncated)]  # its header is cut
+    assert reasons[str(garbage)].startswith("the bytes (20 bytes, starting b'this is ') are not a decodable "
+                                            "JPEG/PNG/GIF/BMP/WebP image")
+    assert reasons[str(tiff)] == ("the bytes are a TIFF image, not a decodable JPEG/PNG/GIF/BMP/WebP image; "
+                                  "convert it to JPEG or PNG.")
+
+
+def test_validate_images_catches_cut_pixel_data(tmp_path: Path):
+    noisy = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    whole = tmp_path / "whole.jpg"
+    Image.fromarray(noisy).save(whole, format="JPEG")
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(whole.read_bytes()[: whole.stat().st_size // 2])  # the header is intact
+    problems = data.validate_images([whole, cut])
+    assert problems["path"].tolist() == [str(cut)]
+    assert problems["reason"][0].startswith("cannot decode: OSError: image file is truncated")
+
+
+def test_validate_images_agrees_with_the_scorers_on_formats(tmp_path: Path):
+    """MPO (a phone's JPEG with a second frame) and WebP are scored by predict, so validation must pass them too."""
+    mpo = tmp_path / "phone.jpg"
+    Image.new("RGB", (16, 8), "red").save(mpo, format="MPO", save_all=True,
+                                          append_images=[Image.new("RGB", (16, 8), "blue")])
+    assert Image.open(mpo).format == "MPO"
+    paths = [mpo, make_image(tmp_path / "a.gif", fmt="GIF"), make_image(tmp_path / "a.bmp", fmt="BMP")]
+    images = pytest.importorskip("workshop_utils.images")
+    if images.tf_decodes("WEBP"):
+        paths.append(make_image(tmp_path / "a.webp", fmt="WEBP"))
+    assert data.validate_images(paths).empty
+
+
+def test_validate_images_applies_the_scorers_pixel_limit(tmp_path: Path):
+    """One limit for every reader: predictions.DEFAULT_MAX_PIXELS (40 MP), from the header, not Pillow's ~179 MP."""
+    from workshop_utils.predictions import DEFAULT_MAX_PIXELS
+
+    big = tmp_path / "big.png"
+    Image.new("1", (9000, 5000)).save(big)  # 45 MP, a 6 kB file
+    problems = data.validate_images([big])
+    assert problems["reason"].tolist() == [
+        "the image is 9000x5000 = 45 MP, over the limit of 40 MP (max_pixels=40000000); downscale it or pass a "
+        "larger max_pixels."]
+    assert DEFAULT_MAX_PIXELS == 40_000_000
+    small = make_image(tmp_path / "small.png", size=(40, 30), fmt="PNG")
+    assert data.validate_images([small], max_pixels=1000)["reason"][0].startswith("the image is 40x30 = 0.0012 MP")
+    assert data.validate_images([small], max_pixels=1200).empty
 
 
 def test_validate_images_all_good_and_list_input(tmp_path: Path):

@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from workshop_utils import config, download
-from workshop_utils.data import DatasetError
+from workshop_utils.data import DatasetError, LeftOutFilesWarning
 from workshop_utils.download import (
     DATASETS,
     DownloadError,
@@ -105,8 +105,13 @@ def test_safe_archives_unpack_including_inner_links(tmp_path: Path):
 
 def test_not_an_archive(tmp_path: Path):
     (tmp_path / "page.zip").write_text("<html>Not found</html>")
-    with pytest.raises(DownloadError, match=r"page\.zip is neither a zip nor a tar archive \(an HTML error page"):
+    with pytest.raises(DownloadError, match=r"page\.zip is neither a zip nor a tar archive \(an HTML page, 22 bytes"):
         safe_extract(tmp_path / "page.zip", tmp_path / "out")
+    assert (tmp_path / "page.zip").is_file()  # safe_extract never deletes a file it was given; fetch_dataset does
+    (tmp_path / "blob.zip").write_bytes(b"\x00\x01garbage")
+    with pytest.raises(DownloadError, match=r"blob\.zip is neither a zip nor a tar archive \(an HTML error page "
+                       r"downloaded instead\? It starts b'\\x00\\x01garbage'\)"):
+        safe_extract(tmp_path / "blob.zip", tmp_path / "out")
 
 
 def test_find_data_root(tmp_path: Path):
@@ -175,7 +180,8 @@ def test_fetch_folder_layout_tar(tmp_path, monkeypatch, capsys):
     files["flower_photos/LICENSE.txt"] = b"CC-BY"
     archive = build_tar(tmp_path / "flower_photos.tgz", files)
     monkeypatch.setenv("WORKSHOP_FLOWERS_URL", archive.as_uri())
-    folder = fetch_dataset("flowers", data_dir=tmp_path / "data")
+    with pytest.warns(LeftOutFilesWarning, match=r"left out 1 file — LICENSE\.txt: not a JPEG/PNG/GIF/BMP/WebP "):
+        folder = fetch_dataset("flowers", data_dir=tmp_path / "data")
     assert folder == tmp_path / "data" / "flowers" / "flower_photos"
     assert f"flowers: 10 images in 5 classes at {folder}" in capsys.readouterr().out
 
@@ -214,6 +220,35 @@ def test_damaged_archive_is_deleted_for_a_fresh_download(tmp_path, monkeypatch):
     with pytest.raises(DownloadError, match=r"car-damage\.zip is damaged .*it has been deleted, run again"):
         fetch_dataset("car-damage", data_dir=tmp_path / "data")
     assert not (tmp_path / "data" / "downloads" / "car-damage.zip").exists()
+
+
+def test_html_page_saved_as_the_archive_is_deleted_and_downloaded_again(tmp_path, monkeypatch):
+    """A wrong URL saves an HTML page as car-damage.zip: it must not stay cached and fail every later run."""
+    import keras
+
+    data_dir = tmp_path / "data"
+    served = {"body": b"<!DOCTYPE html><html><body>404 Not Found</body></html>"}
+    downloads = []
+
+    def fake_get_file(fname, origin, cache_dir, cache_subdir, **kwargs):  # like Keras: a cached file is reused
+        target = Path(cache_dir) / cache_subdir / fname
+        if not target.exists():
+            downloads.append(origin)
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(served["body"])
+        return str(target)
+
+    monkeypatch.setattr(keras.utils, "get_file", fake_get_file)
+    with pytest.raises(DownloadError, match=r"car-damage\.zip, downloaded from https://storage\.googleapis\.com/.*, is "
+                       r"neither a zip nor a tar archive \(an HTML page, 54 bytes, starting b'<!DOCTYPE html>.*\); it "
+                       r"has been deleted\. Check the URL \(or set WORKSHOP_CAR_DAMAGE_URL"):
+        fetch_dataset("car-damage", data_dir=data_dir)
+    assert not (data_dir / "downloads" / "car-damage.zip").exists()
+    assert sorted(p.name for p in data_dir.iterdir()) == ["downloads"]  # no partial folder either
+
+    served["body"] = build_zip(tmp_path / "good.zip", car_damage_files()).read_bytes()  # the URL is fixed
+    folder = fetch_dataset("car-damage", data_dir=data_dir)
+    assert (folder / "index.csv").is_file() and len(downloads) == 2  # downloaded again, not the cached page
 
 
 def test_existing_folder_without_data(tmp_path):

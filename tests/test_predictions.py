@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import io
 import struct
+import subprocess
 import sys
 import zlib
 
@@ -11,14 +12,19 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+from workshop_utils import predictions
 from workshop_utils.predictions import (
     DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    IMAGE_FORMATS,
+    SUPPORTED_FORMATS,
     ImageTooLargeError,
     InvalidImageError,
     LabelsFileError,
     Prediction,
     UnscoredImagesWarning,
     check_image_bytes,
+    check_image_file,
     load_labels,
     read_image_file,
     score_frame,
@@ -52,26 +58,77 @@ def test_module_does_not_import_tensorflow():
     assert "tensorflow" not in inspect.getsource(mod).split('"""', 2)[2]
 
 
+def test_checking_common_formats_never_loads_tensorflow():
+    """A web handler can check JPEG/PNG/GIF/BMP uploads without TensorFlow; only WebP asks it (once) what it decodes."""
+    code = (
+        "import io, sys\n"
+        "from PIL import Image\n"
+        "from workshop_utils import predictions\n"
+        "for fmt in ('JPEG', 'PNG', 'GIF', 'BMP', 'MPO'):\n"
+        "    b = io.BytesIO(); Image.new('RGB', (4, 4)).save(b, format=fmt)\n"
+        "    predictions.check_image_bytes(b.getvalue())\n"
+        "print('tensorflow' in sys.modules)\n"
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "False"
+
+
+def test_one_format_table():
+    assert SUPPORTED_FORMATS == "JPEG/PNG/GIF/BMP/WebP" == "/".join(f.name for f in IMAGE_FORMATS)
+    assert set(IMAGE_EXTENSIONS) == {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp"}
+    assert predictions.format_for_pillow("MPO").name == "JPEG"  # a phone camera's JPEG with a second frame
+    assert predictions.format_for_file_name("Car.JPG").name == "JPEG"
+    assert predictions.format_for_file_name("notes.txt") is None and predictions.format_for_pillow("TIFF") is None
+    assert [f.name for f in IMAGE_FORMATS if f.checked_at_run_time] == ["WebP"]
+
+
 @pytest.mark.parametrize(("fmt", "expected"), [("JPEG", "JPEG"), ("PNG", "PNG"), ("GIF", "GIF"), ("BMP", "BMP")])
 def test_supported_formats_pass(fmt, expected):
     info = check_image_bytes(encoded(fmt), name="car.x")
     assert (info.format, info.width, info.height, info.pixels) == (expected, 20, 10, 200)
 
 
+def test_mpo_from_a_phone_passes():
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 10), "red").save(buffer, format="MPO", save_all=True,
+                                           append_images=[Image.new("RGB", (20, 10), "blue")])
+    assert Image.open(io.BytesIO(buffer.getvalue())).format == "MPO"
+    assert check_image_bytes(buffer.getvalue()).format == "JPEG"
+
+
+def test_webp_follows_what_the_installed_tensorflow_decodes(monkeypatch):
+    """WebP is trained on (tf.io.decode_image reads it), so predict accepts it — when this TF really decodes it."""
+    images = pytest.importorskip("workshop_utils.images")
+    webp = encoded("WEBP")
+    try:
+        images.tf.io.decode_image(webp, channels=3)
+        reads = True
+    except images.tf.errors.OpError:
+        reads = False
+    images.tf_decodes.cache_clear()
+    assert images.tf_decodes("WEBP") is reads
+    if reads:
+        assert check_image_bytes(webp, name="car.webp").format == "WebP"
+    monkeypatch.setattr(images, "tf_decodes", lambda fmt: False)  # what an older TensorFlow says
+    with pytest.raises(InvalidImageError, match=r"^image 'car\.webp': the bytes are a WebP image, but the installed "
+                       rf"TensorFlow {images.tf.__version__} cannot decode WebP images; convert it to JPEG or PNG"):
+        check_image_bytes(webp, name="car.webp")
+
+
 def test_zero_bytes_rejected_with_name():
-    with pytest.raises(InvalidImageError, match=r"image 'empty\.jpg': the bytes are empty \(0 bytes\): not a decodable JPEG/PNG/GIF/BMP image"):
+    with pytest.raises(InvalidImageError, match=r"image 'empty\.jpg': the bytes are empty \(0 bytes\): not a decodable JPEG/PNG/GIF/BMP/WebP image"):
         check_image_bytes(b"", name="empty.jpg")
 
 
 def test_non_image_bytes_rejected():
-    with pytest.raises(InvalidImageError, match=r"^the bytes \(11 bytes, starting b'hello wo'\) are not a decodable JPEG/PNG/GIF/BMP image"):
+    with pytest.raises(InvalidImageError, match=r"^the bytes \(11 bytes, starting b'hello wo'\) are not a decodable JPEG/PNG/GIF/BMP/WebP image"):
         check_image_bytes(b"hello world")
     assert issubclass(InvalidImageError, ValueError)
 
 
 def test_other_image_format_rejected():
     tiff = encoded("TIFF")
-    with pytest.raises(InvalidImageError, match=r"image 'x\.tif': the bytes are a TIFF image, not a decodable JPEG/PNG/GIF/BMP image; convert"):
+    with pytest.raises(InvalidImageError, match=r"image 'x\.tif': the bytes are a TIFF image, not a decodable JPEG/PNG/GIF/BMP/WebP image; convert"):
         check_image_bytes(tiff, name="x.tif")
 
 
@@ -109,6 +166,22 @@ def test_pillow_bomb_guard_reported_as_too_large():
     bomb = png_header_claiming(30_000, 30_000)  # 900 MP: beyond Pillow's own hard limit
     with pytest.raises(ImageTooLargeError, match=r"image 'huge\.png': the image is too large to decode safely"):
         check_image_bytes(bomb, name="huge.png", max_pixels=None)
+
+
+def test_check_image_file_reads_the_header_only(tmp_path):
+    bomb = tmp_path / "bomb.png"
+    bomb.write_bytes(png_header_claiming(10_000, 5_000))  # the pixel data is missing: a decoder would fail
+    with pytest.raises(ImageTooLargeError, match=r"^image '.*bomb\.png': the image is 10000x5000 = 50 MP, over the "
+                       r"limit of 40 MP \(max_pixels=40000000\)"):
+        check_image_file(bomb)
+    assert check_image_file(bomb, max_pixels=None).pixels == 50_000_000
+    with open(bomb, "rb") as fh, pytest.raises(ImageTooLargeError, match=r"^the image is 10000x5000"):
+        check_image_file(fh, name="")  # an open file, no name in the message
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    with pytest.raises(InvalidImageError, match=r"image '.*empty\.jpg': the file is empty \(0 bytes\)"):
+        check_image_file(tmp_path / "empty.jpg")
+    with pytest.raises(FileNotFoundError):
+        check_image_file(tmp_path / "missing.jpg")
 
 
 def test_read_image_file(tmp_path):
@@ -180,7 +253,7 @@ def test_score_frame_reports_bad_rows(tmp_path):
     np.testing.assert_allclose(out.loc[10, ["score_a", "score_b"]].astype(float), [0.9, 0.1])
     assert out.loc[10, "error"] is None and out.loc[14, "error"] is None
     assert "does not exist" in out.loc[11, "error"]
-    assert "not a decodable JPEG/PNG/GIF/BMP image" in out.loc[12, "error"]
+    assert "not a decodable JPEG/PNG/GIF/BMP/WebP image" in out.loc[12, "error"]
     assert "corrupt" in out.loc[13, "error"]
     # batch 1 (g1, corrupt) failed as a whole, then was retried one by one; batch 2 (g2) alone
     assert calls == [2, 1, 1, 1]

@@ -2,14 +2,19 @@
 
 Files stream through a ``tf.data`` pipeline (read → :func:`workshop_utils.images.decode_image` → batch →
 prefetch) into the feature extractor, so memory holds only the feature matrix, never all the pixels.
-The cache ``<workspace>/bottlenecks/<cache_name>/`` (``features.npy``, ``labels.txt``, ``manifest.json``)
-carries a fingerprint of the architecture, its weights, the input size and every image (relative path,
-size, mtime); ``reuse=True`` trusts it only when the fingerprint matches (ML.NET only checks that the
-files exist). It is written to a temporary folder and renamed into place, so an interrupted run never
-leaves a cache that a later run trusts. An image that cannot be decoded is skipped and reported.
+The cache ``<workspace>/bottlenecks/<cache_name>/`` (``features.npy``, ``labels.txt``, ``manifest.json``,
+``skipped.csv``) carries a fingerprint of the architecture, its weights, the input size, the pixel limit
+and every image (relative path, size and a hash of its bytes: a replaced file is noticed even when it
+keeps its size and timestamp); ``reuse=True`` trusts it only when the fingerprint matches (ML.NET only
+checks that the files exist). It is written to a temporary folder and renamed into place, so an
+interrupted run never leaves a cache that a later run trusts. Before decoding, each file's header is
+checked as the scorers check uploads (``predictions.check_image_file``: the format table and
+``DEFAULT_MAX_PIXELS``), so a decompression bomb is never decoded; an image that fails the check or
+cannot be decoded is skipped and reported.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import re
@@ -21,20 +26,21 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pandas as pd
 
 from .architectures import Architecture, WeightsSpec, feature_extractor, get_architecture
 from .config import import_tensorflow, workspace_dir
-from .images import SUPPORTED_FORMATS, decode_image
+from .images import SUPPORTED_FORMATS, decode_image, quiet_native_stderr
+from .predictions import DEFAULT_MAX_PIXELS, InvalidImageError, check_image_file
 from .training_metrics import TRAIN, VALIDATION, BottleneckMetrics, ImageClassificationMetrics
 
 tf = import_tensorflow()
 import keras  # noqa: E402
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # 2: content hashes instead of mtimes, the pixel limit, skipped.csv
 CACHE_FOLDER = "bottlenecks"
 _LEFTOVER_AGE_SECONDS = 3600  # temp/old folders of interrupted writes older than this are removed
 
@@ -44,7 +50,7 @@ class BottleneckError(ValueError):
 
 
 class SkippedImagesWarning(UserWarning):
-    """Some images could not be decoded and were left out of the features (see ``Bottlenecks.skipped``)."""
+    """Some images could not be used and were left out of the features (``Bottlenecks.skipped``, skipped.csv)."""
 
 
 @dataclass
@@ -54,7 +60,7 @@ class Bottlenecks:
     features: np.ndarray  # (N, d) float32
     labels: list[str]
     image_paths: list[str]
-    skipped: pd.DataFrame  # columns path, reason: images left out because they could not be decoded
+    skipped: pd.DataFrame  # columns path, reason: images left out (bad header, over the pixel limit, undecodable)
     from_cache: bool
     arch: str
     weights_id: str
@@ -91,23 +97,67 @@ def _relative(path: str, root: str) -> str:
     return Path(os.path.relpath(path, root) if root else path).as_posix()
 
 
-def _fingerprint(paths: list[str], architecture: Architecture, weights_id: str, size: tuple[int, int],
-                 precision: str) -> dict[str, Any]:
-    """What the features depend on: model identity, input size, and each image's path, size and mtime."""
+_HASH_CHUNK = 1 << 20
+
+
+def _content_hash(fh: Any) -> str:
+    """SHA-1 of a file's bytes from its start (change detection, not security: fast, hardware-assisted)."""
+    fh.seek(0)
+    digest = hashlib.sha1(usedforsecurity=False)
+    while chunk := fh.read(_HASH_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _content_entries(paths: list[str], progress: bool) -> list[list[Any]]:
+    """Each image's fingerprint entry: [path relative to the common folder, size, SHA-1 of its bytes].
+
+    A missing or unreadable file gets size -1 (it is skipped, and checked again next run).
+    """
+    from tqdm.auto import tqdm
+
     root = _image_root(paths)
-    images = []
-    for path in paths:
+    entries: list[list[Any]] = []
+    for path in tqdm(paths, desc="Fingerprinting images", unit="img", leave=False,
+                     disable=not progress or len(paths) < 500):
         try:
-            st = os.stat(path)
-            images.append([_relative(path, root), int(st.st_size), int(st.st_mtime_ns)])
+            with open(path, "rb") as fh:
+                entries.append([_relative(path, root), os.fstat(fh.fileno()).st_size, _content_hash(fh)])
         except OSError:
-            images.append([_relative(path, root), -1, -1])  # missing: will be skipped, and re-checked next run
+            entries.append([_relative(path, root), -1, ""])
+    return entries
+
+
+def _header_problems(paths: list[str], max_pixels: int | None) -> dict[int, str]:
+    """By row, why a file cannot be used, from its header only (``predictions.check_image_file``: the format
+    table and the pixel limit the scorers apply), so a bad or over-limit file never reaches the decoder."""
+    problems: dict[int, str] = {}
+    for i, path in enumerate(paths):
+        try:
+            with open(path, "rb") as fh:
+                if os.fstat(fh.fileno()).st_size == 0:
+                    problems[i] = "empty file (0 bytes)"
+                else:
+                    check_image_file(fh, max_pixels, name="")
+        except FileNotFoundError:
+            problems[i] = "file not found"
+        except InvalidImageError as error:
+            problems[i] = str(error)
+        except OSError as error:  # a folder, no permission, …
+            problems[i] = f"cannot read the file ({error.strerror or type(error).__name__})"
+    return problems
+
+
+def _fingerprint(entries: list[list[Any]], architecture: Architecture, weights_id: str, size: tuple[int, int],
+                 precision: str, max_pixels: int | None) -> dict[str, Any]:
+    """What the features depend on: model identity, input size, pixel limit, and each image's path, size and hash."""
     return {
         "arch": architecture.name,
         "weights_id": weights_id,
         "image_size": [int(size[0]), int(size[1])],
         "precision": precision,
-        "images": images,
+        "max_pixels": max_pixels,
+        "images": entries,
     }
 
 
@@ -124,6 +174,8 @@ def _stale_reason(old: dict[str, Any], new: dict[str, Any]) -> str | None:
         return f"input size changed ({o[0]}x{o[1]} → {n[0]}x{n[1]})"
     if old.get("precision") != new["precision"]:
         return f"precision changed ({old.get('precision')} → {new['precision']})"
+    if old.get("max_pixels") != new["max_pixels"]:
+        return f"pixel limit changed (max_pixels {old.get('max_pixels')} → {new['max_pixels']})"
     old_images = [tuple(x) for x in old.get("images", [])]
     new_images = [tuple(x) for x in new["images"]]
     if old_images == new_images:
@@ -141,7 +193,7 @@ def _stale_reason(old: dict[str, Any], new: dict[str, Any]) -> str | None:
             return "image list changed: " + ", ".join(parts)
         return "image order changed"
     changed = [n[0] for o, n in zip(old_images, new_images) if o != n]
-    return f"{len(changed)} image{'s' if len(changed) != 1 else ''} changed (first: {changed[0]})"
+    return f"{len(changed)} image{'s' if len(changed) != 1 else ''} changed content (first: {changed[0]})"
 
 
 @contextmanager
@@ -173,11 +225,16 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
         raise
 
 
-def _write_cache(folder: Path, features: np.ndarray, labels: list[str], manifest: dict[str, Any]) -> None:
-    """Write features, labels and (last) the manifest, atomically."""
+SKIPPED_FILE = "skipped.csv"
+
+
+def _write_cache(folder: Path, features: np.ndarray, labels: list[str], manifest: dict[str, Any],
+                 skipped: pd.DataFrame) -> None:
+    """Write features, labels, the skipped images (path, reason) and (last) the manifest, atomically."""
     with atomic_folder(folder) as tmp:
         np.save(tmp / "features.npy", features, allow_pickle=False)
         (tmp / "labels.txt").write_text("".join(f"{label}\n" for label in labels), encoding="utf-8")
+        skipped.to_csv(tmp / SKIPPED_FILE, index=False)
         # The manifest goes last: a folder without it is never trusted.
         with open(tmp / "manifest.json", "w", encoding="utf-8") as fh:
             json.dump(manifest, fh)
@@ -279,7 +336,8 @@ def _error_reason(path: str, size: tuple[int, int]) -> str | None:
     try:
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
-        decode_image(tf.io.read_file(path), size)
+        with quiet_native_stderr():  # libjpeg prints its own line about a corrupt file on the C stderr
+            decode_image(tf.io.read_file(path), size)
         return None
     except tf.errors.OpError as error:
         message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or type(error).__name__)
@@ -289,13 +347,15 @@ def _error_reason(path: str, size: tuple[int, int]) -> str | None:
         return message or type(error).__name__
 
 
-def _warn_skipped(skipped: pd.DataFrame, total: int, when: str, stacklevel: int) -> None:
-    """One warning naming how many images were left out and the first one with its reason."""
+def _warn_skipped(skipped: pd.DataFrame, total: int, when: str, folder: Path | None, stacklevel: int) -> None:
+    """One warning: how many images were left out, the first with its reason, and where the whole list is."""
     if len(skipped):
         first = skipped.iloc[0]
+        where = (f"all {len(skipped)} with reasons: {folder / SKIPPED_FILE}" if folder is not None
+                 else "all of them with reasons are in the result's .skipped table (path, reason)")
         warnings.warn(
-            f"Skipped {len(skipped)} of {total} images that could not be decoded{when} "
-            f"(first: {first['path']}: {first['reason']}); the list is in Bottlenecks.skipped.",
+            f"Skipped {len(skipped)} of {total} images that could not be used{when} "
+            f"(first: {first['path']}: {first['reason']}); {where}.",
             SkippedImagesWarning,
             stacklevel=stacklevel,
         )
@@ -323,6 +383,7 @@ def compute_bottlenecks(
     dataset_name: str | None = None,
     progress: bool = True,
     mixed_precision: bool = False,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Bottlenecks:
     """Run every image of ``df`` (columns ``image_path``, ``label``) through the frozen CNN once.
 
@@ -330,6 +391,8 @@ def compute_bottlenecks(
     matches (no model is even built); otherwise one line says why it is recomputed. ``cache_name=None``
     neither reads nor writes a cache. ``metrics_callback`` gets ML.NET's per-image line (``dataset_name``
     "Train"/"Validation", default from ``cache_name``); ``mixed_precision`` applies on a GPU only.
+    Images over ``max_pixels`` (from the header; the scorers' limit) or not of the format table are
+    skipped without being decoded, and reported with the undecodable ones (a SkippedImagesWarning).
     """
     started = time.perf_counter()
     if not isinstance(df, pd.DataFrame) or "image_path" not in df.columns:
@@ -359,20 +422,25 @@ def compute_bottlenecks(
     fingerprint = None
     if cache_name is not None:
         folder = Path(workspace if workspace is not None else workspace_dir()).expanduser() / CACHE_FOLDER / cache_name
-        fingerprint = _fingerprint(paths, architecture, weights_id, size, precision)
+        fingerprint = _fingerprint(_content_entries(paths, progress), architecture, weights_id, size, precision,
+                                   max_pixels)
         if reuse:
             hit = _try_reuse(folder, fingerprint, paths, labels, base, cache_name, started)
             if hit is not None:
                 return hit
 
+    reasons = _header_problems(paths, max_pixels)  # reads headers only; a cache hit above needs none
+    candidates = [i for i in range(len(paths)) if i not in reasons]  # header checked: these go to the decoder
+    if not candidates:
+        _raise_nothing_decodable(paths, reasons)
     if mixed_precision:
         model = _mixed_precision_model(architecture, weights, size)
     else:
         model = feature_extractor(architecture, weights, size)
-    features, ok = _run_pipeline(model, paths, size, int(batch_size), ds_name, metrics_callback, progress)
+    features, ok = _run_pipeline(model, paths, candidates, size, int(batch_size), ds_name, metrics_callback,
+                                 progress)
 
-    skipped_rows = [i for i in range(len(paths)) if not ok[i]]
-    reasons: dict[int, str] = {}
+    skipped_rows = [i for i in candidates if not ok[i]]
     retry: list[int] = []
     for i in skipped_rows:
         reason = _error_reason(paths[i], size)
@@ -386,16 +454,11 @@ def compute_bottlenecks(
         ok[retry] = True
     keep = np.flatnonzero(ok)
     if len(keep) == 0:
-        first = next(iter(reasons))
-        raise BottleneckError(
-            f"None of the {len(paths)} images could be decoded (first: {paths[first]}: {reasons[first]}); "
-            f"check the image paths and that the files are {SUPPORTED_FORMATS} images."
-        )
+        _raise_nothing_decodable(paths, reasons)
     features = np.ascontiguousarray(features[keep])
     kept_labels = [labels[i] for i in keep]
     skipped = pd.DataFrame([(paths[i], reasons[i]) for i in sorted(reasons)], columns=["path", "reason"])
     elapsed = time.perf_counter() - started
-    _warn_skipped(skipped, len(paths), "", stacklevel=3)
 
     if folder is not None and fingerprint is not None:
         root = _image_root(paths)
@@ -409,12 +472,22 @@ def compute_bottlenecks(
             "skipped": [{"index": int(i), "path": _relative(paths[i], root), "reason": reasons[i]}
                         for i in sorted(reasons)],
         }
-        _write_cache(folder, features, kept_labels, manifest)
+        _write_cache(folder, features, kept_labels, manifest, skipped)
+    _warn_skipped(skipped, len(paths), "", folder, stacklevel=3)
 
     return Bottlenecks(features=features, labels=kept_labels, image_paths=[paths[i] for i in keep],
                        skipped=skipped if len(skipped) else _empty_skipped(), from_cache=False,
                        cache_dir=folder, seconds=elapsed, images_per_second=len(paths) / max(elapsed, 1e-9),
                        **base)
+
+
+def _raise_nothing_decodable(paths: list[str], reasons: dict[int, str]) -> NoReturn:
+    """Every image failed (its header check or its decoding): one error naming the first and why."""
+    first = min(reasons)
+    raise BottleneckError(
+        f"None of the {len(paths)} images could be decoded (first: {paths[first]}: {reasons[first]}); "
+        f"check the image paths and that the files are {SUPPORTED_FORMATS} images."
+    )
 
 
 def _try_reuse(folder: Path, fingerprint: dict[str, Any], paths: list[str], labels: list[str],
@@ -439,16 +512,17 @@ def _try_reuse(folder: Path, fingerprint: dict[str, Any], paths: list[str], labe
     skipped_rows = {int(s["index"]) for s in skipped_info}
     keep = [i for i in range(len(paths)) if i not in skipped_rows]
     skipped = pd.DataFrame([(paths[int(s["index"])], s["reason"]) for s in skipped_info], columns=["path", "reason"])
-    _warn_skipped(skipped, len(paths), " when the cache was made", stacklevel=4)
+    _warn_skipped(skipped, len(paths), " when the cache was made", folder, stacklevel=4)
     return Bottlenecks(features=features, labels=[labels[i] for i in keep], image_paths=[paths[i] for i in keep],
                        skipped=skipped if len(skipped) else _empty_skipped(), from_cache=True, cache_dir=folder,
                        seconds=time.perf_counter() - started, **base)
 
 
-def _run_pipeline(model: keras.Model, paths: list[str], size: tuple[int, int], batch_size: int, ds_name: str,
-                  metrics_callback: Callable[[ImageClassificationMetrics], Any] | None,
+def _run_pipeline(model: keras.Model, paths: list[str], rows: list[int], size: tuple[int, int], batch_size: int,
+                  ds_name: str, metrics_callback: Callable[[ImageClassificationMetrics], Any] | None,
                   progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Stream the files through decode → batch → model; (features with unfilled rows, decoded-ok mask)."""
+    """Stream the files of ``rows`` (ascending) through decode → batch → model; (features, decoded-ok mask),
+    both over all ``paths`` (rows not streamed stay unfilled)."""
     from tqdm.auto import tqdm
 
     n = len(paths)
@@ -465,7 +539,7 @@ def _run_pipeline(model: keras.Model, paths: list[str], size: tuple[int, int], b
     options = tf.data.Options()
     options.autotune.enabled = False
     dataset = (
-        tf.data.Dataset.from_tensor_slices((tf.range(n, dtype=tf.int64), tf.constant(paths)))
+        tf.data.Dataset.from_tensor_slices((tf.constant(rows, dtype=tf.int64), tf.constant([paths[i] for i in rows])))
         .map(load, num_parallel_calls=min(8, os.cpu_count() or 1), deterministic=True)
         # A file that fails to read or decode is dropped here; its index is missing from the batches, and
         # the reason is found afterwards by decoding it again on its own (see _error_reason).
@@ -476,7 +550,8 @@ def _run_pipeline(model: keras.Model, paths: list[str], size: tuple[int, int], b
     )
     run = _runner(model)
     metrics = ImageClassificationMetrics(bottleneck=BottleneckMetrics(dataset_used=ds_name))
-    with tqdm(total=n, desc=f"Bottlenecks ({ds_name})", unit="img", disable=not progress) as bar:
+    order = np.asarray(rows, dtype=np.int64)
+    with tqdm(total=len(rows), desc=f"Bottlenecks ({ds_name})", unit="img", disable=not progress) as bar:
         done = 0
         for indices, images in dataset:
             idx = indices.numpy()
@@ -487,8 +562,8 @@ def _run_pipeline(model: keras.Model, paths: list[str], size: tuple[int, int], b
                     for i in idx:
                         metrics.bottleneck.index = int(i) + 1
                         metrics_callback(metrics)
-            reached = int(idx[-1]) + 1  # rows dropped before this one count as processed too
+            reached = int(np.searchsorted(order, idx[-1])) + 1  # rows dropped before this one count as processed
             bar.update(reached - done)
             done = reached
-        bar.update(n - done)
+        bar.update(len(rows) - done)
     return features, ok

@@ -4,7 +4,8 @@ Two sources, one table (columns ``image_path`` absolute, ``label``, ``subset``):
 ``index.csv`` (header ``image,class,subset``, subsets ``T``/``V``) or a folder tree of images (ML.NET's
 ``LoadImagesFromDirectory``). Problems are reported with the file and its line numbers (line 1 is the
 header, so the first data row is line 2), never discovered later in the middle of training.
-No TensorFlow here: this module only reads files.
+No TensorFlow here: this module only reads files (a WebP file makes it ask TensorFlow, once, whether it
+decodes WebP). Which files are images is decided by one table, ``predictions.IMAGE_FORMATS``.
 """
 from __future__ import annotations
 
@@ -19,8 +20,18 @@ from pathlib import Path, PurePosixPath
 import numpy as np
 import pandas as pd
 
+from .predictions import (
+    DEFAULT_MAX_PIXELS,
+    IMAGE_EXTENSIONS,
+    SUPPORTED_FORMATS,
+    InvalidImageError,
+    check_image_file,
+    decodable,
+    format_for_file_name,
+    not_decodable_reason,
+)
+
 COLUMNS = ["image_path", "label", "subset"]
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 INDEX_HEADER = ("image", "class", "subset")
 COLUMN_ALIASES = {"label": "class"}  # accepted in index.csv headers
 SUBSET_NAMES = {
@@ -28,7 +39,6 @@ SUBSET_NAMES = {
     "v": "validation", "val": "validation", "valid": "validation", "validation": "validation",
     "test": "test", "testing": "test",
 }
-TF_DECODABLE_FORMATS = {"JPEG", "PNG", "GIF", "BMP"}  # what tf.io.decode_image reads (images.py)
 SHOW_AT_MOST = 10  # offending rows/values quoted in a message
 
 
@@ -65,7 +75,7 @@ class EmptyDatasetError(DatasetError):
 
 
 class NoImagesFoundError(DatasetError):
-    """A folder holds no .jpg/.jpeg/.png files."""
+    """A folder holds no image files (extensions of ``predictions.IMAGE_FORMATS``)."""
 
 
 class UnknownLabelError(DatasetError):
@@ -82,6 +92,10 @@ class UnseenClassWarning(UserWarning):
 
 class StratifyFallbackWarning(UserWarning):
     """split() could not keep class proportions and split at random instead."""
+
+
+class LeftOutFilesWarning(UserWarning):
+    """A folder reader left files out (not images by their extension, or a format TensorFlow cannot decode)."""
 
 
 def _some(items: Sequence, what: str) -> str:
@@ -196,33 +210,70 @@ def load_index(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None 
     return df.reset_index(drop=True)
 
 
-def _is_image(name: str) -> bool:
-    return name.lower().endswith(IMAGE_EXTENSIONS)
+def _folder_entries(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
+    """(image paths, [(left-out path, why)]) under ``folder``, recursive and sorted; hidden files and folders
+    (``.DS_Store``, macOS's ``._x.jpg`` copies, ``__MACOSX``) are not data and are neither taken nor reported."""
+    paths: list[str] = []
+    left_out: list[tuple[str, str]] = []
+    for root, dirs, files in os.walk(folder):
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
+        for name in sorted(files):
+            if name.startswith("."):
+                continue
+            path = os.path.join(root, name)
+            fmt = format_for_file_name(name)
+            if fmt is None:
+                left_out.append((path, f"not a {SUPPORTED_FORMATS} image (by its extension)"))
+            elif not decodable(fmt):
+                left_out.append((path, not_decodable_reason(fmt)))
+            else:
+                paths.append(path)
+    return paths, left_out
+
+
+def _warn_left_out(folder: Path, left_out: list[tuple[str, str]]) -> None:
+    """One LeftOutFilesWarning: how many files a folder reader did not take, why, and the first names."""
+    if not left_out:
+        return
+    groups: dict[str, list[str]] = {}
+    for path, reason in left_out:
+        groups.setdefault(reason, []).append(Path(os.path.relpath(path, folder)).as_posix())
+    parts = [f"{_first_names(names)}: {reason}" for reason, names in groups.items()]
+    warnings.warn(
+        f"{folder}: left out {len(left_out)} file{'s' * (len(left_out) != 1)} — " + "; ".join(parts)
+        + ". All of them, with reasons, are in the table's attrs['left_out'].",
+        LeftOutFilesWarning,
+        stacklevel=3,
+    )
+
+
+def _first_names(names: Sequence[str], at_most: int = 3) -> str:
+    """'a.txt, b.tif, … (5 in all)': the first few names of a list."""
+    shown = ", ".join(names[:at_most])
+    return shown + (f", … ({len(names)} in all)" if len(names) > at_most else "")
 
 
 def load_images_from_directory(folder: str | os.PathLike, use_folder_name_as_label: bool = True) -> pd.DataFrame:
-    """Every .jpg/.jpeg/.png under ``folder`` (recursive, sorted), as in ML.NET's LoadImagesFromDirectory.
+    """Every image file under ``folder`` (recursive, sorted), as in ML.NET's LoadImagesFromDirectory.
 
+    Images are the files whose extension (any case) is one of ``predictions.IMAGE_FORMATS``' (JPEG, PNG,
+    GIF, BMP, and WebP when the installed TensorFlow decodes it). Other files are left out and reported
+    (a LeftOutFilesWarning with their count and first names; all in ``df.attrs["left_out"]``).
     The label is the image's parent folder name, or — with ``use_folder_name_as_label=False`` — the
     leading letters of its file name (``UD7001-220.jpg`` → ``UD``). Subset is left empty: use split().
     """
     folder = Path(folder).expanduser().absolute()
     if not folder.is_dir():
         raise DatasetNotFoundError(f"Image folder {folder} does not exist (or is not a folder). Check the path.")
-    paths, others = [], 0
-    for root, dirs, files in os.walk(folder):
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
-        for name in sorted(files):
-            if _is_image(name) and not name.startswith("."):
-                paths.append(os.path.join(root, name))
-            else:
-                others += 1
+    paths, left_out = _folder_entries(folder)
     if not paths:
+        names = [Path(os.path.relpath(p, folder)).as_posix() for p, _ in left_out]
+        seen = f"; left out {len(names)} other file(s): {_first_names(names)}" if names else ""
         raise NoImagesFoundError(
-            f"{folder}: no images found ({', '.join(IMAGE_EXTENSIONS)} in any case, searched recursively; "
-            f"{others} other file(s) seen). Point at the folder whose sub-folders hold the images, one "
-            "sub-folder per class."
+            f"{folder}: no images found ({', '.join(IMAGE_EXTENSIONS)} in any case, searched recursively{seen}). "
+            "Point at the folder whose sub-folders hold the images, one sub-folder per class."
         )
+    _warn_left_out(folder, left_out)
     if use_folder_name_as_label:
         labels = [Path(p).parent.name for p in paths]
     else:
@@ -236,17 +287,25 @@ def load_images_from_directory(folder: str | os.PathLike, use_folder_name_as_lab
             )
     df = pd.DataFrame({"image_path": paths, "label": labels, "subset": ""})
     df.attrs["source"] = str(folder)
+    df.attrs["left_out"] = left_out
     return df
 
 
-def load_dataset(path: str | os.PathLike) -> pd.DataFrame:
-    """A CSV file, a folder holding ``index.csv``, or a folder of class folders -> the image table."""
+def load_dataset(path: str | os.PathLike, image_dir: str | os.PathLike | None = None) -> pd.DataFrame:
+    """A CSV file, a folder holding ``index.csv``, or a folder of class folders -> the image table.
+
+    ``image_dir`` (index.csv only): the folder the CSV's image file names are looked up in (see load_index).
+    """
     path = Path(path).expanduser().absolute()
-    if path.is_file():
-        return load_index(path)
-    if (path / "index.csv").is_file():
-        return load_index(path / "index.csv")
+    csv = path if path.is_file() else path / "index.csv"
+    if csv.is_file():
+        return load_index(csv, image_dir=image_dir)
     if path.is_dir():
+        if image_dir is not None:
+            raise DatasetError(
+                f"{path} is a folder of class folders (no index.csv), so image_dir={str(image_dir)!r} has nothing "
+                "to apply to; give the index.csv whose image paths it resolves, or leave image_dir out."
+            )
         return load_images_from_directory(path)
     raise DatasetNotFoundError(f"Dataset {path} does not exist: give an index.csv file or a folder of class folders.")
 
@@ -423,28 +482,38 @@ class LabelMap:
         return f"LabelMap({self._names!r})"
 
 
-def _image_problem(path: str) -> str | None:
-    """Why an image cannot be used, or None when PIL decodes it fully in a format TensorFlow reads."""
+def _image_problem(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:
+    """Why an image cannot be used, or None: the scorers' header check (format table, pixel limit), then a
+    full decode with PIL (truncated or corrupt pixel data). Over-limit files are never decoded."""
     from PIL import Image
 
     if not os.path.isfile(path):
         return "file not found"
     try:
-        with Image.open(path) as image:
-            image.verify()  # structure and checksums (PNG)
-        with Image.open(path) as image:
-            image.load()  # every pixel: catches truncated files
-            if image.format not in TF_DECODABLE_FORMATS:
-                return f"format {image.format} cannot be decoded by TensorFlow (JPEG, PNG, GIF, BMP only)"
+        with open(path, "rb") as fh:
+            check_image_file(fh, max_pixels, name="")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is applied above
+                fh.seek(0)
+                with Image.open(fh) as image:
+                    image.verify()  # structure and checksums (PNG)
+                fh.seek(0)
+                with Image.open(fh) as image:
+                    image.load()  # every pixel: catches truncated files
+    except InvalidImageError as error:
+        return str(error)
     except Exception as error:  # noqa: BLE001  (every failure is reported, none stops the run)
         return f"cannot decode: {type(error).__name__}: {error}"
     return None
 
 
-def validate_images(df: pd.DataFrame | Iterable[str | os.PathLike], progress: bool | None = None) -> pd.DataFrame:
-    """Decode every image with PIL; the problems as a DataFrame(path, reason), empty when all are fine.
+def validate_images(df: pd.DataFrame | Iterable[str | os.PathLike], progress: bool | None = None,
+                    max_pixels: int | None = DEFAULT_MAX_PIXELS) -> pd.DataFrame:
+    """Check every image as training and the scorers will; the problems as a DataFrame(path, reason).
 
-    One bad file never stops the run. ``progress`` (default: when more than 100 images) shows a tqdm bar.
+    Each file must be a format of ``predictions.IMAGE_FORMATS`` within ``max_pixels`` (checked from its header,
+    the scorers' check), then decode fully with PIL. Empty result when all are fine; one bad file never
+    stops the run. ``progress`` (default: when more than 100 images) shows a tqdm bar.
     """
     from tqdm.auto import tqdm
 
@@ -456,7 +525,7 @@ def validate_images(df: pd.DataFrame | Iterable[str | os.PathLike], progress: bo
     problems = []
     for path in tqdm(paths, desc="Checking images", unit="img",
                      disable=not (len(paths) > 100 if progress is None else progress)):
-        reason = _image_problem(path)
+        reason = _image_problem(path, max_pixels)
         if reason:
             problems.append((path, reason))
     return pd.DataFrame(problems, columns=["path", "reason"])

@@ -22,7 +22,8 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from . import config
-from .data import IMAGE_EXTENSIONS, DatasetError, load_images_from_directory, load_index
+from .data import DatasetError, load_images_from_directory, load_index
+from .predictions import IMAGE_EXTENSIONS
 
 DOWNLOAD_TIMEOUT = 15.0  # seconds without any byte before a download gives up
 SAMPLE_ADVICE = (
@@ -97,6 +98,10 @@ class UnsafeArchiveError(DownloadError):
     """An archive member would be written outside the target folder."""
 
 
+class NotAnArchiveError(DownloadError):
+    """The file is neither a zip nor a tar archive (e.g. an HTML error page saved under the archive's name)."""
+
+
 class UnknownDatasetError(DatasetError):
     """Neither a known dataset name nor an existing file or folder."""
 
@@ -162,10 +167,25 @@ def safe_extract(archive: str | os.PathLike, destination: str | os.PathLike) -> 
             tf.extractall(destination, members=tqdm(members, desc="Unpacking", unit="file", leave=False,
                                                     disable=len(members) < 500), **extra)
     else:
-        raise DownloadError(
-            f"{archive} is neither a zip nor a tar archive (an HTML error page downloaded instead?). "
+        raise NotAnArchiveError(
+            f"{archive} is neither a zip nor a tar archive ({_what_it_looks_like(archive)}). "
             "Delete it and try again, or download the archive by hand."
         )
+
+
+def _what_it_looks_like(path: Path) -> str:
+    """A hint at what a non-archive file is, from its first bytes (an HTML page is the usual suspect)."""
+    try:
+        with open(path, "rb") as fh:
+            head = fh.read(512)
+    except OSError:
+        return "unreadable"
+    text = head.lstrip().lower()
+    if text.startswith((b"<!doctype html", b"<html", b"<?xml", b"<head")) or b"<html" in text:
+        return f"an HTML page, {path.stat().st_size:,} bytes, starting {head[:40]!r}"
+    if not head:
+        return "an empty file"
+    return f"an HTML error page downloaded instead? It starts {head[:16]!r}"
 
 
 def _walk(folder: Path):
@@ -250,6 +270,14 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
         try:
             try:
                 safe_extract(archive, partial)
+            except NotAnArchiveError as error:  # kept, every later run would find it again: delete it
+                looks = _what_it_looks_like(archive)
+                archive.unlink(missing_ok=True)
+                raise NotAnArchiveError(
+                    f"{archive}, downloaded from {source.current_url()}, is neither a zip nor a tar archive "
+                    f"({looks}); it has been deleted. Check the URL (or set "
+                    f"{source.url_env} to a mirror or a file:// copy) and run again. " + SAMPLE_ADVICE
+                ) from error
             except (zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as error:
                 archive.unlink(missing_ok=True)
                 raise DownloadError(

@@ -9,23 +9,75 @@ from __future__ import annotations
 import html
 import io
 import math
+import os
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
-
-SUPPORTED_FORMATS = "JPEG/PNG/GIF/BMP"
-"""What TensorFlow's ``decode_image`` (and so the exported model) can read."""
+from typing import Any, BinaryIO
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image (width × height) accepted by default: 40 MP, checked from the header before decoding."""
 
-_PIL_FORMATS = {"JPEG": "JPEG", "MPO": "JPEG", "PNG": "PNG", "GIF": "GIF", "BMP": "BMP"}  # MPO: camera JPEG
+
+@dataclass(frozen=True)
+class ImageFormat:
+    """One row of :data:`IMAGE_FORMATS`: the name messages use, Pillow's names for it, its file extensions."""
+
+    name: str
+    pillow_names: tuple[str, ...]
+    extensions: tuple[str, ...]  # lower case, with the dot
+    checked_at_run_time: bool = False  # decodable only where the installed TensorFlow's decode_image reads it
+
+
+IMAGE_FORMATS: tuple[ImageFormat, ...] = (
+    ImageFormat("JPEG", ("JPEG", "MPO"), (".jpg", ".jpeg", ".jpe", ".jfif")),  # MPO: a phone camera's JPEG
+    ImageFormat("PNG", ("PNG",), (".png",)),
+    ImageFormat("GIF", ("GIF",), (".gif",)),
+    ImageFormat("BMP", ("BMP",), (".bmp",)),
+    ImageFormat("WebP", ("WEBP",), (".webp",), checked_at_run_time=True),  # newer TF only: probed
+)
+"""The one list of image formats every reader uses (folder datasets, validate_images, scorers, bottlenecks)."""
+
+SUPPORTED_FORMATS = "/".join(f.name for f in IMAGE_FORMATS)
+"""What TensorFlow's ``decode_image`` (and so the exported model) can read, for messages: "JPEG/PNG/GIF/BMP/WebP"."""
+
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(ext for f in IMAGE_FORMATS for ext in f.extensions)
+"""File extensions (lower case) of :data:`IMAGE_FORMATS`: what a folder reader takes as an image."""
+
+_BY_PILLOW_NAME = {pillow: f for f in IMAGE_FORMATS for pillow in f.pillow_names}
+_BY_EXTENSION = {ext: f for f in IMAGE_FORMATS for ext in f.extensions}
+
+
+def format_for_pillow(pillow_name: str | None) -> ImageFormat | None:
+    """The table row of a format as Pillow names it (``Image.format``), or None when not in the table."""
+    return _BY_PILLOW_NAME.get(str(pillow_name or "").upper())
+
+
+def format_for_file_name(name: str | Path) -> ImageFormat | None:
+    """The table row of a file name's extension (any case), or None when it is not an image extension."""
+    return _BY_EXTENSION.get(os.path.splitext(str(name))[1].lower())
+
+
+def decodable(fmt: ImageFormat) -> bool:
+    """Whether the installed TensorFlow decodes this format; asked once, only for formats marked so (loads TF)."""
+    if not fmt.checked_at_run_time:
+        return True
+    from . import images  # the probe decodes a tiny image, so it needs (and loads) the TF runtime
+
+    return images.tf_decodes(fmt.pillow_names[0])
+
+
+def not_decodable_reason(fmt: ImageFormat) -> str:
+    """Why a format in the table is refused here: the installed TensorFlow cannot decode it."""
+    from . import images
+
+    return (f"the installed TensorFlow {images.tf_version()} cannot decode {fmt.name} images; convert it "
+            "to JPEG or PNG, or upgrade TensorFlow")
 
 
 class InvalidImageError(ValueError):
-    """The bytes are not an image the model can decode (empty, not JPEG/PNG/GIF/BMP, truncated, corrupt)."""
+    """The bytes are not an image the model can decode (empty, not JPEG/PNG/GIF/BMP/WebP, truncated, corrupt)."""
 
 
 class ImageTooLargeError(InvalidImageError):
@@ -38,7 +90,7 @@ class LabelsFileError(ValueError):
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header says: format (JPEG/PNG/GIF/BMP), width and height in pixels."""
+    """What the header says: format (a name of :data:`IMAGE_FORMATS`), width and height in pixels."""
 
     format: str
     width: int
@@ -50,14 +102,14 @@ class ImageInfo:
 
 
 def describe_source(name: str | Path | None) -> str:
-    """How messages start: ``"image 'car.jpg': "`` when the file name is known, else nothing."""
-    return f"image {str(name)!r}: " if name is not None else ""
+    """How messages start: ``"image 'car.jpg': "`` when the file name is known, else nothing (None or "")."""
+    return f"image {str(name)!r}: " if name is not None and str(name) != "" else ""
 
 
 def check_image_bytes(
     data: bytes | bytearray | memoryview, name: str | Path | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
 ) -> ImageInfo:
-    """Check untrusted bytes from the header only: a JPEG/PNG/GIF/BMP within ``max_pixels`` (None = no limit).
+    """Check untrusted bytes from the header only: a JPEG/PNG/GIF/BMP/WebP within ``max_pixels`` (None = no limit).
 
     Raises :class:`InvalidImageError` (or :class:`ImageTooLargeError`) naming the file. Truncated or
     corrupt pixel data is caught later, when TensorFlow decodes it (the scorers turn that error into
@@ -75,12 +127,39 @@ def check_image_bytes(
     data = bytes(data)
     if not data:
         raise InvalidImageError(f"{what}the bytes are empty (0 bytes): not a decodable {SUPPORTED_FORMATS} image.")
+    return _check_header(io.BytesIO(data), len(data), what, max_pixels)
+
+
+def check_image_file(
+    file: str | os.PathLike | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | Path | None = None
+) -> ImageInfo:
+    """:func:`check_image_bytes` for a file (a path, or a binary file open at its start): reads the header only.
+
+    ``name`` starts the messages (default: the path; "" for none). A missing file raises FileNotFoundError.
+    The same limit and checks as the scorers, for readers that decode files themselves (training, validation).
+    """
+    if isinstance(file, (str, os.PathLike)):
+        with open(file, "rb") as fh:
+            return check_image_file(fh, max_pixels, name=file if name is None else name)
+    what = describe_source(name)
+    try:
+        size = os.fstat(file.fileno()).st_size
+    except (AttributeError, OSError, ValueError):  # an in-memory stream (io.BytesIO): measure it
+        size = file.seek(0, os.SEEK_END)
+        file.seek(0)
+    if size == 0:
+        raise InvalidImageError(f"{what}the file is empty (0 bytes): not a decodable {SUPPORTED_FORMATS} image.")
+    return _check_header(file, size, what, max_pixels)
+
+
+def _check_header(stream: BinaryIO, size: int, what: str, max_pixels: int | None) -> ImageInfo:
+    """The checks of :func:`check_image_bytes` on a seekable stream at its start (Pillow reads the header only)."""
     from PIL import Image, UnidentifiedImageError
 
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
-            with Image.open(io.BytesIO(data)) as image:  # reads the header only
+            with Image.open(stream) as image:  # reads the header only (a GIF's frames are skipped, not decoded)
                 pil_format = image.format or "?"
                 width, height = image.size
                 frames = int(getattr(image, "n_frames", 1)) if pil_format == "GIF" else 1
@@ -89,28 +168,32 @@ def check_image_bytes(
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         # Pillow's own text for unknown bytes names an in-memory object address: of no use to a reader.
         detail = "" if isinstance(exc, UnidentifiedImageError) else f" ({exc})"
+        stream.seek(0)
+        start = stream.read(8)
         raise InvalidImageError(
-            f"{what}the bytes ({len(data)} bytes, starting {data[:8]!r}) are not a decodable {SUPPORTED_FORMATS} "
+            f"{what}the bytes ({size} bytes, starting {start!r}) are not a decodable {SUPPORTED_FORMATS} "
             f"image{detail}. Check that the file is a photo and was fully downloaded."
         ) from exc
-    fmt = _PIL_FORMATS.get(pil_format)
+    fmt = format_for_pillow(pil_format)
     if fmt is None:
         raise InvalidImageError(
             f"{what}the bytes are a {pil_format} image, not a decodable {SUPPORTED_FORMATS} image; "
             "convert it to JPEG or PNG."
         )
+    if not decodable(fmt):
+        raise InvalidImageError(f"{what}the bytes are a {fmt.name} image, but {not_decodable_reason(fmt)}.")
     if width < 1 or height < 1:
         raise InvalidImageError(
             f"{what}the header declares a {width}x{height} size: not a decodable {SUPPORTED_FORMATS} image."
         )
     total = width * height * frames
     if max_pixels is not None and total > max_pixels:
-        size = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
+        dims = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
         raise ImageTooLargeError(
-            f"{what}the image is {size} = {total / 1e6:.3g} MP, over the limit of {max_pixels / 1e6:g} MP "
+            f"{what}the image is {dims} = {total / 1e6:.3g} MP, over the limit of {max_pixels / 1e6:g} MP "
             f"(max_pixels={max_pixels}); downscale it or pass a larger max_pixels."
         )
-    return ImageInfo(fmt, width, height)
+    return ImageInfo(fmt.name, width, height)
 
 
 def read_image_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
@@ -239,7 +322,7 @@ def score_frame(
 
     Returns a copy of ``df`` (same index and columns) plus ``predicted`` (label or None), ``probability``,
     one ``score_<class>`` column per class, and ``error`` (None, or why the row could not be scored: missing
-    file, not a JPEG/PNG/GIF/BMP image, too large, truncated). A warning counts the failed rows.
+    file, not a JPEG/PNG/GIF/BMP/WebP image, too large, truncated). A warning counts the failed rows.
     ``predict_proba(list_of_bytes, names)`` returns an (N, C) array and raises InvalidImageError on bad images.
     """
     import numpy as np
