@@ -7,6 +7,7 @@ lands on the class called "correct". (This project's own model.pb is scored in t
 from __future__ import annotations
 
 import io
+import re
 
 import numpy as np
 import pandas as pd
@@ -15,12 +16,19 @@ from PIL import Image
 
 from workshop_utils.config import import_tensorflow
 from workshop_utils.frozen_graph import FrozenGraphError, FrozenGraphScorer, inspect_graph
-from workshop_utils.predictions import InvalidImageError, LabelsFileError, Prediction, UnscoredImagesWarning
+from workshop_utils.predictions import (
+    SUPPORTED_FORMATS,
+    InvalidImageError,
+    LabelsFileError,
+    Prediction,
+    UnscoredImagesWarning,
+)
 
 tf = import_tensorflow()
 
+FORMATS = re.escape(SUPPORTED_FORMATS)
 RGB = (200, 30, 60)  # the test image's colour
-MEAN_BGR = (104.0, 117.0, 123.0)  # Custom-Vision-style mean, in the model's (BGR) channel order
+MEAN_BGR = (104.0, 117.0, 123.0)  # a Caffe-style mean in the model's (BGR) order (real Custom Vision exports use none)
 SCALE = 0.5
 _bgr = np.array(RGB[::-1], dtype=np.float64)
 PROTOTYPES = {
@@ -124,18 +132,18 @@ def test_predict_frame(cv_graph, tmp_path):
     with pytest.warns(UnscoredImagesWarning, match=r"1 of 2 images"):
         out = scorer(cv_graph).predict_frame(pd.DataFrame({"image_path": [str(good), str(bad)]}))
     assert out["predicted"].tolist() == ["correct", None]
-    assert "not a decodable JPEG/PNG/GIF/BMP image" in out.loc[1, "error"]
+    assert f"not a decodable {SUPPORTED_FORMATS} image" in out.loc[1, "error"]
 
 
 def test_bad_images_rejected(cv_graph):
     s = scorer(cv_graph)
-    with pytest.raises(InvalidImageError, match=r"image 'x': the bytes are empty \(0 bytes\): not a decodable JPEG/PNG/GIF/BMP image"):
+    with pytest.raises(InvalidImageError, match=rf"image 'x': the bytes are empty \(0 bytes\): not a decodable {FORMATS} image"):
         s.predict_bytes(b"", name="x")
     noise = np.random.default_rng(0).integers(0, 256, (48, 64, 3), dtype=np.uint8)
     buffer = io.BytesIO()
     Image.fromarray(noise).save(buffer, format="JPEG")
     jpeg = buffer.getvalue()  # cut in the middle of the scan data: the header still reads fine
-    with pytest.raises(InvalidImageError, match=r"image 'cut\.jpg': the bytes are not a decodable JPEG/PNG/GIF/BMP image \(truncated or corrupt"):
+    with pytest.raises(InvalidImageError, match=rf"image 'cut\.jpg': the bytes are not a decodable {FORMATS} image \(truncated or corrupt"):
         s.predict_bytes(jpeg[: len(jpeg) // 2], name="cut.jpg")
     small = FrozenGraphScorer(s.pb_path, "Placeholder", "loss", None, LABELS, max_pixels=1000)
     with pytest.raises(InvalidImageError, match=r"50x40 = 0.002 MP, over the limit"):

@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import json
 import os
+import re
 import shutil
 import stat
 import zipfile
@@ -23,9 +24,10 @@ import pytest
 from PIL import Image
 
 from workshop_utils import model_io
-from workshop_utils.architectures import feature_extractor
+from workshop_utils.architectures import feature_extractor, get_architecture
 from workshop_utils.config import import_tensorflow
 from workshop_utils.images import decode_image
+from workshop_utils.predictions import SUPPORTED_FORMATS
 from workshop_utils.model_io import (
     INPUT_TENSOR,
     LABEL_TENSOR,
@@ -49,6 +51,7 @@ import keras  # noqa: E402
 ARCH, SIZE = "MobilenetV2", (64, 64)
 CLASSES = ["bumper_dent", "door_scratch", "glass_shatter", "unknown"]
 TOL = 1e-5
+FORMATS = re.escape(SUPPORTED_FORMATS)  # "JPEG/PNG/GIF/BMP[/WebP]": what the installed TensorFlow decodes
 
 
 class StandInLabelMap:
@@ -271,18 +274,18 @@ def test_predict_file_and_frame(classifier, trained, images, tmp_path):
     assert out["predicted"].tolist()[:6] == [CLASSES[i] for i in expected.argmax(axis=1)]
     assert out["error"].tolist()[:6] == [None] * 6
     assert out.loc[6, "predicted"] is None and np.isnan(out.loc[6, "probability"])
-    assert "cut.jpg': the bytes are not a decodable JPEG/PNG/GIF/BMP image (truncated or corrupt" in out.loc[6, "error"]
+    assert f"cut.jpg': the bytes are not a decodable {SUPPORTED_FORMATS} image (truncated or corrupt" in out.loc[6, "error"]
 
 
 # -- untrusted input -----------------------------------------------------------------------------------------
 def test_bad_image_bytes(classifier, images):
-    with pytest.raises(InvalidImageError, match=r"image 'up\.jpg': the bytes are empty \(0 bytes\): not a decodable JPEG/PNG/GIF/BMP image"):
+    with pytest.raises(InvalidImageError, match=rf"image 'up\.jpg': the bytes are empty \(0 bytes\): not a decodable {FORMATS} image"):
         classifier.predict_bytes(b"", name="up.jpg")
-    with pytest.raises(InvalidImageError, match=r"^the bytes \(.*\) are not a decodable JPEG/PNG/GIF/BMP image"):
+    with pytest.raises(InvalidImageError, match=rf"^the bytes \(.*\) are not a decodable {FORMATS} image"):
         classifier.predict_bytes(b"%PDF-1.4 not an image")
     jpeg = images["noise.jpg"]
     for cut in (len(jpeg) - 2, len(jpeg) // 2, 1500):  # missing end marker; half the scan; mostly header
-        with pytest.raises(InvalidImageError, match=r"image 'cut\.jpg': the bytes are not a decodable JPEG/PNG/GIF/BMP image \(truncated or corrupt"):
+        with pytest.raises(InvalidImageError, match=rf"image 'cut\.jpg': the bytes are not a decodable {FORMATS} image \(truncated or corrupt"):
             classifier.predict_bytes(jpeg[:cut], name="cut.jpg")
     with pytest.raises(InvalidImageError, match=r"^one of 2 images \(score them one by one to find it\): the bytes are not a decodable .*\(truncated or corrupt"):
         classifier.predict_proba([images["blocks.png"], jpeg[:1500]])  # which one is the batch's error: unknown
@@ -323,9 +326,91 @@ def test_load_rejects_labels_of_another_model(exported, tmp_path):
     shutil.copy(exported / "model_card.json", folder / "model_card.json")
     with pytest.raises(LabelsFileError, match=r"2 labels but the model has 4 outputs in .*mixed; the labels\.txt does not belong"):
         Classifier.load(folder)
-    (folder / "model.keras").unlink()
-    (folder / "model.keras").write_bytes(b"not a zip")
-    with pytest.raises(ModelFolderError, match=r"Could not load .*model\.keras"):
+
+
+# -- the class names live inside model.keras (issue 10, item 3) -----------------------------------------------
+def copy_export(exported: Path, folder: Path) -> Path:
+    shutil.copytree(exported, folder)
+    return folder
+
+
+def test_class_names_are_stored_inside_model_keras(exported):
+    with zipfile.ZipFile(exported / "model.keras") as archive:
+        record = json.loads(archive.read("workshop_classes.json"))
+    assert record["classes"] == CLASSES and record["num_classes"] == 4
+    assert model_io.stored_classes(exported / "model.keras") == CLASSES
+    card = json.loads((exported / "model_card.json").read_text(encoding="utf-8"))
+    assert "workshop_classes.json" in card["files"]["model.keras"]
+
+
+def test_reordered_labels_txt_is_refused(exported, tmp_path):
+    folder = copy_export(exported, tmp_path / "model")
+    swapped = [CLASSES[1], CLASSES[0], *CLASSES[2:]]
+    (folder / "labels.txt").write_text("\n".join(swapped) + "\n", encoding="utf-8")
+    with pytest.raises(LabelsFileError) as caught:
+        Classifier.load(folder)
+    message = str(caught.value)
+    assert f"{folder / 'labels.txt'} lists the classes as {swapped}" in message
+    assert f"but {folder / 'model.keras'} was trained with {CLASSES} (in this order, stored inside it)" in message
+    assert "Restore labels.txt to that order (one name per line)" in message and "Re-export it with" in message
+    (folder / "labels.txt").write_text("\n".join(CLASSES) + "\n", encoding="utf-8")  # restored: loads again
+    assert Classifier.load(folder).labels == CLASSES
+
+
+def without_stored_classes(keras_file: Path) -> None:
+    """Rewrite a .keras file as an older export wrote it: without workshop_classes.json."""
+    with zipfile.ZipFile(keras_file) as archive:
+        entries = {name: archive.read(name) for name in archive.namelist() if name != "workshop_classes.json"}
+    with zipfile.ZipFile(keras_file, "w") as archive:
+        for name, data in entries.items():
+            archive.writestr(name, data)
+
+
+def test_an_older_export_is_checked_against_the_model_card(exported, tmp_path):
+    folder = copy_export(exported, tmp_path / "old")
+    without_stored_classes(folder / "model.keras")
+    with pytest.warns(UserWarning, match=r"model\.keras carries no class names \(exported by an older version\): checking labels\.txt against model_card\.json"):
+        assert Classifier.load(folder).labels == CLASSES
+    (folder / "labels.txt").write_text("\n".join(CLASSES[::-1]) + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning), pytest.raises(LabelsFileError, match=r"labels\.txt lists the classes as .* but .*model_card\.json says the model \(.*model\.keras\) was trained with"):
+        Classifier.load(folder)
+
+
+def test_tampered_stored_classes_are_reported(exported, tmp_path):
+    folder = copy_export(exported, tmp_path / "model")
+    without_stored_classes(folder / "model.keras")
+    record = {"format": 1, "classes": CLASSES[::-1], "num_classes": 4, "labels_txt_sha256": "0" * 64}
+    with zipfile.ZipFile(folder / "model.keras", "a") as archive:
+        archive.writestr("workshop_classes.json", json.dumps(record))
+    with pytest.raises(ModelFolderError, match=r"model\.keras: the class names stored in its workshop_classes\.json do not match their checksum"):
+        Classifier.load(folder)
+
+
+# -- a garbage model.keras (issue 10, item 8) ------------------------------------------------------------------
+@pytest.mark.parametrize(
+    ("content", "detail"),
+    [
+        (bytes(np.random.default_rng(0).integers(0, 256, 3000, dtype=np.uint8)), r"\(3000 bytes, starting b'.*'\) is not\. "),
+        (b"<!DOCTYPE html><html><body>Sign in</body></html>", r"\(48 bytes, starting b'<!DOCTYPE html><'\) is not \(it looks like an HTML page: a failed download\?\)"),
+    ],
+    ids=["random-bytes", "html-page"],
+)
+def test_garbage_model_keras_is_named_as_such(exported, tmp_path, content, detail):
+    folder = copy_export(exported, tmp_path / "model")
+    (folder / "model.keras").write_bytes(content)
+    with pytest.raises(ModelFolderError) as caught:
+        Classifier.load(folder)
+    message = str(caught.value)
+    assert "File not found" not in message
+    assert re.search(r"model\.keras is not a valid \.keras file: a Keras 3 model file is a zip archive, but this one " + detail, message), message
+    assert "Re-export it with workshop_utils.model_io.export_model(trained, " in message
+
+
+def test_a_zip_that_is_not_a_keras_file(exported, tmp_path):
+    folder = copy_export(exported, tmp_path / "model")
+    with zipfile.ZipFile(folder / "model.keras", "w") as archive:
+        archive.writestr("photo.jpg", b"x")
+    with pytest.raises(ModelFolderError, match=r"model\.keras is not a valid \.keras file: the zip holds no config\.json \(it has \['photo\.jpg'\]\)\. Re-export"):
         Classifier.load(folder)
 
 
@@ -421,3 +506,94 @@ def test_export_tflite(exported, trained, images, tmp_path):
         interpreter.set_tensor(inp["index"], pixels)
         interpreter.invoke()
         np.testing.assert_allclose(interpreter.get_tensor(out["index"])[0], reference_scores(trained, images[name]), atol=1e-4)
+
+
+# -- the model as trained (issue 12's export prerequisite) ------------------------------------------------
+def perturbed_backbone() -> keras.Model:
+    """A fresh copy of the stand-in backbone with one conv kernel changed, as fine-tuning would change it."""
+    backbone = get_architecture(ARCH).build(None, SIZE)
+    conv = next(layer for layer in backbone.layers[-1].layers if isinstance(layer, keras.layers.Conv2D))
+    kernel, *rest = conv.get_weights()
+    conv.set_weights([kernel + np.random.default_rng(0).normal(0, 0.5, kernel.shape).astype(np.float32), *rest])
+    return backbone
+
+
+def learner_model(trained) -> keras.Model:
+    """Built as a learner's notebook cells would: bytes → DecodeImageBytes → backbone → a Sequential softmax head."""
+    backbone = perturbed_backbone()
+    head = keras.Sequential([keras.Input((1280,)), keras.layers.Dense(len(CLASSES), activation="softmax")])
+    head.layers[-1].set_weights([trained.kernel, trained.bias])
+    inputs = keras.Input(shape=(), dtype="string")
+    outputs = head(backbone(model_io.DecodeImageBytes(SIZE)(inputs)))
+    return keras.Model(inputs, outputs, name="fine_tuned")
+
+
+def test_export_takes_the_model_as_trained(trained, images, tmp_path):
+    model = learner_model(trained)
+    folder = export_model(trained, tmp_path / "model", model=model)
+    blobs = list(images.values())
+    in_memory = np.asarray(model(tf.constant(blobs), training=False), np.float64)
+    rebuilt = Classifier.from_trained(trained).predict_proba(blobs)  # backbone rebuilt from its weights spec
+    assert np.abs(in_memory - rebuilt).max() > 0.05  # the changed kernel matters: the test can tell them apart
+
+    np.testing.assert_allclose(Classifier.load(folder).predict_proba(blobs), in_memory, atol=TOL)
+    served = tf.saved_model.load(str(folder / "saved_model")).signatures["serving_default"](image_bytes=tf.constant(blobs))
+    np.testing.assert_allclose(served["scores"].numpy(), in_memory, atol=TOL)
+    for tensor in (INPUT_TENSOR, PIXELS_TENSOR):
+        graph = FrozenGraphScorer(folder / "model.pb", tensor, SCORES_TENSOR, None if tensor == INPUT_TENSOR else SIZE, CLASSES)
+        np.testing.assert_allclose(graph.predict_proba(blobs), in_memory, atol=TOL, err_msg=tensor)
+    card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
+    assert card["source"] == "the Keras model 'fine_tuned' as trained (its own weights), bytes in"
+    assert model_io.stored_classes(folder / "model.keras") == CLASSES
+
+
+def tiny_pixels_model() -> keras.Model:
+    """RGB 0-255 (32, 32, 3) in: a 1x1 conv, pooling and a softmax over the four classes."""
+    keras.utils.set_random_seed(3)
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Rescaling(1 / 255.0)(inputs)
+    x = keras.layers.GlobalAveragePooling2D()(keras.layers.Conv2D(8, 1, activation="relu")(x))
+    return keras.Model(inputs, keras.layers.Dense(len(CLASSES), activation="softmax")(x), name="tiny")
+
+
+def test_export_wraps_a_pixels_in_model(trained, images, tmp_path):
+    model = tiny_pixels_model()
+    folder = export_model(trained, tmp_path / "model", model=model)
+    blobs = list(images.values())
+    expected = np.asarray(model(np.stack([decode_image(tf.constant(b), (32, 32)).numpy() for b in blobs])), np.float64)
+    assert expected.std(axis=0).max() > 1e-4  # the rows differ: a real comparison
+    loaded = Classifier.load(folder)
+    assert loaded.image_size == (32, 32) and loaded.model.input.dtype == "string"
+    np.testing.assert_allclose(loaded.predict_proba(blobs), expected, atol=TOL)
+    np.testing.assert_allclose(Classifier.from_model(model, CLASSES).predict_proba(blobs), expected, atol=TOL)
+    graph = FrozenGraphScorer(folder / "model.pb", PIXELS_TENSOR, SCORES_TENSOR, (32, 32), CLASSES)
+    np.testing.assert_allclose(graph.predict_proba(blobs), expected, atol=TOL)
+    card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
+    assert card["image_size"] == [32, 32] and card["source"].endswith("pixels in")
+
+
+def test_export_refuses_a_model_that_does_not_fit(trained, tmp_path):
+    three = keras.Sequential([keras.Input((32, 32, 3)), keras.layers.GlobalAveragePooling2D(),
+                              keras.layers.Dense(3, activation="softmax")], name="three")
+    with pytest.raises(ExportError, match=r"Model 'three' outputs 3 scores but the trained classifier has 4 classes \(bumper_dent, door_scratch, glass_shatter, unknown\)"):
+        export_model(trained, tmp_path / "a", model=three)
+    features_in = keras.Sequential([keras.Input((1280,)), keras.layers.Dense(4, activation="softmax")], name="head_only")
+    with pytest.raises(ExportError, match=r"Model 'head_only' takes float32 \(None, 1280\); expected a Keras functional model taking encoded image bytes"):
+        export_model(trained, tmp_path / "b", model=features_in)
+    assert list(tmp_path.iterdir()) == []
+
+
+# -- notebook 06 (issue 10, item 14) ----------------------------------------------------------------------------
+def test_notebook_06_checks_bad_bytes_on_a_separate_panel():
+    """After Run All the learner's panel must still show the photo and chart, not the bad-bytes message."""
+    notebook = Path(__file__).resolve().parents[1] / "notebooks" / "06_consume_model.ipynb"
+    code = ["".join(c["source"]) for c in json.loads(notebook.read_text(encoding="utf-8"))["cells"]
+            if c["cell_type"] == "code"]
+    shown = next(i for i, s in enumerate(code) if re.search(r"^panel = widgets\.upload_panel\(", s, re.M))
+    assert any(re.search(r"^panel$", s, re.M) for s in code[shown:shown + 1]), "the panel is displayed"
+    checks = [s for s in code[shown:] if "this is not a photo" in s]
+    assert checks, "notebook 06 no longer checks that bytes which are not a photo are refused"
+    for source in checks:
+        assert not re.search(r"\bpanel\.classify\(", source), "the bad bytes go through the learner's own panel"
+        other = re.search(r"^(\w+) = widgets\.upload_panel\(", source, re.M)
+        assert other and re.search(rf"\b{other.group(1)}\.classify\(b\"this is not a photo\"", source)

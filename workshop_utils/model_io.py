@@ -13,6 +13,11 @@
     labels.txt        class names, one per line, in score order
     model_card.json   arch, classes, input/output spec, metrics, training options, date, versions
 
+The ordered class names are also stored inside ``model.keras`` (an extra zip entry, ``workshop_classes.json``,
+that Keras' loader ignores), so an edited ``labels.txt`` cannot silently relabel the scores. With
+``export_model(..., model=m)`` the model ``m`` is exported as trained (bytes in, or RGB pixels in and wrapped
+with :class:`DecodeImageBytes`); without it the model is built from the trained head on the frozen backbone.
+
 :class:`Classifier` loads the folder (``model.keras`` with ``safe_mode=True``) and scores untrusted images;
 bad bytes raise :class:`InvalidImageError` (a ``ValueError``). :func:`export_tflite` adds ``model.tflite``.
 """
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as _dt
+import hashlib
 import io
 import json
 import math
@@ -28,6 +34,8 @@ import platform
 import shutil
 import tempfile
 import uuid
+import warnings
+import zipfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -60,7 +68,8 @@ __all__ = [
     "Classifier", "Prediction", "InvalidImageError", "ImageTooLargeError", "LabelsFileError", "ModelFolderError",
     "ExportError", "UnscoredImagesWarning", "FrozenGraphScorer", "FrozenGraphError", "inspect_graph",
     "DecodeImageBytes", "build_end_to_end_model", "export_model", "export_tflite", "check_image_bytes",
-    "pixels_model", "DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS", "INPUT_TENSOR", "PIXELS_TENSOR", "SCORES_TENSOR",
+    "pixels_model", "model_parts", "ModelParts", "stored_classes", "DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS",
+    "INPUT_TENSOR", "PIXELS_TENSOR", "SCORES_TENSOR",
     "LABEL_TENSOR",
 ]
 
@@ -155,46 +164,163 @@ def build_end_to_end_model(trained: Any) -> keras.Model:
     return keras.Model(inputs, outputs, name=f"{arch.name}_classifier")
 
 
-def _parts(model: keras.Model) -> tuple[DecodeImageBytes, keras.Model, keras.layers.Layer]:
-    """The decode layer, the backbone and the head of an end-to-end model (built or reloaded)."""
-    decode, head = model.get_layer(DECODE_LAYER), model.get_layer(HEAD_LAYER)
-    middle = [
-        layer for layer in model.layers
-        if layer not in (decode, head) and not isinstance(layer, keras.layers.InputLayer)
-    ]
-    if not isinstance(decode, DecodeImageBytes) or len(middle) != 1:
-        raise ModelFolderError(
-            f"Model {model.name!r} is not a workshop end-to-end model (decode → backbone → head)."
-        )
-    return decode, middle[0], head
+@dataclasses.dataclass(frozen=True)
+class ModelParts:
+    """An end-to-end classifier taken apart: how bytes become pixels, and pixels become probabilities.
+
+    ``decode`` is the model's own DecodeImageBytes layer (or a new one for a pixels-in model); ``pixels`` is
+    the float part, RGB 0–255 (H, W, 3) → probabilities, with the model's own layers and weights (nothing is
+    rebuilt); ``bytes_model`` is bytes → probabilities (the model itself when it decodes bytes);
+    ``pixels_tensor`` is the RGB tensor in the model's functional graph (to cut sub-models from it).
+    """
+
+    decode: DecodeImageBytes
+    pixels: keras.Model
+    bytes_model: keras.Model
+    pixels_tensor: Any
+    image_size: tuple[int, int]
+    num_classes: int
+
+
+def _input_description(model: keras.Model) -> str:
+    inputs = getattr(model, "inputs", None) or []
+    return ", ".join(f"{t.dtype} {tuple(t.shape)}" for t in inputs) or "no symbolic input"
+
+
+def _decode_output(model: keras.Model, decode: DecodeImageBytes) -> Any:
+    """The decode layer's output tensor in ``model``'s graph (the node fed by the model's input)."""
+    for node in getattr(decode, "_inbound_nodes", []):
+        if any(t is model.inputs[0] for t in node.input_tensors):
+            return node.output_tensors[0]
+    return None
+
+
+def model_parts(model: keras.Model, error: type[Exception] = ModelFolderError) -> ModelParts:
+    """Take an end-to-end classifier apart; tolerant of how it was built (our builder or a learner's cells).
+
+    Accepted: bytes in (string [None], the first layer a DecodeImageBytes, then anything: a backbone model or
+    its layers, a head Dense or Sequential) or pixels in (float (None, H, W, 3) RGB 0–255), with one output of
+    class probabilities (None, C). Anything else raises ``error`` saying what was found.
+    """
+    what = f"Model {getattr(model, 'name', type(model).__name__)!r}"
+    expected = ("expected a Keras functional model taking encoded image bytes (string [None], first layer "
+                "DecodeImageBytes) or RGB 0-255 pixels (float32 (None, H, W, 3)), with one output of class "
+                "probabilities (None, C)")
+    if not isinstance(model, keras.Model) or not getattr(model, "inputs", None) or not getattr(model, "outputs", None):
+        raise error(f"{what} is not a built Keras functional model; {expected}.")
+    if len(model.inputs) != 1 or len(model.outputs) != 1:
+        raise error(f"{what} has {len(model.inputs)} inputs and {len(model.outputs)} outputs; {expected}.")
+    out_shape = tuple(model.outputs[0].shape)
+    if len(out_shape) != 2 or out_shape[-1] is None:
+        raise error(f"{what} outputs shape {out_shape}; {expected}.")
+    inp = model.inputs[0]
+    if str(inp.dtype) == "string":
+        decoders = [layer for layer in model.layers if isinstance(layer, DecodeImageBytes)]
+        pixels_tensor = _decode_output(model, decoders[0]) if len(decoders) == 1 else None
+        if pixels_tensor is None:
+            raise error(
+                f"{what} takes bytes ({_input_description(model)}) but has {len(decoders)} DecodeImageBytes "
+                f"layers, not one applied to its input; {expected}."
+            )
+        decode = decoders[0]
+        pixels = keras.Model(pixels_tensor, model.outputs[0], name=f"{model.name}_pixels")
+        return ModelParts(decode, pixels, model, pixels_tensor, decode.image_size, int(out_shape[-1]))
+    shape = tuple(inp.shape)
+    if len(shape) != 4 or shape[-1] != 3 or None in shape[1:3] or not str(inp.dtype).startswith("float"):
+        raise error(f"{what} takes {_input_description(model)}; {expected}.")
+    size = (int(shape[1]), int(shape[2]))
+    image_bytes = keras.Input(shape=(), dtype="string", name="image_bytes")
+    decode = DecodeImageBytes(size, name=DECODE_LAYER)
+    outputs = model(decode(image_bytes), training=False)
+    bytes_model = keras.Model(image_bytes, outputs, name=f"{model.name}_bytes")
+    return ModelParts(decode, model, bytes_model, inp, size, int(out_shape[-1]))
 
 
 def pixels_model(model: keras.Model) -> keras.Model:
     """The float part of an end-to-end model: RGB 0–255 (H, W, 3) float32 → probabilities (for TFLite)."""
-    decode, backbone, head = _parts(model)
-    inputs = keras.Input(shape=(*decode.image_size, 3), dtype="float32", name="rgb_0_255")
-    return keras.Model(inputs, head(backbone(inputs, training=False)), name=f"{model.name}_pixels")
+    return model_parts(model).pixels
 
 
-def _serving_functions(model: keras.Model, labels: list[str]) -> tuple[Any, Any]:
+def _serving_functions(parts: ModelParts, labels: list[str]) -> tuple[Any, Any]:
     """(SavedModel endpoint, frozen-graph function): bytes [None] → {"scores", "label"}."""
-    decode, backbone, head = _parts(model)
     spec = tf.TensorSpec([None], tf.string, name="image_bytes")
+    model, decode, float_model = parts.bytes_model, parts.decode, parts.pixels
 
     def serve(image_bytes: Any) -> dict[str, Any]:
-        scores = model(image_bytes, training=False)
+        scores = tf.cast(model(image_bytes, training=False), tf.float32)
         label = tf.gather(tf.constant(labels), tf.argmax(scores, axis=-1))
         return {"scores": scores, "label": label}
 
     @tf.function(input_signature=[spec])
     def frozen(image_bytes: Any) -> dict[str, Any]:
         pixels = tf.identity(decode(image_bytes), name="pixels")
-        probabilities = head(backbone(pixels, training=False))
-        # label reads the head directly, so that scores and label are both leaves of the frozen graph
+        probabilities = tf.cast(float_model(pixels, training=False), tf.float32)
+        # label reads the scores directly, so that scores and label are both leaves of the frozen graph
         label = tf.identity(tf.gather(tf.constant(labels), tf.argmax(probabilities, axis=-1)), name="label")
         return {"scores": tf.identity(probabilities, name="scores"), "label": label}
 
     return (serve, spec), frozen
+
+
+# -- the class names inside model.keras ----------------------------------------------------------------------
+CLASSES_ENTRY = "workshop_classes.json"
+"""An extra entry in the ``.keras`` zip (Keras' loader ignores it): the ordered class names and a checksum."""
+
+
+def _labels_digest(names: Sequence[str]) -> str:
+    return hashlib.sha256(("\n".join(names) + "\n").encode("utf-8")).hexdigest()
+
+
+def _store_classes(keras_path: Path, names: Sequence[str]) -> None:
+    """Add the ordered class names (and the sha256 of the matching labels.txt) to a saved ``.keras`` file."""
+    record = {"format": 1, "classes": list(names), "num_classes": len(names),
+              "labels_txt_sha256": _labels_digest(names)}
+    with zipfile.ZipFile(keras_path, "a", compression=zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(CLASSES_ENTRY, json.dumps(record, ensure_ascii=False, indent=1))
+
+
+def _check_keras_file(path: Path, fix: str) -> None:
+    """A .keras file is a zip with config.json: say so plainly instead of Keras' misleading "File not found"."""
+    if not zipfile.is_zipfile(path):
+        with path.open("rb") as fh:
+            head = fh.read(16)
+        size = path.stat().st_size
+        hint = " (it looks like an HTML page: a failed download?)" if head.lstrip()[:1] == b"<" else ""
+        raise ModelFolderError(
+            f"{path} is not a valid .keras file: a Keras 3 model file is a zip archive, but this one ({size} bytes, "
+            f"starting {head!r}) is not{hint}. {fix}"
+        )
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = set(archive.namelist())
+    except (zipfile.BadZipFile, OSError) as exc:
+        raise ModelFolderError(f"{path} is not a valid .keras file: the zip is damaged ({exc}). {fix}") from exc
+    if "config.json" not in names:
+        raise ModelFolderError(
+            f"{path} is not a valid .keras file: the zip holds no config.json (it has {sorted(names)[:5]}). {fix}"
+        )
+
+
+def stored_classes(keras_path: str | Path) -> list[str] | None:
+    """The class names stored inside a ``.keras`` file by :func:`export_model`, or None for an older export."""
+    path = Path(keras_path)
+    with zipfile.ZipFile(path) as archive:
+        if CLASSES_ENTRY not in archive.namelist():
+            return None
+        try:
+            record = json.loads(archive.read(CLASSES_ENTRY).decode("utf-8"))
+            names = [str(n) for n in record["classes"]]
+            digest = record["labels_txt_sha256"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelFolderError(
+                f"{path} holds a damaged {CLASSES_ENTRY} ({exc}); re-export the folder."
+            ) from exc
+    if digest != _labels_digest(names):
+        raise ModelFolderError(
+            f"{path}: the class names stored in its {CLASSES_ENTRY} do not match their checksum (edited?); "
+            "re-export the folder."
+        )
+    return names
 
 
 # -- the model card --------------------------------------------------------------------------------------
@@ -353,21 +479,42 @@ def _check_close(what: str, got: Any, expected: np.ndarray) -> None:
         )
 
 
-def _verify(folder: Path, model: keras.Model, trained: Any, labels: list[str], size: tuple[int, int]) -> None:
-    """Reload every written form and compare its scores on a probe image with the in-memory model and head."""
+def _in_memory_scores(model: keras.Model, parts: ModelParts, probe: bytes) -> np.ndarray:
+    """What the model handed to the export says about the probe, computed the way it was built to be fed."""
+    if parts.bytes_model is model:
+        scores = model(tf.constant([probe]), training=False)
+    else:  # pixels in: decode exactly as the DecodeImageBytes layer will
+        scores = model(decode_image(tf.constant(probe), parts.image_size)[None], training=False)
+    return np.asarray(tf.cast(scores, tf.float32), dtype=np.float64)
+
+
+def _verify(folder: Path, model: keras.Model, parts: ModelParts, trained: Any, labels: list[str],
+            built_from_head: bool) -> None:
+    """Reload every written form and compare its scores on a probe image with the in-memory model.
+
+    ``model`` is the model as handed to :func:`export_model` (or the one built from the head); when it was
+    built from the head, the head on the backbone's features is checked too.
+    """
+    size = parts.image_size
     probe = probe_image(size)
-    expected = np.asarray(model(tf.constant([probe]), training=False), dtype=np.float64)
-    features = feature_extractor(trained.arch, trained.backbone_weights, size)(
-        decode_image(tf.constant(probe), size)[None], training=False
-    )
-    if hasattr(trained, "predict_proba"):
-        reference = np.asarray(trained.predict_proba(np.asarray(features)), dtype=np.float64)
-    else:
-        kernel, bias = np.asarray(trained.kernel, np.float64), np.asarray(trained.bias, np.float64)
-        logits = np.asarray(features, np.float64) @ kernel + bias
-        reference = np.exp(logits - logits.max(axis=1, keepdims=True))
-        reference /= reference.sum(axis=1, keepdims=True)
-    _check_close("the trained head on backbone features", expected, reference)
+    expected = _in_memory_scores(model, parts, probe)
+    if built_from_head:
+        features = feature_extractor(trained.arch, trained.backbone_weights, size)(
+            decode_image(tf.constant(probe), size)[None], training=False
+        )
+        if hasattr(trained, "predict_proba"):
+            reference = np.asarray(trained.predict_proba(np.asarray(features)), dtype=np.float64)
+        else:
+            kernel, bias = np.asarray(trained.kernel, np.float64), np.asarray(trained.bias, np.float64)
+            logits = np.asarray(features, np.float64) @ kernel + bias
+            reference = np.exp(logits - logits.max(axis=1, keepdims=True))
+            reference /= reference.sum(axis=1, keepdims=True)
+        _check_close("the trained head on backbone features", expected, reference)
+    if parts.bytes_model is not model:
+        _check_close("the model wrapped with DecodeImageBytes", parts.bytes_model(tf.constant([probe])), expected)
+    _check_keras_file(folder / MODEL_FILE, "Please report this.")
+    if stored_classes(folder / MODEL_FILE) != labels:
+        raise ExportError(f"Export check failed: {MODEL_FILE} does not carry the class names; please report this.")
     reloaded = keras.models.load_model(folder / MODEL_FILE, safe_mode=True)
     _check_close(MODEL_FILE, reloaded(tf.constant([probe]), training=False), expected)
     served = tf.saved_model.load(str(folder / SAVED_MODEL_DIR)).signatures["serving_default"](
@@ -382,16 +529,32 @@ def _verify(folder: Path, model: keras.Model, trained: Any, labels: list[str], s
     _check_close(FROZEN_GRAPH_FILE, graph.predict_proba([probe]), expected)
 
 
-def _write_export(folder: Path, trained: Any, metrics: Any, verify: bool) -> None:
+def _model_to_export(trained: Any, model: keras.Model | None) -> tuple[keras.Model, ModelParts]:
+    """The model handed over (checked against the class names), or the one built from the trained head."""
     labels = _label_names(trained)
-    size = get_architecture(trained.arch).resolve_input_size(trained.image_size)
-    model = build_end_to_end_model(trained)
-    model.save(folder / MODEL_FILE)
+    if model is None:
+        built = build_end_to_end_model(trained)
+        return built, model_parts(built, ExportError)
+    parts = model_parts(model, ExportError)
+    if parts.num_classes != len(labels):
+        raise ExportError(
+            f"Model {model.name!r} outputs {parts.num_classes} scores but the trained classifier has {len(labels)} "
+            f"classes ({', '.join(labels)}); pass the model trained for these classes."
+        )
+    return model, parts
+
+
+def _write_export(folder: Path, trained: Any, metrics: Any, verify: bool, model: keras.Model | None = None) -> None:
+    labels = _label_names(trained)
+    source, parts = _model_to_export(trained, model)
+    size = parts.image_size
+    parts.bytes_model.save(folder / MODEL_FILE)
+    _store_classes(folder / MODEL_FILE, labels)
     write_labels(labels, folder / LABELS_FILE)
 
-    (serve, spec), frozen = _serving_functions(model, labels)
+    (serve, spec), frozen = _serving_functions(parts, labels)
     archive = keras.export.ExportArchive()
-    archive.track(model)
+    archive.track(parts.bytes_model)
     archive.add_endpoint("serve", serve, input_signature=[spec])
     archive.write_out(str(folder / SAVED_MODEL_DIR), verbose=False)
 
@@ -403,9 +566,13 @@ def _write_export(folder: Path, trained: Any, metrics: Any, verify: bool) -> Non
     (folder / FROZEN_GRAPH_FILE).write_bytes(graph_def.SerializeToString())
 
     if verify:
-        _verify(folder, model, trained, labels, size)
+        _verify(folder, source, parts, trained, labels, built_from_head=model is None)
     # The card goes last: a folder with a model card is a complete export.
     card = _model_card(trained, labels, size, metrics)
+    card["source"] = ("built from the trained head on the frozen backbone" if model is None else
+                      f"the Keras model {model.name!r} as trained (its own weights), "
+                      f"{'bytes' if parts.bytes_model is model else 'pixels'} in")
+    card["files"][MODEL_FILE] += f"; the ordered class names are stored inside it ({CLASSES_ENTRY})"
     (folder / CARD_FILE).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -425,9 +592,21 @@ def _replace_folder(staged: Path, out_dir: Path) -> None:
 
 
 def export_model(
-    trained: Any, out_dir: str | Path, metrics: Any = None, overwrite: bool = True, verify: bool = True
+    trained: Any,
+    out_dir: str | Path,
+    metrics: Any = None,
+    overwrite: bool = True,
+    verify: bool = True,
+    *,
+    model: keras.Model | None = None,
 ) -> Path:
     """Write model.keras, saved_model/, model.pb, labels.txt and model_card.json to ``out_dir`` (atomically).
+
+    ``model``: the end-to-end Keras model to export as trained (e.g. composed in notebook 05 or fine-tuned in
+    07): bytes in (first layer DecodeImageBytes) or RGB 0–255 pixels in (wrapped with DecodeImageBytes here).
+    Every written form is checked against *its* in-memory scores. Without it the model is built from
+    ``trained``'s head on the frozen backbone (:func:`build_end_to_end_model`). ``trained`` supplies the class
+    names, architecture and history for the model card; the class names are also stored inside model.keras.
 
     Everything is written to a temp folder beside ``out_dir``, reloaded and compared on a probe image
     (``verify``), then renamed into place; on any failure nothing changes at ``out_dir``. An existing
@@ -450,7 +629,10 @@ def export_model(
     staged = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}")
     staged.mkdir()  # (not tempfile.mkdtemp: its 0700 mode would stay on the export)
     try:
-        _write_export(staged, trained, metrics, verify)
+        if model is None:
+            _write_export(staged, trained, metrics, verify)
+        else:
+            _write_export(staged, trained, metrics, verify, model=model)
         _replace_folder(staged, out_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
@@ -505,6 +687,37 @@ def export_tflite(out_dir: str | Path) -> Path:
     return target
 
 
+def _check_labels(folder: Path, labels: list[str], stored: list[str] | None, card: Any, outputs: int, fix: str) -> None:
+    """labels.txt must list the classes in the order stored inside model.keras (or, for an old export, the card's)."""
+    if len(labels) != outputs:
+        return  # Classifier() says "N labels but the model has M outputs"
+    if stored is not None:
+        if labels != stored:
+            raise LabelsFileError(
+                f"{folder / LABELS_FILE} lists the classes as {labels}, but {folder / MODEL_FILE} was trained with "
+                f"{stored} (in this order, stored inside it): labels.txt was edited or belongs to another model, "
+                f"and its names would be wrong. Restore labels.txt to that order (one name per line). {fix}"
+            )
+        return
+    classes = card.get("classes") if isinstance(card, dict) else None
+    if isinstance(classes, list) and classes:
+        warnings.warn(
+            f"{folder / MODEL_FILE} carries no class names (exported by an older version): checking "
+            f"{LABELS_FILE} against {CARD_FILE} instead. {fix}", UserWarning, stacklevel=3,
+        )
+        if [str(c) for c in classes] != labels:
+            raise LabelsFileError(
+                f"{folder / LABELS_FILE} lists the classes as {labels}, but {folder / CARD_FILE} says the model "
+                f"({folder / MODEL_FILE}) was trained with {classes}: labels.txt was edited or belongs to another "
+                f"model. Restore labels.txt to that order (one name per line). {fix}"
+            )
+    else:
+        warnings.warn(
+            f"{folder / MODEL_FILE} carries no class names and {CARD_FILE} lists none: the order of "
+            f"{LABELS_FILE} cannot be checked. {fix}", UserWarning, stacklevel=3,
+        )
+
+
 # -- consuming -------------------------------------------------------------------------------------------
 class Classifier(ImageScorer):
     """A loaded export: score untrusted image bytes, files or a frame of paths without the workshop's trainer."""
@@ -518,8 +731,8 @@ class Classifier(ImageScorer):
         directory: Path | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
-        decode, _, _ = _parts(model)
-        self.model = model
+        parts = model_parts(model)
+        self.model = parts.bytes_model  # a pixels-in model is wrapped with DecodeImageBytes
         self.labels = list(labels)
         if len(self.labels) != int(model.output_shape[-1]):
             raise LabelsFileError(
@@ -527,7 +740,7 @@ class Classifier(ImageScorer):
                 + (f" in {directory}" if directory else "")
                 + "; the labels.txt does not belong to this model. Re-export the folder."
             )
-        self.image_size = decode.image_size
+        self.image_size = parts.image_size
         self.card = card
         self.directory = directory
         self.max_pixels = max_pixels
@@ -551,6 +764,8 @@ class Classifier(ImageScorer):
             if CARD_FILE in missing:
                 unfinished = f" ({CARD_FILE} is written last: without it the export did not finish)"
             raise ModelFolderError(f"Model folder {str(folder)!r} is missing {', '.join(missing)}{unfinished}. {fix}")
+        _check_keras_file(folder / MODEL_FILE, fix)
+        stored = stored_classes(folder / MODEL_FILE)
         try:
             model = keras.models.load_model(
                 folder / MODEL_FILE, safe_mode=True, custom_objects={"DecodeImageBytes": DecodeImageBytes}
@@ -561,7 +776,15 @@ class Classifier(ImageScorer):
             card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
         except ValueError as exc:
             raise ModelFolderError(f"{folder / CARD_FILE} is not valid JSON ({exc}). {fix}") from exc
-        return cls(model, load_labels(folder / LABELS_FILE), card=card, directory=folder, max_pixels=max_pixels)
+        labels = load_labels(folder / LABELS_FILE)
+        _check_labels(folder, labels, stored, card, int(model.output_shape[-1]), fix)
+        return cls(model, labels, card=card, directory=folder, max_pixels=max_pixels)
+
+    @classmethod
+    def from_model(cls, model: keras.Model, labels: Sequence[str],
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Classifier":
+        """An in-memory Classifier for any end-to-end model (bytes in, or RGB 0–255 pixels in), no files."""
+        return cls(model, labels, max_pixels=max_pixels)
 
     @classmethod
     def from_trained(cls, trained: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Classifier":
