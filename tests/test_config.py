@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from workshop_utils import config
@@ -37,3 +39,56 @@ def test_environment_report_and_setup(monkeypatch, tmp_path):
     assert isinstance(env["gpus"], list) and env["colab"] is False
     text = str(settings)
     assert "Profile   : quick" in text and "TensorFlow" in text and "GPU" in text
+
+
+def test_the_notebook_setting_wins_then_the_environment_then_full(monkeypatch, tmp_path):
+    monkeypatch.setenv("WORKSHOP_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("WORKSHOP_ARCH", raising=False)
+    monkeypatch.setenv("WORKSHOP_PROFILE", "quick")
+    from_cell = config.setup(profile="full")
+    assert (from_cell.profile.name, from_cell.profile_source) == ("full", "PROFILE")
+    assert "Profile   : full (dataset car-damage, arch ResnetV250, 200 epochs; from PROFILE)" in str(from_cell)
+    from_env = config.setup(profile=None)
+    assert (from_env.profile.name, from_env.profile_source) == ("quick", "$WORKSHOP_PROFILE")
+    monkeypatch.delenv("WORKSHOP_PROFILE")
+    default = config.setup()
+    assert (default.profile.name, default.profile_source) == ("full", "default")
+
+
+def test_a_bad_profile_in_the_cell_names_the_cell(monkeypatch):
+    with pytest.raises(config.ConfigError, match=r"Unknown workshop profile 'fast' \(from PROFILE in the notebook's "
+                       r"first cell\); use one of: full, quick\."):
+        config.get_profile("fast")
+
+
+def test_setup_records_the_profile_and_a_later_notebook_notes_another_one(monkeypatch, tmp_path, capsys):
+    monkeypatch.setenv("WORKSHOP_WORKSPACE", str(tmp_path))
+    monkeypatch.delenv("WORKSHOP_ARCH", raising=False)
+    config.setup(profile="quick")
+    record = json.loads((tmp_path / "profile.json").read_text(encoding="utf-8"))
+    assert record == {"name": "quick", "dataset": "sample", "arch": "EfficientNetLite0", "set_by": "PROFILE"}
+    assert capsys.readouterr().out == "", "the first notebook has nothing to compare with"
+
+    config.setup(profile="quick")
+    assert capsys.readouterr().out == "", "the same profile again: nothing to say"
+
+    config.setup(profile="full")
+    out = capsys.readouterr().out
+    assert out.count("\n") == 1 and out.startswith(
+        "Note: the workspace was last used with the profile 'quick' (EfficientNetLite0 on sample), this notebook "
+        "runs 'full' (ResnetV250 on car-damage): set the same PROFILE in every notebook's first cell"), out
+    assert json.loads((tmp_path / "profile.json").read_text(encoding="utf-8"))["name"] == "full"
+
+    monkeypatch.setenv("WORKSHOP_ARCH", "MobilenetV2")  # the same profile name with another backbone is noted too
+    config.setup(profile="full")
+    assert "'full' (ResnetV250 on car-damage), this notebook runs 'full' (MobilenetV2 on car-damage)" in \
+        capsys.readouterr().out
+    assert [p.name for p in tmp_path.iterdir()] == ["profile.json"], "no temporary files left behind"
+
+
+def test_an_unreadable_profile_record_is_reported_and_replaced(tmp_path):
+    (tmp_path / "profile.json").write_text("{not json", encoding="utf-8")
+    note = config.record_profile(tmp_path, config.get_profile("quick"), "PROFILE")
+    assert note.startswith(f"Note: {tmp_path / 'profile.json'} was unreadable (")
+    assert note.endswith("it now records the profile 'quick' (EfficientNetLite0 on sample).")
+    assert json.loads((tmp_path / "profile.json").read_text(encoding="utf-8"))["name"] == "quick"

@@ -2,11 +2,14 @@
 
 Paths: the data folder (``WORKSHOP_DATA_DIR``) and the workspace for caches, trained heads, exports
 (``WORKSHOP_WORKSPACE``). Profile: ``full`` (real dataset, ImageNet weights, ML.NET's settings; the
-default) or ``quick`` (bundled synthetic sample, offline backbone, few epochs; CI) via
-``WORKSHOP_PROFILE``. Notebooks read their settings from here, never from edited code.
+default) or ``quick`` (bundled synthetic sample, offline backbone, few epochs; CI): the ``PROFILE`` set in
+a notebook's first cell, else ``WORKSHOP_PROFILE``, else ``full``. ``setup`` records the profile in the
+workspace (``profile.json``) and says in one line when a notebook runs another profile than the last one.
+Notebooks read their settings from here, never from edited code.
 """
 from __future__ import annotations
 
+import json
 import os
 import platform
 import random
@@ -22,6 +25,8 @@ PROFILE_ENV = "WORKSHOP_PROFILE"
 DATA_DIR_ENV = "WORKSHOP_DATA_DIR"
 WORKSPACE_ENV = "WORKSHOP_WORKSPACE"
 ARCH_ENV = "WORKSHOP_ARCH"
+PROFILE_RECORD = "profile.json"
+"""The file in the workspace naming the profile the last notebook (or ``setup``) ran with."""
 
 
 class ConfigError(ValueError):
@@ -77,13 +82,20 @@ PROFILES: dict[str, Profile] = {
 }
 
 
+def profile_source(name: str | None = None) -> str:
+    """Where the profile comes from: "PROFILE" (the argument: a notebook's setting), "$WORKSHOP_PROFILE", "default"."""
+    if name:
+        return "PROFILE"
+    return f"${PROFILE_ENV}" if os.environ.get(PROFILE_ENV) else "default"
+
+
 def get_profile(name: str | None = None) -> Profile:
     """The profile named, else ``$WORKSHOP_PROFILE``, else ``full``; ``$WORKSHOP_ARCH`` overrides its arch."""
     chosen = (name or os.environ.get(PROFILE_ENV) or "full").strip().lower()
     if chosen not in PROFILES:
+        where = "PROFILE in the notebook's first cell" if name else PROFILE_ENV
         raise ConfigError(
-            f"Unknown workshop profile {chosen!r} (from {PROFILE_ENV} or the argument); "
-            f"use one of: {', '.join(PROFILES)}."
+            f"Unknown workshop profile {chosen!r} (from {where}); use one of: {', '.join(PROFILES)}."
         )
     profile = PROFILES[chosen]
     arch = os.environ.get(ARCH_ENV)
@@ -190,6 +202,7 @@ class Settings:
     workspace: Path
     environment: dict[str, Any]
     seed: int
+    profile_source: str = "default"  # "PROFILE" (the notebook's setting), "$WORKSHOP_PROFILE" or "default"
 
     def __str__(self) -> str:
         env = self.environment
@@ -197,7 +210,7 @@ class Settings:
         return "\n".join(
             [
                 f"Profile   : {self.profile.name} (dataset {self.profile.dataset}, arch {self.profile.arch}, "
-                f"{self.profile.epochs} epochs)",
+                f"{self.profile.epochs} epochs; from {self.profile_source})",
                 f"Python    : {env['python']}   TensorFlow: {env['tensorflow']}   Keras: {env['keras']}",
                 f"Colab     : {'yes' if env['colab'] else 'no'}   GPU: {gpu}",
                 f"Data      : {self.data_dir}",
@@ -206,22 +219,63 @@ class Settings:
         )
 
 
+def _describe(record: dict[str, Any]) -> str:
+    return f"{record.get('name')!r} ({record.get('arch')} on {record.get('dataset')})"
+
+
+def record_profile(workspace: Path, profile: Profile, source: str) -> str | None:
+    """Write the profile into ``workspace/profile.json`` (atomically) and return a one-line note when the
+    record held another profile (name, dataset or arch): the notebooks of one course share that workspace."""
+    path = workspace / PROFILE_RECORD
+    current = {"name": profile.name, "dataset": profile.dataset, "arch": profile.arch, "set_by": source}
+    note = None
+    if path.exists():
+        try:
+            previous = json.loads(path.read_text(encoding="utf-8"))
+            keys = ("name", "dataset", "arch")
+            if not isinstance(previous, dict) or not all(k in previous for k in keys):
+                raise ValueError("it lacks name/dataset/arch")
+        except (OSError, ValueError) as exc:
+            note = f"Note: {path} was unreadable ({exc}); it now records the profile {_describe(current)}."
+        else:
+            if any(previous[k] != current[k] for k in keys):
+                note = (
+                    f"Note: the workspace was last used with the profile {_describe(previous)}, this notebook "
+                    f"runs {_describe(current)}: set the same PROFILE in every notebook's first cell "
+                    f"(or {PROFILE_ENV})."
+                )
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+    return note
+
+
 def setup(seed: int = 0, profile: str | None = None) -> Settings:
     """Notebook start-up: quiet TF logs, seed everything, pick the profile, report the environment.
+
+    The profile is ``profile`` (the ``PROFILE`` of a notebook's first cell), else ``$WORKSHOP_PROFILE``, else
+    ``full``; it is recorded in the workspace, and a profile other than the recorded one is noted in one line.
 
     TensorFloat-32 is turned off: on Ampere GPUs it would make a reloaded model differ from the cached
     features by more than the course's 1e-5 checks (CPUs and Colab's T4 are unaffected either way).
     """
+    chosen = get_profile(profile)  # a bad name fails before the slow imports
     import_tensorflow().config.experimental.enable_tensor_float_32_execution(False)
     set_seeds(seed)
     import matplotlib
 
     if "ipykernel" not in sys.modules and "MPLBACKEND" not in os.environ:
         matplotlib.use("Agg")  # scripts and tests: no display needed
+    source = profile_source(profile)
+    workspace = workspace_dir()
+    note = record_profile(workspace, chosen, source)
+    if note:
+        print(note)
     return Settings(
-        profile=get_profile(profile),
+        profile=chosen,
         data_dir=data_dir(),
-        workspace=workspace_dir(),
+        workspace=workspace,
         environment=environment_report(),
         seed=seed,
+        profile_source=source,
     )
