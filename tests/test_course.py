@@ -19,9 +19,20 @@ def test_options_follow_the_profile_and_the_learning_rate_reaches_the_schedule(s
                                                                      str(settings.workspace))
     faster = course.course_options(settings, learning_rate=0.05)
     assert isinstance(faster.learning_rate_scheduler, ExponentialLRDecay)
-    assert float(faster.learning_rate_scheduler.learning_rate(0, 10)) == pytest.approx(0.05)
+    assert faster.learning_rate == 0.05 and faster.learning_rate_scheduler.initial_learning_rate is None
+    assert float(faster.learning_rate_scheduler.keras_schedule(10, faster.learning_rate)(0)) == pytest.approx(0.05)
     constant = course.course_options(settings, learning_rate=0.2, learning_rate_scheduler=None)
     assert constant.learning_rate_scheduler is None and constant.learning_rate == 0.2
+
+
+def test_one_plan_for_a_profile_and_a_dataset(settings):
+    plan = course.plan_run(settings.profile, "sample", workspace=settings.workspace, epoch=3, learning_rate=0.2)
+    assert (plan.dataset, plan.options.epoch, plan.options.learning_rate) == ("sample", 3, 0.2)
+    assert len(plan.frame) == len(plan.train) + len(plan.validation)
+    assert set(plan.train["subset"]) == {"train"} and set(plan.validation["subset"]) == {"validation"}
+    assert plan.options.workspace_path == str(settings.workspace)
+    frame, train, validation = course.course_data(settings)
+    assert list(train["image_path"]) == list(plan.train["image_path"])
 
 
 def test_data_then_trained_then_exported_are_recomputed_when_missing(settings, monkeypatch, capsys):

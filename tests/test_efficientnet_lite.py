@@ -234,3 +234,11 @@ def test_missing_package_names_the_pip_command(monkeypatch, tmp_path):
         get_architecture("EfficientNetLite0").build("imagenet", (64, 64))
     # random init needs no package
     assert get_architecture("EfficientNetLite0").build(None, (64, 64)).output_shape == (None, 1280)
+
+
+def test_builder_has_the_keras_applications_call_shape():
+    with pytest.raises(ValueError, match=r"supports pooling='avg' only \(got 'max'\)"):
+        lite.build_efficientnet_lite0(include_top=False, pooling="max", weights=None)
+    model = lite.build_efficientnet_lite0(include_top=False, pooling="avg", weights=None,
+                                                       input_shape=(96, 96, 3))
+    assert model.input_shape == (None, 96, 96, 3) and model.output_shape == (None, 1280)

@@ -1,114 +1,150 @@
-"""ML.NET's learning-rate schedules and early stopping, against hand-computed values."""
+"""ML.NET's learning-rate schedules and early stopping, as Keras objects, against hand-computed values."""
+import keras
 import numpy as np
 import pytest
 
 from workshop_utils.schedules import (
+    BestEpochEarlyStopping,
     EarlyStopping,
     ExponentialLRDecay,
     PolynomialLRDecay,
     ScheduleError,
+    decay_steps,
     early_stopping_from_dict,
     schedule_from_dict,
 )
 
 
-def test_exponential_matches_mlnet_example():
-    # Epoch 31, B = 114, the last (partial) batch: step 31·114 + 114 = 3648, decay_steps 228 → 0.94^16.
-    schedule = ExponentialLRDecay()
-    rate = schedule.learning_rate(31 * 114 + 114, 114)
-    assert np.float32(rate) == np.float32(0.0037157428)
-    assert rate == pytest.approx(0.01 * 0.94**16)
-    # One step earlier the staircase is still on the 15th power.
-    assert schedule.learning_rate(31 * 114 + 113, 114) == pytest.approx(0.01 * 0.94**15)
+def rate(schedule, step):
+    return float(schedule(step))
+
+
+def test_exponential_is_keras_exponential_decay_with_mlnets_numbers():
+    # ML.NET's lab: 114 batches per epoch, epoch 31's last step 31·114 + 114 → 0.01 · 0.94^16.
+    schedule = ExponentialLRDecay().keras_schedule(114, learning_rate=0.01)
+    assert isinstance(schedule, keras.optimizers.schedules.ExponentialDecay)
+    assert rate(schedule, 31 * 114 + 114) == pytest.approx(0.0037157428, rel=1e-6)
+    assert rate(schedule, 31 * 114 + 113) == pytest.approx(0.01 * 0.94**15, rel=1e-6)
 
 
 def test_exponential_staircase_and_smooth():
-    schedule = ExponentialLRDecay(learning_rate=0.1, num_epochs_per_decay=2.0, decay_rate=0.5)
-    assert schedule.learning_rate(0, 5) == 0.1
-    assert schedule.learning_rate(9, 5) == 0.1  # decay_steps = int(2·5) = 10
-    assert schedule.learning_rate(10, 5) == pytest.approx(0.05)
-    assert schedule.learning_rate(25, 5) == pytest.approx(0.025)
-    smooth = ExponentialLRDecay(learning_rate=0.1, decay_rate=0.5, staircase=False)
-    assert smooth.learning_rate(5, 5) == pytest.approx(0.1 * 0.5**0.5)
+    schedule = ExponentialLRDecay(learning_rate=0.1, decay_rate=0.5).keras_schedule(5)
+    assert [rate(schedule, s) for s in (0, 9, 10, 25)] == pytest.approx([0.1, 0.1, 0.05, 0.025])  # decay_steps 10
+    smooth = ExponentialLRDecay(learning_rate=0.1, decay_rate=0.5, staircase=False).keras_schedule(5)
+    assert rate(smooth, 5) == pytest.approx(0.1 * 0.5**0.5)
 
 
-def test_exponential_decay_steps_truncate():
-    # num_epochs_per_decay 1.5 with B = 3 → int(4.5) = 4 decay steps.
-    schedule = ExponentialLRDecay(learning_rate=1.0, num_epochs_per_decay=1.5, decay_rate=0.5)
-    assert schedule.learning_rate(3, 3) == 1.0
-    assert schedule.learning_rate(4, 3) == 0.5
+def test_decay_steps_truncate_like_mlnet_and_never_reach_zero():
+    assert decay_steps(1.5, 3) == 4  # (int)(1.5 · 3)
+    assert decay_steps(2.0, 0) == 1  # ML.NET would divide by zero on a tiny training set
+    with pytest.raises(ScheduleError, match="batches_per_epoch must be >= 0, got -1"):
+        decay_steps(2.0, -1)
 
 
-def test_polynomial_without_cycle():
-    schedule = PolynomialLRDecay()  # 0.01 → 1e-4 over int(2·B) steps, power 1
-    assert schedule.learning_rate(0, 10) == pytest.approx(0.01)
-    assert schedule.learning_rate(10, 10) == pytest.approx((0.01 - 1e-4) * 0.5 + 1e-4)
-    assert schedule.learning_rate(20, 10) == pytest.approx(1e-4)
-    assert schedule.learning_rate(35, 10) == pytest.approx(1e-4)  # clipped at the end rate
-    squared = PolynomialLRDecay(power=2.0)
-    assert squared.learning_rate(10, 10) == pytest.approx((0.01 - 1e-4) * 0.25 + 1e-4)
+def test_polynomial_without_and_with_cycle():
+    schedule = PolynomialLRDecay(learning_rate=0.01, num_epochs_per_decay=2.0).keras_schedule(10)  # 20 steps
+    assert isinstance(schedule, keras.optimizers.schedules.PolynomialDecay)
+    assert [rate(schedule, s) for s in (0, 10, 20, 35)] == pytest.approx(
+        [0.01, (0.01 - 1e-4) * 0.5 + 1e-4, 1e-4, 1e-4], rel=1e-5)
+    squared = PolynomialLRDecay(learning_rate=0.01, power=2.0).keras_schedule(10)
+    assert rate(squared, 10) == pytest.approx((0.01 - 1e-4) * 0.25 + 1e-4, rel=1e-5)
+    cycling = PolynomialLRDecay(learning_rate=0.01, cycle=True).keras_schedule(10)
+    assert rate(cycling, 0) == pytest.approx(0.01)
+    assert rate(cycling, 21) == pytest.approx(0.0099 * (19 / 40) + 1e-4, rel=1e-5)
 
 
-def test_polynomial_with_cycle():
-    schedule = PolynomialLRDecay(cycle=True)  # ds = 20 steps at B = 10
-    assert schedule.learning_rate(0, 10) == pytest.approx(0.01)  # step 0 is in the first cycle
-    assert schedule.learning_rate(20, 10) == pytest.approx(1e-4)
-    # step 21: ds · ceil(21/20) = 40 → (0.01 − 1e-4)·(1 − 21/40) + 1e-4
-    assert schedule.learning_rate(21, 10) == pytest.approx(0.0099 * (19 / 40) + 1e-4)
-    assert schedule.learning_rate(25, 10) == pytest.approx(0.0099 * (15 / 40) + 1e-4)
-
-
-def test_initial_rate_and_the_per_step_method():
-    schedule = ExponentialLRDecay(learning_rate=0.02)
-    assert schedule.initial_learning_rate == 0.02
-    assert schedule.learning_rate(0, 10) == 0.02
+def test_the_options_rate_starts_the_schedule_unless_the_schedule_has_its_own():
+    assert ExponentialLRDecay().initial_learning_rate is None
+    assert rate(ExponentialLRDecay().keras_schedule(10, learning_rate=0.1), 0) == pytest.approx(0.1)
+    assert rate(ExponentialLRDecay(learning_rate=0.02).keras_schedule(10, learning_rate=0.1), 0) == pytest.approx(0.02)
+    with pytest.raises(ScheduleError, match="ExponentialLRDecay has no learning rate: pass learning_rate"):
+        ExponentialLRDecay().keras_schedule(10)
     with pytest.raises(ScheduleError, match="The learning rate must be above 0, got 0"):
         ExponentialLRDecay(learning_rate=0)
-
-
-def test_rates_for_an_epoch():
-    schedule = ExponentialLRDecay(learning_rate=1.0, num_epochs_per_decay=0.5, decay_rate=0.5)
-    rates = schedule.rates(first_step=4, count=3, batches_per_epoch=4)  # decay_steps 2
-    np.testing.assert_allclose(rates, [0.25, 0.25, 0.125])  # steps 4, 5, 6
-    assert rates.dtype == np.float32
+    with pytest.raises(ScheduleError, match="num_epochs_per_decay must be above 0"):
+        ExponentialLRDecay(num_epochs_per_decay=0)
 
 
 def test_schedules_round_trip_through_dicts():
-    for schedule in (ExponentialLRDecay(0.05, 3.0, 0.9, False), PolynomialLRDecay(0.02, 1.0, 1e-3, 2.0, True)):
+    for schedule in (ExponentialLRDecay(0.05, 3.0, 0.9, False), PolynomialLRDecay(0.02, 1.0, 1e-3, 2.0, True),
+                     ExponentialLRDecay()):
         assert schedule_from_dict(schedule.to_dict()) == schedule
     assert schedule_from_dict(None) is None
     with pytest.raises(ScheduleError, match="Unknown learning-rate schedule type 'Cosine'"):
         schedule_from_dict({"type": "Cosine"})
 
 
-def test_bad_schedule_settings():
-    with pytest.raises(ScheduleError, match="num_epochs_per_decay must be above 0"):
-        ExponentialLRDecay(num_epochs_per_decay=0)
+# ---------------------------------------------------------------------------------------------------
+# Early stopping: Keras' callback, with the best epoch (ties → lower loss) restored
 
 
-def _run(stopper, values):
-    return [stopper.should_stop(v) for v in values]
+class _Model:
+    """What a callback touches on a model: weights and stop_training."""
+
+    def __init__(self):
+        self.weights, self.stop_training = [np.zeros(1)], False
+
+    def get_weights(self):
+        return [w.copy() for w in self.weights]
+
+    def set_weights(self, weights):
+        self.weights = [w.copy() for w in weights]
 
 
-def test_early_stopping_on_accuracy():
-    stopper = EarlyStopping(min_delta=0.01, patience=3)
-    # 0.5 and 0.6 improve; 0.605 does not (wait 1); 0.61 − 0.6 is 0.00999999 in float32, below 0.01 as in
-    # ML.NET (wait 2); 0.7 improves and resets; then three epochs without improvement stop it.
-    assert _run(stopper, [0.5, 0.6, 0.605, 0.61, 0.7, 0.7, 0.705, 0.7]) == [False] * 7 + [True]
-    assert stopper.best == pytest.approx(0.7)
+def _epochs(callback, rows):
+    """Run (accuracy, loss) rows through the callback; the model's weight is the epoch number."""
+    model = _Model()
+    callback.set_model(model)
+    callback.on_train_begin()
+    stopped_at = None
+    for epoch, (accuracy, loss) in enumerate(rows):
+        model.weights = [np.array([float(epoch)])]
+        callback.on_epoch_end(epoch, {"val_accuracy": accuracy, "val_loss": loss})
+        if model.stop_training:
+            stopped_at = epoch
+            break
+    callback.on_train_end()
+    return stopped_at, int(model.weights[0][0])
 
 
-def test_early_stopping_on_loss():
-    stopper = EarlyStopping(min_delta=0.01, patience=2, metric="loss")
-    assert _run(stopper, [1.0, 0.9, 0.895, 0.8, 0.85, 0.799]) == [False, False, False, False, False, True]
-    stopper.reset()
-    assert stopper.wait == 0 and stopper.best > 1e38  # float.MaxValue, as ML.NET starts
+def test_keras_early_stopping_with_mlnets_rule():
+    callback = EarlyStopping(min_delta=0.01, patience=3).keras_callback()
+    assert isinstance(callback, keras.callbacks.EarlyStopping)
+    assert (callback.monitor, callback.min_delta, callback.patience) == ("val_accuracy", 0.01, 3)
+    # 0.5 and 0.6 improve; 0.605 does not; 0.7 improves and resets; three epochs without a gain stop it.
+    rows = [(0.5, 1.0), (0.6, 0.9), (0.605, 0.8), (0.7, 0.7), (0.7, 0.6), (0.7, 0.65), (0.695, 0.66)]
+    stopped_at, weights = _epochs(callback, rows)
+    assert stopped_at == 6
+    assert weights == 4 and callback.best_epoch == 4  # same accuracy as epoch 3, lower loss: the tie rule
 
 
-def test_early_stopping_first_epoch_below_min_delta_counts():
-    # ML.NET starts the best accuracy at 0: an epoch at 0.005 accuracy is not an improvement.
-    stopper = EarlyStopping(patience=1)
-    assert stopper.should_stop(0.005) is True
+def test_plain_keras_would_restore_the_first_of_the_tied_epochs():
+    # What the subclass is for: Keras keeps the epoch that last beat the best by min_delta (epoch 3).
+    plain = keras.callbacks.EarlyStopping(monitor="val_accuracy", min_delta=0.01, patience=3, mode="max",
+                                          restore_best_weights=True)
+    rows = [(0.5, 1.0), (0.6, 0.9), (0.605, 0.8), (0.7, 0.7), (0.7, 0.6), (0.7, 0.65), (0.695, 0.66)]
+    assert _epochs(plain, rows) == (6, 3)
+
+
+def test_a_nan_epoch_is_never_best_and_restoring_can_be_off():
+    stopped_at, weights = _epochs(BestEpochEarlyStopping(patience=5), [(0.5, 1.0), (float("nan"), float("nan"))])
+    assert stopped_at is None and weights == 0
+    stopped_at, weights = _epochs(BestEpochEarlyStopping(patience=5, restore_best_weights=False),
+                                  [(0.5, 1.0), (0.4, 2.0)])
+    assert weights == 1  # the last epoch's weights stay
+
+
+def test_early_stopping_on_loss_watches_a_decrease():
+    callback = EarlyStopping(min_delta=0.01, patience=2, metric="loss").keras_callback(validation=False)
+    assert (callback.monitor, callback.tie_breaker) == ("loss", None)
+    model = _Model()
+    callback.set_model(model)
+    callback.on_train_begin()
+    stops = []
+    for epoch, loss in enumerate([1.0, 0.9, 0.895, 0.8, 0.85, 0.799]):
+        callback.on_epoch_end(epoch, {"loss": loss, "accuracy": 0.5})
+        stops.append(model.stop_training)
+    assert stops == [False, False, False, False, False, True]
 
 
 def test_early_stopping_bad_settings_and_round_trip():
@@ -120,4 +156,4 @@ def test_early_stopping_bad_settings_and_round_trip():
         EarlyStopping(min_delta=-0.1)
     stopper = EarlyStopping(0.02, 5, "loss")
     again = early_stopping_from_dict(stopper.to_dict())
-    assert (again.min_delta, again.patience, again.metric) == (0.02, 5, "loss")
+    assert again == stopper and (again.min_delta, again.patience, again.metric) == (0.02, 5, "loss")

@@ -92,7 +92,7 @@ def test_options_have_mlnet_defaults():
     "kwargs, message",
     [(dict(epoch=0), "epoch must be at least 1"), (dict(batch_size=0), "batch_size must be at least 1"),
      (dict(validation_set_fraction=1.5), r"validation_set_fraction must be in \[0, 1\)"),
-     (dict(learning_rate_scheduler=None, learning_rate=0), "learning_rate must be above 0"),
+     (dict(learning_rate=0), "learning_rate must be above 0"),
      (dict(metrics_callback="print"), "metrics_callback must be callable")],
 )
 def test_bad_options(kwargs, message):
@@ -126,37 +126,34 @@ def _softmax(z):
 
 
 def numpy_training(x, y, classes, options, epochs):
-    """A plain re-implementation of ML.NET's loop: same init, order and rates; metrics = mean of batch means."""
-    kernel, bias = (w.astype(np.float64) for w in trainer_module.initial_weights(x.shape[1], classes, options.seed))
+    """Plain SGD in numpy from the same start, order and Keras schedule; epoch metrics are per-image means."""
+    kernel, bias = (w.astype(np.float64) for w in trainer_module.build_head(x.shape[1], classes, options.seed).get_weights())
     n, bs = len(x), options.batch_size
-    b = n // bs
+    steps = -(-n // bs)
+    schedule = options.learning_rate_scheduler.keras_schedule(steps, options.learning_rate)
     history = []
     for epoch in range(epochs):
-        order = trainer_module.epoch_order(n, epoch, options.seed, options.shuffle_each_epoch)
-        accs, ces = [], []
+        hits, losses = [], []
         for step, start in enumerate(range(0, n, bs)):
-            rows = order[start:start + bs]
-            xb, yb = x[rows].astype(np.float64), y[rows]
-            logits = xb @ kernel + bias
-            p = _softmax(logits)
-            ces.append(-np.log(p[np.arange(len(yb)), yb]).mean())
-            accs.append((logits.argmax(axis=1) == yb).mean())
+            xb, yb = x[start:start + bs].astype(np.float64), y[start:start + bs]
+            p = _softmax(xb @ kernel + bias)
+            losses += list(-np.log(p[np.arange(len(yb)), yb]))
+            hits += list(p.argmax(axis=1) == yb)
             grad = p.copy()
             grad[np.arange(len(yb)), yb] -= 1
             grad /= len(yb)
-            rate = options.learning_rate_scheduler.learning_rate(epoch * b + step, b)
+            rate = float(schedule(epoch * steps + step))
             kernel -= rate * xb.T @ grad
             bias -= rate * grad.sum(axis=0)
-        history.append((np.mean(accs), np.mean(ces)))
+        history.append((np.mean(hits), np.mean(losses), float(schedule(epoch * steps + steps - 1))))
     return kernel, bias, history
 
 
-@pytest.mark.parametrize("shuffle", [False, True])
-def test_matches_a_numpy_reimplementation(shuffle):
+def test_keras_fit_matches_a_numpy_reimplementation():
     x, labels = separable(23, d=6, classes=3, spread=2.0)  # 23 rows at batch 5: a final partial batch of 3
     schedule = ExponentialLRDecay(learning_rate=0.5, num_epochs_per_decay=0.5, decay_rate=0.5)  # rate changes mid-epoch
     options = Options(epoch=3, batch_size=5, learning_rate_scheduler=schedule, early_stopping=None,
-                      restore_best_weights=False, shuffle_each_epoch=shuffle, seed=3, progress=False)
+                      restore_best_weights=False, shuffle_each_epoch=False, seed=3, progress=False)
     trained = ImageClassificationTrainer(options).fit_features(make_bottlenecks(x, labels), None)
     y = LabelMap.from_labels(labels).encode(labels)
     kernel, bias, history = numpy_training(x, y, 3, options, 3)
@@ -166,8 +163,43 @@ def test_matches_a_numpy_reimplementation(shuffle):
     assert list(rows["dataset"]) == ["Train"] * 3 and list(rows["epoch"]) == [0, 1, 2]
     np.testing.assert_allclose(rows["accuracy"], [h[0] for h in history], rtol=1e-6)
     np.testing.assert_allclose(rows["cross_entropy"], [h[1] for h in history], rtol=1e-4)
-    # The learning rate shown is the epoch's last step: epoch e, batch index 4 of B = 4.
-    np.testing.assert_allclose(rows["learning_rate"], [schedule.learning_rate(e * 4 + 4, 4) for e in range(3)], rtol=1e-6)
+    # The rate shown is the one the epoch's last step (the partial batch, step 5e + 4) trained with.
+    np.testing.assert_allclose(rows["learning_rate"], [h[2] for h in history], rtol=1e-6)
+
+
+def test_the_options_learning_rate_is_what_trains():
+    x, labels = separable(40, d=6, classes=2)
+    lines = []
+    options = Options(epoch=1, learning_rate=0.1, early_stopping=None, progress=False,
+                      metrics_callback=lambda m: lines.append(str(m)))
+    trained = ImageClassificationTrainer(options).fit_features(make_bottlenecks(x, labels))
+    assert trained.history["learning_rate"].iloc[0] == pytest.approx(0.1)
+    assert lines[0].endswith("Learning Rate:        0.1")
+    own = Options(epoch=1, learning_rate=0.1, learning_rate_scheduler=ExponentialLRDecay(learning_rate=0.02),
+                  early_stopping=None, progress=False)
+    assert ImageClassificationTrainer(own).fit_features(make_bottlenecks(x, labels)).history[
+        "learning_rate"].iloc[0] == pytest.approx(0.02)  # a schedule's own rate still wins
+    constant = Options(epoch=2, learning_rate=0.3, learning_rate_scheduler=None, early_stopping=None, progress=False)
+    rates = ImageClassificationTrainer(constant).fit_features(make_bottlenecks(x, labels)).history["learning_rate"]
+    assert list(rates) == pytest.approx([0.3, 0.3])
+
+
+def test_head_round_trips_through_keras_and_from_head():
+    x, labels = separable(40, d=6, classes=2)
+    data = make_bottlenecks(x, labels)
+    trained = ImageClassificationTrainer(Options(epoch=2, early_stopping=None, progress=False)).fit_features(data)
+    head = trained.head
+    np.testing.assert_allclose(np.asarray(head.predict(x, verbose=0)), trained.predict_proba(x), atol=1e-5)
+    again = TrainedClassifier.from_head(head, trained.label_map, data, history=trained.history,
+                                        options=trained.options)
+    np.testing.assert_array_equal(again.kernel, trained.kernel)
+    assert (again.best_epoch, again.epochs_trained, again.arch) == (1, 2, "MobilenetV2")
+    import keras
+
+    wrong = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
+    with pytest.raises(TrainingDataError, match=r"maps 6 features to 3 classes, but the bottlenecks have 6 "
+                                                r"features and the label map 2 classes"):
+        TrainedClassifier.from_head(wrong, trained.label_map, data)
 
 
 def test_reaches_high_accuracy_on_separable_features():
@@ -378,24 +410,3 @@ def test_bundled_sample_quick(tmp_path):
     trained = ImageClassificationTrainer(quick_options(tmp_path, epoch=2, batch_size=10)).fit(frame)
     assert len(trained.label_map) == frame["label"].nunique()
     assert os.path.isdir(tmp_path / "ws" / "bottlenecks" / "validation")
-
-
-def test_falls_back_without_xla(monkeypatch, capsys):
-    x, labels = separable(23, d=6, classes=3, spread=2.0)
-    options = Options(epoch=2, batch_size=5, early_stopping=None, progress=False)
-    with_xla = ImageClassificationTrainer(options).fit_features(make_bottlenecks(x[:18], labels[:18]),
-                                                                make_bottlenecks(x[18:], labels[18:]))
-    tf = trainer_module.tf
-
-    def no_xla(*args):
-        raise tf.errors.InvalidArgumentError(None, None, "XLA is not built in (simulated)")
-
-    trainer_module._compiled(False)  # the plain graph versions exist before XLA is taken away
-    monkeypatch.setitem(trainer_module._COMPILED, True, (no_xla, no_xla))
-    monkeypatch.setitem(trainer_module._xla_state, "use", True)
-    without = ImageClassificationTrainer(options).fit_features(make_bottlenecks(x[:18], labels[:18]),
-                                                               make_bottlenecks(x[18:], labels[18:]))
-    assert "XLA is not available here (XLA is not built in (simulated)); training without it" in capsys.readouterr().out
-    assert trainer_module._xla_state["use"] is False
-    np.testing.assert_allclose(without.kernel, with_xla.kernel, rtol=1e-4, atol=1e-7)
-    pd.testing.assert_frame_equal(without.history, with_xla.history, rtol=1e-5)

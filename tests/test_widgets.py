@@ -28,7 +28,8 @@ def test_retrain_panel_trains_with_the_controls_values(capsys):
     assert panel.last is trained and trained.epochs_trained <= 7
     options = panel.current_options()
     assert isinstance(options.learning_rate_scheduler, PolynomialLRDecay) and options.batch_size == 20
-    assert float(options.learning_rate_scheduler.learning_rate(0, 3)) == pytest.approx(0.1)
+    assert options.learning_rate == pytest.approx(0.1)
+    assert float(options.learning_rate_scheduler.keras_schedule(3, options.learning_rate)(0)) == pytest.approx(0.1)
     assert "best epoch" in summary_line(trained) and "validation accuracy" in summary_line(trained)
     assert summary_line(trained) in capsys.readouterr().out  # shown in the output area (stdout outside a kernel)
     panel.train(schedule="constant")

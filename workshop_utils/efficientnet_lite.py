@@ -279,10 +279,20 @@ def _pretrained(input_shape: tuple[int, int, int], include_top: bool, preprocess
     return model
 
 
-def build_efficientnet_lite0(include_top: bool = False, weights: str | Path | None = "imagenet") -> keras.Model:
-    """EfficientNet-Lite0 on RGB 0–255 224×224×3 (preprocessing inside): 1,280 pooled features, or with
-    ``include_top`` the 1,000 ImageNet class probabilities. ``weights``: "imagenet", None or a weights file."""
-    return _pretrained(INPUT_SIZE + (3,), include_top, preprocess=True, weights=weights)
+def build_efficientnet_lite0(include_top: bool = False, weights: str | Path | None = "imagenet", *,
+                             pooling: str | None = "avg",
+                             input_shape: tuple[int, int, int] | None = None) -> keras.Model:
+    """EfficientNet-Lite0 called like ``keras.applications.<Arch>(include_top=False, pooling="avg", weights=...)``.
+
+    RGB 0–255 in (preprocessing inside, as keras.applications.EfficientNetB0): 1,280 average-pooled features,
+    or with ``include_top`` the 1,000 ImageNet class probabilities. ``weights``: "imagenet", None or a weights
+    file; ``input_shape`` defaults to 224×224×3. Only ``pooling="avg"`` is offered (the pooled bottleneck).
+    """
+    if not include_top and pooling != "avg":
+        raise ValueError(f"build_efficientnet_lite0 supports pooling='avg' only (got {pooling!r}): its features "
+                         "are the average-pooled 1,280-vector.")
+    shape = INPUT_SIZE + (3,) if input_shape is None else tuple(int(v) for v in input_shape)
+    return _pretrained(shape, include_top, preprocess=True, weights=weights)
 
 
 def build_backbone(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:

@@ -32,8 +32,16 @@ CLASSES = (
 )
 IMAGE_SIZE = (160, 120)  # (width, height) of the saved JPEGs
 JPEG_QUALITY = 85
-N_TRAIN = 16  # images per class in subset T
-N_VAL = 5  # images per class in subset V
+COUNTS = {  # (subset T, subset V) images per class: unbalanced like the real photos' validation set
+    "bumper_dent": (16, 4),  # real: 26 validation photos
+    "bumper_scratch": (12, 3),  # 16
+    "door_dent": (24, 6),  # 38
+    "door_scratch": (20, 5),  # 31
+    "glass_shatter": (16, 4),  # 27
+    "head_lamp": (16, 4),  # 27
+    "tail_lamp": (16, 4),  # 27
+    "unknown": (72, 18),  # 110: most real photos show no damage of the seven kinds
+}
 SEED = 0
 REFERENCE_BUILD = "Pillow 13.0.0, libjpeg-turbo 3.2.0"
 """The build that wrote the committed files: another JPEG library may encode the same pixels differently."""
@@ -490,23 +498,33 @@ def render(label: str, rng: np.random.Generator) -> Image.Image:
 
 
 # ----------------------------------------------------------------------------------- dataset files
-def build_index(seed: int = SEED, n_train: int = N_TRAIN, n_val: int = N_VAL) -> pd.DataFrame:
-    """The rows of index.csv (image, class, subset): classes interleaved in a seeded order, files 1..N."""
-    items = [(label, subset) for label in CLASSES for subset, n in (("T", n_train), ("V", n_val)) for _ in range(n)]
+def _counts(n_train: int | None, n_val: int | None) -> dict[str, tuple[int, int]]:
+    """COUNTS, or the same number for every class when ``n_train``/``n_val`` are given."""
+    return {label: (COUNTS[label][0] if n_train is None else int(n_train),
+                    COUNTS[label][1] if n_val is None else int(n_val)) for label in CLASSES}
+
+
+def build_index(seed: int = SEED, n_train: int | None = None, n_val: int | None = None) -> pd.DataFrame:
+    """The rows of index.csv (image, class, subset): classes interleaved in a seeded order, files 1..N.
+
+    Per class the counts of :data:`COUNTS`, or ``n_train``/``n_val`` images of every class when given.
+    """
+    counts = _counts(n_train, n_val)
+    items = [(label, subset) for label in CLASSES for subset, n in zip(("T", "V"), counts[label]) for _ in range(n)]
     order = np.random.default_rng([seed, 1]).permutation(len(items))
     rows = [(f"image/{i + 1}.jpeg", *items[k]) for i, k in enumerate(order)]
     return pd.DataFrame(rows, columns=["image", "class", "subset"])
 
 
 def generate(
-    out_dir: str | os.PathLike | None = None, seed: int = SEED, n_train: int = N_TRAIN, n_val: int = N_VAL
+    out_dir: str | os.PathLike | None = None, seed: int = SEED, n_train: int | None = None, n_val: int | None = None
 ) -> pd.DataFrame:
     """Write the sample (index.csv + image/<n>.jpeg) to out_dir (default data/sample); return the index.
 
     Everything is drawn into a temporary folder beside out_dir that then replaces it, so no reader sees
     half a dataset; an existing out_dir is replaced only if it holds nothing but index.csv and image/.
     """
-    if n_train < 1 or n_val < 1:
+    if min(min(c) for c in _counts(n_train, n_val).values()) < 1:
         raise ValueError(f"n_train={n_train} and n_val={n_val}: both subsets need at least one image per class.")
     out = Path(out_dir if out_dir is not None else _default_dir()).absolute()
     if out.exists() and (not out.is_dir() or not set(os.listdir(out)) <= {"index.csv", "image"}):
@@ -560,6 +578,48 @@ def compare_dirs(expected: str | os.PathLike, actual: str | os.PathLike) -> list
     return problems
 
 
+MAX_ABS = 8  # levels (0-255): the largest pixel difference one JPEG library may make against another
+MEAN_ABS = 0.5  # levels: the mean difference per image allowed for the same reason
+
+
+def picture_differences(expected: str | os.PathLike, actual: str | os.PathLike, max_abs: float = MAX_ABS,
+                        mean_abs: float = MEAN_ABS) -> list[str]:
+    """What differs between two samples as pictures: the index (labels, subsets, counts), the file names,
+    the image sizes, and decoded pixels beyond max_abs / mean_abs levels. JPEG bytes may differ: another
+    JPEG library (or CPU) encodes the same pixels into other bytes, which is not a change of the sample."""
+    expected, actual = Path(expected), Path(actual)
+    problems = []
+    index_a, index_b = pd.read_csv(expected / "index.csv"), pd.read_csv(actual / "index.csv")
+    if list(index_a.columns) != list(index_b.columns) or len(index_a) != len(index_b):
+        problems.append(f"index.csv: {len(index_b)} rows {list(index_b.columns)}, expected {len(index_a)} rows "
+                        f"{list(index_a.columns)}")
+    else:
+        changed = (index_a != index_b).any(axis=1)
+        problems += [f"index.csv row {i + 2}: {', '.join(map(str, index_b.loc[i]))} (expected "
+                     f"{', '.join(map(str, index_a.loc[i]))})" for i in np.flatnonzero(changed)]
+    names_a = {p.name for p in (expected / "image").iterdir()}
+    names_b = {p.name for p in (actual / "image").iterdir()}
+    problems += [f"image/{n} (missing)" for n in sorted(names_a - names_b)]
+    problems += [f"image/{n} (unexpected)" for n in sorted(names_b - names_a)]
+    for name in sorted(names_a & names_b, key=lambda n: int("0" + "".join(filter(str.isdigit, n)))):
+        try:
+            b = Image.open(actual / "image" / name)
+            b.load()
+        except OSError:
+            problems.append(f"image/{name} (not a readable image)")
+            continue
+        with Image.open(expected / "image" / name) as a, b:
+            if (a.size, a.mode) != (b.size, b.mode):
+                problems.append(f"image/{name}: {b.size[0]}x{b.size[1]} {b.mode}, expected "
+                                f"{a.size[0]}x{a.size[1]} {a.mode}")
+                continue
+            delta = np.abs(np.asarray(a, np.int16) - np.asarray(b, np.int16))
+        if delta.max() > max_abs or delta.mean() > mean_abs:
+            problems.append(f"image/{name}: pixels differ by up to {delta.max()} levels, {delta.mean():.3f} on "
+                            f"average (allowed {max_abs} and {mean_abs})")
+    return problems
+
+
 def pillow_build() -> str:
     """This Pillow and JPEG library, written like REFERENCE_BUILD (which made the committed files)."""
     jpeg = features.version("libjpeg_turbo")
@@ -567,10 +627,14 @@ def pillow_build() -> str:
 
 
 def check(target: str | os.PathLike | None = None, seed: int = SEED) -> list[str]:
-    """Regenerate into a temporary folder and list the files of target (default data/sample) that differ."""
+    """Regenerate into a temporary folder and list how target (default data/sample) differs, as pictures.
+
+    JPEG bytes may differ on another machine (another libjpeg encodes the same pixels differently), so
+    pixels are compared within :data:`MAX_ABS` / :data:`MEAN_ABS` levels, and labels, names and sizes exactly.
+    """
     with tempfile.TemporaryDirectory() as tmp:
         generate(Path(tmp) / "sample", seed=seed)
-        return compare_dirs(Path(tmp) / "sample", target if target is not None else _default_dir())
+        return picture_differences(Path(tmp) / "sample", target if target is not None else _default_dir())
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -578,8 +642,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m workshop_utils.sample", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="the sample folder (default: data/sample)")
     parser.add_argument("--seed", type=int, default=SEED, help=f"random seed (default {SEED}: the committed sample)")
-    parser.add_argument("--check", action="store_true", help="compare the folder with a fresh generation; exit 1 if "
-                        "any file differs")
+    parser.add_argument("--check", action="store_true", help="compare the folder with a fresh generation, as pictures; "
+                        "exit 1 if anything differs")
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else _default_dir()
     if args.check:
@@ -588,10 +652,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
             listed = "\n  ".join(problems[:20]) + more
             print(
-                f"{out} does not match a fresh generation; {len(problems)} file(s) differ:\n  {listed}\n"
+                f"{out} does not match a fresh generation; {len(problems)} difference(s):\n  {listed}\n"
                 f"Regenerate it with `python -m workshop_utils.sample`. This build is {pillow_build()}; the "
-                f"committed files were made with {REFERENCE_BUILD} (another JPEG library changes bytes, not "
-                "pictures).",
+                f"committed files were made with {REFERENCE_BUILD} (another JPEG library changes bytes, so pixels "
+                f"are compared within {MAX_ABS} levels, {MEAN_ABS} on average).",
                 file=sys.stderr,
             )
             return 1

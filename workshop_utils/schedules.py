@@ -1,63 +1,63 @@
-"""ML.NET's learning-rate schedules and early-stopping rule, with the same formulas.
+"""ML.NET's learning-rate schedules and early stopping, as the Keras objects that compute them.
 
-``step = epoch · B + batch_index`` where ``B = floor(N_train / batch_size)`` and ``batch_index`` is
-0-based and counts a final partial batch too (so the last step of an epoch can equal ``(epoch + 1) · B``).
-No TensorFlow here: the trainer precomputes each epoch's per-step rates with these methods, so the rate
-used in the compiled loop is exactly what ``learning_rate(step, batches_per_epoch)`` returns (in double
-precision; training and the ML.NET metric lines use it as a float32, as ML.NET does). Early stopping
-compares in float32 like ML.NET's ``float`` fields, so borderline epochs count the same way.
+ML.NET took its schedules from TensorFlow, so Keras already has them with the same formulas:
+
+* ML.NET ``ExponentialLRDecay`` = ``keras.optimizers.schedules.ExponentialDecay(lr, decay_steps, 0.94, staircase=True)``
+  with ``decay_steps = int(num_epochs_per_decay · batches per epoch)``;
+* ML.NET ``PolynomialLRDecay`` = ``keras.optimizers.schedules.PolynomialDecay(lr, decay_steps, end, power, cycle)``;
+* ML.NET early stopping (validation accuracy, ``min_delta`` 0.01, ``patience`` 20) = ``keras.callbacks.EarlyStopping``.
+
+The classes here keep ML.NET's option names (so ``Options`` reads like the .NET lab) and only map them onto
+those Keras classes: no schedule formula of our own. :class:`BestEpochEarlyStopping` is a small subclass of
+Keras' callback that restores the best epoch with ties broken by the lower loss.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-_f32 = np.float32
+from .config import import_tensorflow
+
+import_tensorflow()
+import keras  # noqa: E402
 
 
 class ScheduleError(ValueError):
-    """A schedule or early-stopping setting has a value the formulas cannot use."""
+    """A schedule or early-stopping setting has a value that cannot be used."""
 
 
-def _decay_steps(num_epochs_per_decay: float, batches_per_epoch: int) -> int:
-    """ML.NET's ``(int)(B · batch_size · num_epochs_per_decay / batch_size)``, at least 1.
-
-    ML.NET divides by zero when fewer than one decay step fits (tiny training sets); we use 1 step instead.
-    """
-    if batches_per_epoch < 0:
+def decay_steps(num_epochs_per_decay: float, batches_per_epoch: int) -> int:
+    """ML.NET's ``(int)(num_epochs_per_decay · B)``, at least 1 (ML.NET divides by zero for tiny sets)."""
+    if int(batches_per_epoch) < 0:
         raise ScheduleError(f"batches_per_epoch must be >= 0, got {batches_per_epoch}.")
-    return max(1, int(_f32(batches_per_epoch) * _f32(num_epochs_per_decay)))
+    return max(1, int(np.float32(batches_per_epoch) * np.float32(num_epochs_per_decay)))
 
 
 class LearningRateScheduler:
-    """Base class: a rule giving the learning rate of each training step.
+    """Base class: ML.NET's schedule options; :meth:`keras_schedule` gives the Keras schedule that trains.
 
-    Built with the initial rate (``learning_rate=``, kept as ``initial_learning_rate``); the public
-    method ``learning_rate(step, batches_per_epoch)`` gives the rate of any step.
+    ``learning_rate=None`` (the default) starts the schedule at ``Options.learning_rate``; a number given
+    here wins over it. The value is kept as ``initial_learning_rate``.
     """
 
     _params: tuple[str, ...] = ()
 
-    def __init__(self, learning_rate: float = 0.01) -> None:
-        rate = float(learning_rate)
-        if not rate > 0:
+    def __init__(self, learning_rate: float | None = None) -> None:
+        if learning_rate is not None and not float(learning_rate) > 0:
             raise ScheduleError(f"The learning rate must be above 0, got {learning_rate}.")
-        self.initial_learning_rate = rate
+        self.initial_learning_rate = None if learning_rate is None else float(learning_rate)
 
-    def learning_rate(self, step: int, batches_per_epoch: int) -> float:
-        """The rate for global ``step`` (``epoch · batches_per_epoch + batch_index``)."""
-        return self.rate_at(step, batches_per_epoch)
-
-    def rate_at(self, step: int, batches_per_epoch: int) -> float:
-        """The schedule's formula (each subclass has its own)."""
+    def keras_schedule(self, batches_per_epoch: int,
+                       learning_rate: float | None = None) -> keras.optimizers.schedules.LearningRateSchedule:
+        """The Keras schedule for ``batches_per_epoch`` steps per epoch (``learning_rate``: the default start)."""
         raise NotImplementedError
 
-    def rates(self, first_step: int, count: int, batches_per_epoch: int) -> np.ndarray:
-        """float32 rates for ``count`` consecutive steps from ``first_step`` (one epoch's worth)."""
-        return np.array([self.rate_at(first_step + i, batches_per_epoch) for i in range(count)], dtype=np.float32)
+    def _start(self, learning_rate: float | None) -> float:
+        rate = self.initial_learning_rate if self.initial_learning_rate is not None else learning_rate
+        if rate is None:
+            raise ScheduleError(f"{type(self).__name__} has no learning rate: pass learning_rate=... to it or to Options.")
+        return float(rate)
 
     def to_dict(self) -> dict[str, Any]:
         """Type name and parameters, for saving a trained classifier's options as JSON."""
@@ -75,15 +75,12 @@ class LearningRateScheduler:
 
 
 class ExponentialLRDecay(LearningRateScheduler):
-    """``lr = learning_rate · decay_rate ^ (step / decay_steps)`` (the power floored when ``staircase``).
-
-    ``decay_steps = int(num_epochs_per_decay · B)``. ML.NET's default schedule.
-    """
+    """ML.NET's default: ``lr · decay_rate ^ (step / decay_steps)``, floored with ``staircase`` (Keras ``ExponentialDecay``)."""
 
     _params = ("num_epochs_per_decay", "decay_rate", "staircase")
 
-    def __init__(self, learning_rate: float = 0.01, num_epochs_per_decay: float = 2.0, decay_rate: float = 0.94,
-                 staircase: bool = True) -> None:
+    def __init__(self, learning_rate: float | None = None, num_epochs_per_decay: float = 2.0,
+                 decay_rate: float = 0.94, staircase: bool = True) -> None:
         super().__init__(learning_rate)
         self.num_epochs_per_decay = float(num_epochs_per_decay)
         self.decay_rate = float(decay_rate)
@@ -91,24 +88,20 @@ class ExponentialLRDecay(LearningRateScheduler):
         if not self.num_epochs_per_decay > 0:
             raise ScheduleError(f"num_epochs_per_decay must be above 0, got {num_epochs_per_decay}.")
 
-    def rate_at(self, step: int, batches_per_epoch: int) -> float:
-        """The decayed rate for ``step`` with ``batches_per_epoch`` full batches per epoch."""
-        decay_steps = _decay_steps(self.num_epochs_per_decay, batches_per_epoch)
-        power = step / decay_steps
-        if self.staircase:
-            power = math.floor(power)
-        return self.initial_learning_rate * self.decay_rate**power
+    def keras_schedule(self, batches_per_epoch: int,
+                       learning_rate: float | None = None) -> keras.optimizers.schedules.ExponentialDecay:
+        """``keras.optimizers.schedules.ExponentialDecay`` with ML.NET's decay steps."""
+        return keras.optimizers.schedules.ExponentialDecay(
+            self._start(learning_rate), decay_steps(self.num_epochs_per_decay, batches_per_epoch),
+            self.decay_rate, staircase=self.staircase)
 
 
 class PolynomialLRDecay(LearningRateScheduler):
-    """``lr = (learning_rate − end) · (1 − min(step, ds)/ds) ^ power + end`` with ``ds = int(num_epochs_per_decay · B)``.
-
-    With ``cycle`` the decay restarts instead of flattening: ``ds · ceil(step / ds)`` replaces ``ds``.
-    """
+    """``(lr − end) · (1 − step/decay_steps) ^ power + end``, restarting with ``cycle`` (Keras ``PolynomialDecay``)."""
 
     _params = ("num_epochs_per_decay", "end_learning_rate", "power", "cycle")
 
-    def __init__(self, learning_rate: float = 0.01, num_epochs_per_decay: float = 2.0,
+    def __init__(self, learning_rate: float | None = None, num_epochs_per_decay: float = 2.0,
                  end_learning_rate: float = 1e-4, power: float = 1.0, cycle: bool = False) -> None:
         super().__init__(learning_rate)
         self.num_epochs_per_decay = float(num_epochs_per_decay)
@@ -118,75 +111,106 @@ class PolynomialLRDecay(LearningRateScheduler):
         if not self.num_epochs_per_decay > 0:
             raise ScheduleError(f"num_epochs_per_decay must be above 0, got {num_epochs_per_decay}.")
 
-    def rate_at(self, step: int, batches_per_epoch: int) -> float:
-        """The decayed rate for ``step`` with ``batches_per_epoch`` full batches per epoch."""
-        decay_steps = _decay_steps(self.num_epochs_per_decay, batches_per_epoch)
-        if self.cycle:
-            multiplier = 1 if step == 0 else math.ceil(step / decay_steps)  # TF's rule: step 0 is in cycle 1
-            decay_steps = int(decay_steps * multiplier)
-        else:
-            step = min(step, decay_steps)
-        end = self.end_learning_rate
-        return (self.initial_learning_rate - end) * (1.0 - step / decay_steps) ** self.power + end
+    def keras_schedule(self, batches_per_epoch: int,
+                       learning_rate: float | None = None) -> keras.optimizers.schedules.PolynomialDecay:
+        """``keras.optimizers.schedules.PolynomialDecay`` with ML.NET's decay steps."""
+        return keras.optimizers.schedules.PolynomialDecay(
+            self._start(learning_rate), decay_steps(self.num_epochs_per_decay, batches_per_epoch),
+            end_learning_rate=self.end_learning_rate, power=self.power, cycle=self.cycle)
 
 
-@dataclass
-class EarlyStopping:
-    """ML.NET's early stopping: stop after ``patience`` epochs in a row without an improvement of ``min_delta``.
+class BestEpochEarlyStopping(keras.callbacks.EarlyStopping):
+    """Keras' ``EarlyStopping`` (stop after ``patience`` epochs without a ``min_delta`` gain) that restores the best epoch.
 
-    ``metric="accuracy"`` watches an increase (no improvement when ``current − best < min_delta``);
-    ``metric="loss"`` watches the cross-entropy decrease (``best − current < min_delta``). An improvement
-    resets the count and becomes the new best. Call :meth:`should_stop` once per epoch.
+    Keras alone restores the last epoch that beat the best by ``min_delta``; with ML.NET's coarse
+    ``min_delta=0.01`` a later epoch with the same accuracy and a lower loss would be thrown away. Here the
+    best epoch is the highest ``monitor`` value, ties broken by the lower ``tie_breaker`` (the loss), and a
+    NaN epoch is never best. ``best_epoch`` (0-based) tells which epoch's weights the model holds.
     """
 
-    min_delta: float = 0.01
-    patience: int = 20
-    metric: str = "accuracy"
-    best: float | None = field(default=None, init=False, repr=False)
-    wait: int = field(default=0, init=False, repr=False)
+    def __init__(self, monitor: str = "val_accuracy", min_delta: float = 0.01, patience: int = 20,
+                 mode: str = "auto", tie_breaker: str | None = "val_loss", restore_best_weights: bool = True,
+                 **kwargs: Any) -> None:
+        if mode == "auto":  # decided from the name, so it works before the model's metrics are built
+            mode = "max" if "acc" in monitor else "min"
+        super().__init__(monitor=monitor, min_delta=min_delta, patience=patience, mode=mode,
+                         restore_best_weights=False, **kwargs)
+        self.tie_breaker = tie_breaker
+        self.restore_best = bool(restore_best_weights)
+        self.best_key: tuple[float, float] | None = None
+        self.best_epoch_weights: list[Any] | None = None
 
-    def __post_init__(self) -> None:
-        metric = str(self.metric).strip().lower()
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_begin(logs)
+        self.best_key, self.best_epoch_weights = None, None
+
+    def _key(self, logs: dict[str, Any]) -> tuple[float, float] | None:
+        value = logs.get(self.monitor)
+        if value is None:
+            return None
+        increasing = self.mode == "max"
+        tie = float(logs.get(self.tie_breaker, 0.0)) if self.tie_breaker else 0.0
+        key = (float(value) if increasing else -float(value), -tie)
+        return tuple(-np.inf if np.isnan(v) else v for v in key)  # type: ignore[return-value]
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        key = self._key(logs or {})
+        if key is not None and (self.best_key is None or key > self.best_key):
+            self.best_key, self.best_epoch = key, epoch
+            if self.restore_best:
+                self.best_epoch_weights = self.model.get_weights()
+        best_epoch = self.best_epoch
+        super().on_epoch_end(epoch, logs)  # Keras' patience rule (it also tracks its own best_epoch)
+        self.best_epoch = best_epoch
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        super().on_train_end(logs)
+        if self.restore_best and self.best_epoch_weights is not None:
+            self.model.set_weights(self.best_epoch_weights)
+
+
+class EarlyStopping:
+    """ML.NET's early-stopping options: ``metric`` ("accuracy" or "loss"), ``min_delta``, ``patience``.
+
+    :meth:`keras_callback` gives the Keras callback that does the stopping.
+    """
+
+    def __init__(self, min_delta: float = 0.01, patience: int = 20, metric: str = "accuracy") -> None:
         aliases = {"accuracy": "accuracy", "acc": "accuracy", "loss": "loss", "crossentropy": "loss",
                    "cross_entropy": "loss", "cross-entropy": "loss"}
-        if metric not in aliases:
+        name = str(metric).strip().lower()
+        if name not in aliases:
             raise ScheduleError(
-                f"EarlyStopping metric {self.metric!r} is not known; use 'accuracy' (watch an increase) "
+                f"EarlyStopping metric {metric!r} is not known; use 'accuracy' (watch an increase) "
                 "or 'loss' (watch the cross-entropy decrease)."
             )
-        self.metric = aliases[metric]
-        if int(self.patience) < 1:
-            raise ScheduleError(f"EarlyStopping patience must be at least 1 epoch, got {self.patience}.")
-        if float(self.min_delta) < 0:
-            raise ScheduleError(f"EarlyStopping min_delta must be >= 0, got {self.min_delta}.")
-        self.reset()
+        if int(patience) < 1:
+            raise ScheduleError(f"EarlyStopping patience must be at least 1 epoch, got {patience}.")
+        if float(min_delta) < 0:
+            raise ScheduleError(f"EarlyStopping min_delta must be >= 0, got {min_delta}.")
+        self.min_delta, self.patience, self.metric = float(min_delta), int(patience), aliases[name]
 
-    @property
-    def increasing(self) -> bool:
-        """True when a larger value is better (accuracy)."""
-        return self.metric == "accuracy"
-
-    def reset(self) -> None:
-        """Forget the history (ML.NET's start values: best accuracy 0, best loss float.MaxValue)."""
-        self.best = 0.0 if self.increasing else float(np.finfo(np.float32).max)
-        self.wait = 0
-
-    def should_stop(self, value: float) -> bool:
-        """Record this epoch's metric value; True when training should stop now."""
-        # float32 arithmetic, as ML.NET's floats: e.g. 0.51 − 0.50 is below 0.01 in float32 (not in float64).
-        current = _f32(value)
-        gain = current - _f32(self.best) if self.increasing else _f32(self.best) - current
-        if not gain >= _f32(self.min_delta):  # NaN counts as no improvement
-            self.wait += 1
-            return self.wait >= int(self.patience)
-        self.wait = 0
-        self.best = float(current)
-        return False
+    def keras_callback(self, validation: bool = True, restore_best_weights: bool = True) -> BestEpochEarlyStopping:
+        """The callback watching the validation metric (or the training one when there is no validation set)."""
+        prefix = "val_" if validation else ""
+        monitor, other = ("accuracy", "loss") if self.metric == "accuracy" else ("loss", "accuracy")
+        return BestEpochEarlyStopping(monitor=prefix + monitor, min_delta=self.min_delta, patience=self.patience,
+                                      mode="max" if monitor == "accuracy" else "min",
+                                      tie_breaker=prefix + other if monitor == "accuracy" else None,
+                                      restore_best_weights=restore_best_weights)
 
     def to_dict(self) -> dict[str, Any]:
-        """Parameters only (not the running state), for saving options as JSON."""
+        """Parameters, for saving options as JSON."""
         return {"type": "EarlyStopping", "min_delta": self.min_delta, "patience": self.patience,
                 "metric": self.metric}
+
+    def __repr__(self) -> str:
+        return f"EarlyStopping(min_delta={self.min_delta!r}, patience={self.patience!r}, metric={self.metric!r})"
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, EarlyStopping) and self.to_dict() == other.to_dict()
+
+    __hash__ = None  # type: ignore[assignment]
 
 
 def schedule_from_dict(data: dict[str, Any] | None) -> LearningRateScheduler | None:
@@ -205,5 +229,4 @@ def early_stopping_from_dict(data: dict[str, Any] | None) -> EarlyStopping | Non
     """Rebuild an EarlyStopping saved with ``to_dict`` (None stays None)."""
     if data is None:
         return None
-    params = {k: v for k, v in data.items() if k != "type"}
-    return EarlyStopping(**params)
+    return EarlyStopping(**{k: v for k, v in data.items() if k != "type"})

@@ -1,15 +1,15 @@
-"""The training phase: a softmax layer trained on cached bottleneck features, as ML.NET's ImageClassificationTrainer.
+"""The training phase: a softmax head trained with Keras ``fit`` on cached bottleneck features, as ML.NET's trainer.
 
-ML.NET's semantics are kept where a learner compares with the .NET lab: ``W ~ truncated_normal(0.001)``,
-``b = 0``, plain SGD on the batch-mean sparse softmax cross-entropy, the learning-rate schedules, the
-epoch metrics (means of per-batch means) and the metric lines. Improvements, each an option that is on
-by default: the best epoch's weights are restored, the training set is reshuffled every epoch, caches are
-fingerprinted, and the validation set is never silently dropped. Each epoch runs as one compiled
-``tf.function`` (a ``tf.while_loop`` over the batches, XLA when available), not a Python step per batch.
+The head is ``keras.Sequential([Input, Dense(classes, "softmax")])`` started as ML.NET starts it, trained by
+``compile(SGD(schedule), "sparse_categorical_crossentropy", ["accuracy"])`` and ``fit`` on a ``tf.data``
+pipeline over the features, with Keras callbacks: early stopping (:class:`schedules.BestEpochEarlyStopping`),
+ML.NET's metric lines (:class:`MLNetMetricsLogger`) and a progress bar. ML.NET's schedules are Keras'
+schedule classes (see :mod:`workshop_utils.schedules`). Improvements over ML.NET, each an option on by
+default: the best epoch's weights are restored, the training set is reshuffled every epoch, caches are
+fingerprinted, and the validation set is never silently dropped.
 """
 from __future__ import annotations
 
-import copy
 import json
 import math
 import os
@@ -27,6 +27,7 @@ from .bottleneck import Bottlenecks, atomic_folder, compute_bottlenecks
 from .config import import_tensorflow
 from .data import LabelMap
 from .schedules import (  # noqa: F401  (re-exported: the trainer is where learners look for them)
+    BestEpochEarlyStopping,
     EarlyStopping,
     ExponentialLRDecay,
     LearningRateScheduler,
@@ -45,6 +46,7 @@ from .training_metrics import (  # noqa: F401  (re-exported)
 )
 
 tf = import_tensorflow()
+import keras  # noqa: E402
 
 CLASSIFIER_FORMAT = 1
 CLASSIFIER_FILE = "classifier.json"
@@ -71,8 +73,9 @@ class ClassifierFileError(TrainerError):
 class Options:
     """ML.NET's ``ImageClassificationTrainer.Options`` (same defaults) plus the workshop's improvements.
 
-    ``learning_rate`` is used only when ``learning_rate_scheduler`` is None (a schedule carries its own
-    initial rate). ``validation_set_fraction`` splits a validation set off the training images when none
+    ``learning_rate`` is the one place the rate lives: ML.NET's default schedule starts at it (a deliberate
+    change from ML.NET, where the schedule's own 0.01 wins), and with ``learning_rate_scheduler=None`` it is
+    the constant rate. A schedule given its own ``learning_rate=`` still wins. ``validation_set_fraction`` splits a validation set off the training images when none
     is given (0 or None: no validation). Improvements over ML.NET: ``restore_best_weights`` (keep the
     epoch with the best validation metric, not the last), ``shuffle_each_epoch`` (False = ML.NET: one
     seeded shuffle, then the same order every epoch).
@@ -107,7 +110,7 @@ class Options:
             raise OptionsError(f"Options.batch_size must be at least 1, got {self.batch_size}.")
         if int(self.bottleneck_batch_size) < 1:
             raise OptionsError(f"Options.bottleneck_batch_size must be at least 1, got {self.bottleneck_batch_size}.")
-        if self.learning_rate_scheduler is None and not float(self.learning_rate) > 0:
+        if not float(self.learning_rate) > 0:
             raise OptionsError(f"Options.learning_rate must be above 0, got {self.learning_rate}.")
         fraction = self.validation_set_fraction
         if fraction is not None and not 0.0 <= float(fraction) < 1.0:
@@ -149,117 +152,110 @@ class Options:
 
 
 # ---------------------------------------------------------------------------------------------------
-# The compiled head: one call trains one epoch.
-
-_SIGNATURE = [
-    tf.TensorSpec((None, None), tf.float32),  # kernel (d, C)
-    tf.TensorSpec((None,), tf.float32),  # bias (C,)
-    tf.TensorSpec((None, None), tf.float32),  # features (N, d)
-    tf.TensorSpec((None,), tf.int32),  # labels (N,)
-    tf.TensorSpec((None, None), tf.int32),  # row order, (steps, batch_size), padded
-    tf.TensorSpec((None, None), tf.float32),  # 1 for real rows, 0 for padding, (steps, batch_size)
-    tf.TensorSpec((None,), tf.float32),  # learning rate of each step
-]
+# The Keras pieces of the training phase: the head, the feature pipeline, the callbacks.
 
 
-def _train_epoch(kernel, bias, x, y, order, mask, rates):  # noqa: ANN001, ANN202  (graph function)
-    """SGD over all batches of one epoch; returns (kernel, bias, correct count per batch, loss sum per batch).
+def build_head(features: int, classes: int, seed: int = 0) -> keras.Sequential:
+    """The softmax head: one ``Dense`` layer on the bottleneck vector, started as ML.NET starts it.
 
-    A final partial batch is padded to full size with mask 0, so the loop has static shapes (XLA) while
-    its loss and gradient are the partial batch's own mean. The per-batch means are taken outside (in
-    float32, as ML.NET does) because XLA may divide by multiplying with a reciprocal.
+    ML.NET's start: kernel ~ truncated normal (stddev 0.001, cut at 2σ, seeded), bias 0. Near-zero weights
+    start every class at the same probability; Keras' default glorot start cost 0.01–0.02 macro accuracy
+    on real car-damage photos in our measurement.
     """
-    steps = tf.shape(rates)[0]
-
-    def body(step, k, b, hits_out, loss_out):
-        rows, weight = order[step], mask[step]
-        xb, yb = tf.gather(x, rows), tf.gather(y, rows)
-        with tf.GradientTape() as tape:
-            tape.watch([k, b])
-            logits = tf.matmul(xb, k) + b
-            loss_sum = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(yb, logits) * weight)
-            loss = loss_sum / tf.reduce_sum(weight)
-        grad_k, grad_b = tape.gradient(loss, [k, b])
-        hits = tf.cast(tf.equal(tf.argmax(logits, axis=1, output_type=tf.int32), yb), tf.float32)
-        rate = rates[step]
-        return (step + 1, k - rate * grad_k, b - rate * grad_b,
-                hits_out.write(step, tf.reduce_sum(hits * weight)), loss_out.write(step, loss_sum))
-
-    _, kernel, bias, hits, losses = tf.while_loop(
-        lambda step, *_: step < steps,
-        body,
-        (tf.constant(0), kernel, bias, tf.TensorArray(tf.float32, size=steps), tf.TensorArray(tf.float32, size=steps)),
+    return keras.Sequential(
+        [
+            keras.Input((int(features),), name="bottleneck"),
+            keras.layers.Dense(int(classes), activation="softmax", name="softmax",
+                               kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.001, seed=int(seed)),
+                               bias_initializer="zeros"),
+        ],
+        name="head",
     )
-    return kernel, bias, hits.stack(), losses.stack()
 
 
-def _evaluate(kernel, bias, x, y, order, mask):  # noqa: ANN001, ANN202  (graph function)
-    """No updates: (correct count per batch, loss sum per batch), batches as in training."""
-    rows_x, rows_y = tf.gather(x, order), tf.gather(y, order)  # (steps, bs, d), (steps, bs)
-    logits = tf.einsum("sbd,dc->sbc", rows_x, kernel) + bias
-    losses = tf.reduce_sum(tf.nn.sparse_softmax_cross_entropy_with_logits(rows_y, logits) * mask, axis=1)
-    hits = tf.cast(tf.equal(tf.argmax(logits, axis=2, output_type=tf.int32), rows_y), tf.float32)
-    return tf.reduce_sum(hits * mask, axis=1), losses
+def features_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
+                     seed: int = 0) -> tf.data.Dataset:
+    """A ``tf.data`` pipeline over cached features: kept in memory, reshuffled each epoch if asked, batched."""
+    dataset = tf.data.Dataset.from_tensor_slices((features, labels)).cache()
+    if shuffle:
+        dataset = dataset.shuffle(len(features), seed=int(seed), reshuffle_each_iteration=True)
+    return dataset.batch(int(batch_size)).prefetch(tf.data.AUTOTUNE)
 
 
-def batch_mean_metrics(hits: Any, loss_sums: Any, counts: np.ndarray) -> tuple[float, float]:
-    """ML.NET's epoch metrics: per-batch means, summed one by one in float32, divided by the batch count."""
-    counts = np.asarray(counts, dtype=np.float32)
-    accuracy = np.asarray(hits, dtype=np.float32) / counts
-    loss = np.asarray(loss_sums, dtype=np.float32) / counts
-    n = np.float32(len(counts))
-    return float(np.cumsum(accuracy, dtype=np.float32)[-1] / n), float(np.cumsum(loss, dtype=np.float32)[-1] / n)
+def _last_step_rate(optimizer: Any) -> float:
+    """The learning rate the optimizer used for its last step (Keras reports the next step's)."""
+    schedule = optimizer._learning_rate  # noqa: SLF001  (Keras keeps the schedule object here)
+    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
+        return float(schedule(max(int(optimizer.iterations.numpy()) - 1, 0)))
+    return float(optimizer.learning_rate.numpy())
 
 
-_COMPILED: dict[bool, tuple[Callable[..., Any], Callable[..., Any]]] = {}
-_xla_state = {"use": True, "reason": ""}
+class MLNetMetricsLogger(keras.callbacks.Callback):
+    """Adds ``learning_rate`` (of the epoch's last step) to the logs and prints ML.NET's training lines.
+
+    ``metrics_callback`` (e.g. ``print``) gets one :class:`ImageClassificationMetrics` for the training set
+    (unless ``show_train`` is False) and one for the validation set per epoch, in ML.NET's format. The
+    numbers are Keras' own epoch means and step counts: what is printed is what trained.
+    """
+
+    def __init__(self, metrics_callback: Callable[[ImageClassificationMetrics], Any] | None = print,
+                 show_train: bool = True, validation_batches: int = 1) -> None:
+        super().__init__()
+        self.metrics_callback = metrics_callback
+        self.show_train = show_train
+        self.validation_batches = int(validation_batches)
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs if logs is not None else {}
+        rate = _last_step_rate(self.model.optimizer)
+        logs["learning_rate"] = rate
+        if self.metrics_callback is None:
+            return
+        steps = int(self.params.get("steps") or 0)
+        if self.show_train:
+            self.metrics_callback(ImageClassificationMetrics(train=TrainMetrics(
+                TRAIN, steps, epoch, float(logs.get("accuracy", math.nan)), float(logs.get("loss", math.nan)), rate)))
+        if "val_accuracy" in logs:
+            self.metrics_callback(ImageClassificationMetrics(train=TrainMetrics(
+                VALIDATION, self.validation_batches, epoch, float(logs["val_accuracy"]),
+                float(logs["val_loss"]))))
 
 
-def _compiled(jit: bool) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    """The traced epoch and evaluation functions (traced once per process, shapes are free)."""
-    if jit not in _COMPILED:
-        _COMPILED[jit] = (
-            tf.function(_train_epoch, input_signature=_SIGNATURE, jit_compile=jit, reduce_retracing=True),
-            tf.function(_evaluate, input_signature=_SIGNATURE[:6], jit_compile=jit, reduce_retracing=True),
-        )
-    return _COMPILED[jit]
+class EpochProgressBar(keras.callbacks.Callback):
+    """A tqdm bar over epochs showing the watched accuracy and loss (Keras' own bar counts steps)."""
+
+    def __init__(self, epochs: int, desc: str = "Training") -> None:
+        super().__init__()
+        self.epochs, self.desc, self.bar = int(epochs), desc, None
+
+    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.epochs, desc=self.desc, unit="epoch")
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = logs or {}
+        prefix = "val_" if "val_accuracy" in logs else ""
+        self.bar.update(1)
+        self.bar.set_postfix(accuracy=f"{logs.get(prefix + 'accuracy', math.nan):.3f}",
+                             loss=f"{logs.get(prefix + 'loss', math.nan):.3f}")
+
+    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
+        if self.bar is not None:
+            self.bar.close()
 
 
-def _call(which: int, *args: Any) -> Any:
-    """Run the XLA version; if XLA cannot compile here, say so once and use the plain graph from then on."""
-    if _xla_state["use"]:
-        try:
-            return _compiled(True)[which](*args)
-        except (tf.errors.InvalidArgumentError, tf.errors.UnimplementedError, tf.errors.NotFoundError,
-                tf.errors.InternalError) as error:
-            _xla_state.update(use=False, reason=str(error).splitlines()[0][:200])
-            print(f"Note: XLA is not available here ({_xla_state['reason']}); training without it (slower).")
-    return _compiled(False)[which](*args)
-
-
-def _batches(order: np.ndarray, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
-    """Row order and mask as (steps, batch_size), the last batch padded with row 0 / weight 0."""
-    n = len(order)
-    steps = max(1, math.ceil(n / batch_size))
-    padded = np.zeros(steps * batch_size, dtype=np.int32)
-    padded[:n] = order
-    mask = np.zeros(steps * batch_size, dtype=np.float32)
-    mask[:n] = 1.0
-    return padded.reshape(steps, batch_size), mask.reshape(steps, batch_size)
-
-
-def initial_weights(features: int, classes: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """ML.NET's start: kernel ~ truncated normal (stddev 0.001, cut at 2σ, seeded), bias 0."""
-    kernel = tf.random.stateless_truncated_normal((features, classes), seed=[int(seed), 0], stddev=0.001)
-    return kernel.numpy().astype(np.float32), np.zeros(classes, dtype=np.float32)
-
-
-def epoch_order(n: int, epoch: int, seed: int, shuffle_each_epoch: bool) -> np.ndarray:
-    """The row order of one epoch: a seeded permutation per epoch, or the given order (ML.NET)."""
-    if not shuffle_each_epoch:
-        return np.arange(n, dtype=np.int32)
-    return np.random.default_rng([int(seed), 2, int(epoch)]).permutation(n).astype(np.int32)
-
+def history_frame(history: Any, test_on_train_set: bool = True) -> pd.DataFrame:
+    """A Keras ``History`` (or its ``.history`` dict) as rows: epoch, dataset, accuracy, cross_entropy, learning_rate."""
+    logs = getattr(history, "history", history)
+    rows = []
+    for epoch in range(len(logs.get("loss", []))):
+        rate = float(logs["learning_rate"][epoch]) if "learning_rate" in logs else math.nan
+        if test_on_train_set:
+            rows.append((epoch, TRAIN, float(logs["accuracy"][epoch]), float(logs["loss"][epoch]), rate))
+        if "val_loss" in logs:
+            rows.append((epoch, VALIDATION, float(logs["val_accuracy"][epoch]), float(logs["val_loss"][epoch]), rate))
+    return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
 
 # ---------------------------------------------------------------------------------------------------
 # The trained classifier
@@ -288,6 +284,45 @@ class TrainedClassifier:
     def classes(self) -> list[str]:
         """Class names in output order."""
         return self.label_map.names
+
+    @property
+    def head(self) -> keras.Sequential:
+        """The head as a new Keras model (``Input`` → ``Dense`` softmax) holding these weights."""
+        head = build_head(self.kernel.shape[0], self.kernel.shape[1])
+        head.set_weights([self.kernel, self.bias])
+        return head
+
+    @classmethod
+    def from_head(cls, head: keras.Model, label_map: LabelMap, train: Bottlenecks,
+                  validation: Bottlenecks | None = None, history: Any = None, options: Options | None = None,
+                  best_epoch: int | None = None) -> TrainedClassifier:
+        """Wrap a head trained in a notebook cell (its last layer is the ``Dense`` softmax) for saving and export.
+
+        ``history`` is Keras' ``History`` (or a frame from :func:`history_frame`); ``best_epoch`` defaults to
+        the early-stopping callback's choice when it is not given (the last epoch otherwise).
+        """
+        dense = head.layers[-1]
+        if not isinstance(dense, keras.layers.Dense) or len(dense.get_weights()) != 2:
+            raise TrainingDataError(
+                f"The head's last layer is {type(dense).__name__}, not a Dense layer with a bias; build the head "
+                "as keras.Sequential([keras.Input((features,)), keras.layers.Dense(classes, activation='softmax')])."
+            )
+        kernel, bias = (np.asarray(w, dtype=np.float32) for w in dense.get_weights())
+        if kernel.shape != (train.features.shape[1], len(label_map)):
+            raise TrainingDataError(
+                f"The head maps {kernel.shape[0]} features to {kernel.shape[1]} classes, but the bottlenecks have "
+                f"{train.features.shape[1]} features and the label map {len(label_map)} classes."
+            )
+        frame = history if isinstance(history, pd.DataFrame) else (
+            history_frame(history) if history is not None else pd.DataFrame(columns=HISTORY_COLUMNS))
+        epochs = int(frame["epoch"].max()) + 1 if len(frame) else 0
+        return cls(arch=train.arch, backbone_weights=None if options is None or options.weights is None
+                   else str(options.weights), image_size=tuple(train.image_size), label_map=label_map,
+                   kernel=kernel, bias=bias, history=frame,
+                   best_epoch=int(best_epoch) if best_epoch is not None else max(epochs - 1, 0),
+                   stopped_early=bool(options is not None and epochs < int(options.epoch)),
+                   options=options if options is not None else Options(arch=train.arch), train_bottlenecks=train,
+                   validation_bottlenecks=validation, weights_id=train.weights_id, epochs_trained=epochs)
 
     def _matrix(self, features: Any) -> np.ndarray:
         x = features.features if isinstance(features, Bottlenecks) else features
@@ -527,81 +562,43 @@ class ImageClassificationTrainer:
         if no_train_images:
             print(f"Note: no training image for class(es) {', '.join(no_train_images)}; the head cannot learn them.")
 
-        n, bs = len(x), int(o.batch_size)
-        batches_per_epoch = n // bs  # ML.NET's B (full batches); a final partial batch is still trained on
-        steps = max(1, math.ceil(n / bs))
-        schedule = o.learning_rate_scheduler
-        stopper = copy.deepcopy(o.early_stopping) if o.early_stopping is not None else None
-        if stopper is not None:
-            stopper.reset()
-            if not has_validation:
-                print("Note: no validation set; early stopping watches the training metrics (as ML.NET does).")
-        watch = stopper.metric if stopper is not None else "accuracy"
+        bs = int(o.batch_size)
+        steps = max(1, math.ceil(len(x) / bs))  # the partial last batch is a step too
+        if o.early_stopping is not None and not has_validation:
+            print("Note: no validation set; early stopping watches the training metrics (as ML.NET does).")
         if o.restore_best_weights and not has_validation:
             print("Note: no validation set; keeping the last epoch's weights (restore_best_weights needs one).")
 
-        kernel_np, bias_np = initial_weights(d, classes, o.seed)
-        kernel, bias = tf.constant(kernel_np), tf.constant(bias_np)
-        x_t, y_t = tf.constant(x), tf.constant(y)
-        if has_validation:
-            xv_t, yv_t = tf.constant(xv), tf.constant(yv)
-            v_order, v_mask = _batches(np.arange(len(xv), dtype=np.int32), bs)
-            v_order_t, v_mask_t = tf.constant(v_order), tf.constant(v_mask)
-            v_counts = v_mask.sum(axis=1)
-
-        rows: list[tuple[int, str, float, float, float]] = []
-        best_key: tuple[float, float] | None = None
-        best = (kernel, bias, 0)
-        stopped_early = False
-        epoch = 0
-        bar = None
+        keras.utils.set_random_seed(int(o.seed))
+        head = build_head(d, classes, o.seed)
+        schedule = o.learning_rate_scheduler
+        rate = schedule.keras_schedule(steps, o.learning_rate) if schedule is not None else float(o.learning_rate)
+        # One compiled call runs a whole epoch (steps_per_execution) and the validation set is one cached batch:
+        # the per-step Python overhead of a plain fit() is what made it ~7x slower. XLA was slower on CPU here.
+        head.compile(optimizer=keras.optimizers.SGD(rate), loss="sparse_categorical_crossentropy",
+                     metrics=["accuracy"], steps_per_execution=steps, jit_compile=False)
+        callbacks: list[keras.callbacks.Callback] = [MLNetMetricsLogger(o.metrics_callback, o.test_on_train_set)]
+        stopper = None
+        restore = bool(o.restore_best_weights and has_validation)
+        if o.early_stopping is not None:
+            stopper = o.early_stopping.keras_callback(validation=has_validation, restore_best_weights=restore)
+        elif restore:  # no stopping, but still keep the best epoch
+            stopper = BestEpochEarlyStopping(patience=int(o.epoch) + 1, min_delta=0.0)
+        if stopper is not None:
+            callbacks.append(stopper)
         if o.progress and o.metrics_callback is None:
-            from tqdm.auto import tqdm
-
-            bar = tqdm(total=int(o.epoch), desc="Training", unit="epoch")
-        try:
-            for epoch in range(int(o.epoch)):
-                order, mask = _batches(epoch_order(n, epoch, o.seed, o.shuffle_each_epoch), bs)
-                if schedule is not None:
-                    rates = schedule.rates(epoch * batches_per_epoch, steps, batches_per_epoch)
-                else:
-                    rates = np.full(steps, o.learning_rate, dtype=np.float32)
-                kernel, bias, hits, losses = _call(0, kernel, bias, x_t, y_t, order, mask, rates)
-                acc, ce = batch_mean_metrics(hits, losses, mask.sum(axis=1))
-                last_step = epoch * batches_per_epoch + steps - 1
-                rate = (schedule.learning_rate(last_step, batches_per_epoch) if schedule is not None
-                        else float(o.learning_rate))  # the epoch's last step, as ML.NET shows it
-                if o.test_on_train_set:
-                    rows.append((epoch, TRAIN, acc, ce, rate))
-                    self._emit(TrainMetrics(TRAIN, steps, epoch, acc, ce, rate))
-                watched = (acc, ce)
-                if has_validation:
-                    v_hits, v_losses = _call(1, kernel, bias, xv_t, yv_t, v_order_t, v_mask_t)
-                    watched = batch_mean_metrics(v_hits, v_losses, v_counts)
-                    rows.append((epoch, VALIDATION, watched[0], watched[1], rate))
-                    self._emit(TrainMetrics(VALIDATION, len(v_order), epoch, watched[0], watched[1]))
-                    # Best epoch: the watched metric, ties broken by the other one.
-                    key = (watched[0], -watched[1]) if watch == "accuracy" else (-watched[1], watched[0])
-                    key = tuple(-math.inf if math.isnan(v) else v for v in key)  # a diverged epoch is never best
-                    if best_key is None or key > best_key:
-                        best_key, best = key, (kernel, bias, epoch)
-                if bar is not None:
-                    bar.update(1)
-                    bar.set_postfix(accuracy=f"{watched[0]:.3f}", loss=f"{watched[1]:.3f}")
-                if stopper is not None:
-                    value = watched[0] if watch == "accuracy" else watched[1]
-                    if stopper.should_stop(value):
-                        stopped_early = epoch + 1 < int(o.epoch)
-                        break
-        finally:
-            if bar is not None:
-                bar.close()
-
-        if o.restore_best_weights and has_validation:
-            kernel, bias, best_epoch = best
-        else:
-            best_epoch = epoch
-        history = pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+            callbacks.append(EpochProgressBar(int(o.epoch)))
+        validation_data = None
+        if has_validation:
+            validation_data = features_dataset(xv, yv, batch_size=max(len(xv), 1))
+        keras_history = head.fit(features_dataset(x, y, bs, shuffle=o.shuffle_each_epoch, seed=o.seed),
+                                 validation_data=validation_data, epochs=int(o.epoch), callbacks=callbacks,
+                                 verbose=0, shuffle=False)
+        epochs_run = len(keras_history.history.get("loss", []))
+        best_epoch = stopper.best_epoch if (stopper is not None and restore) else epochs_run - 1
+        stopped_early = epochs_run < int(o.epoch)
+        kernel, bias = head.layers[-1].get_weights()
+        history = history_frame(keras_history, o.test_on_train_set)
         return TrainedClassifier(
             arch=train.arch,
             backbone_weights=None if o.weights is None else str(o.weights),
@@ -616,5 +613,5 @@ class ImageClassificationTrainer:
             train_bottlenecks=train,
             validation_bottlenecks=validation if has_validation else None,
             weights_id=train.weights_id,
-            epochs_trained=epoch + 1,
+            epochs_trained=epochs_run,
         )

@@ -29,8 +29,8 @@ class RetrainPanel:
         self.epochs = w.IntSlider(value=o.epoch, min=1, max=max(200, o.epoch), description="epochs")
         self.batch_size = w.Dropdown(options=sorted({5, 10, 20, 32, 64, o.batch_size}), value=o.batch_size,
                                      description="batch size")
-        rate = (o.learning_rate_scheduler.initial_learning_rate if o.learning_rate_scheduler is not None
-                else o.learning_rate)
+        own = getattr(o.learning_rate_scheduler, "initial_learning_rate", None)  # a schedule's own rate wins
+        rate = own if own is not None else o.learning_rate
         self.learning_rate = w.FloatLogSlider(value=rate, base=10, min=-4, max=0, step=0.1,
                                               description="learning rate", readout_format=".4f")
         self.schedule = w.Dropdown(options=SCHEDULES, value=_schedule_name(o.learning_rate_scheduler),
@@ -49,9 +49,8 @@ class RetrainPanel:
         from .trainer import ExponentialLRDecay, PolynomialLRDecay
 
         rate = float(self.learning_rate.value)
-        scheduler = {"ExponentialLRDecay": lambda: ExponentialLRDecay(learning_rate=rate),
-                     "PolynomialLRDecay": lambda: PolynomialLRDecay(learning_rate=rate),
-                     "constant": lambda: None}[self.schedule.value]()
+        scheduler = {"ExponentialLRDecay": ExponentialLRDecay, "PolynomialLRDecay": PolynomialLRDecay,
+                     "constant": lambda: None}[self.schedule.value]()  # each starts at Options.learning_rate
         return replace(self.options, epoch=int(self.epochs.value), batch_size=int(self.batch_size.value),
                        learning_rate=rate, learning_rate_scheduler=scheduler, metrics_callback=None, progress=False)
 
