@@ -463,3 +463,86 @@ def plot_projection(
     ax.set_title(title or f"{method_name} of {len(x)} feature vectors ({x.shape[1]} dimensions)")
     ax.legend(title="class", fontsize=8, loc="center left", bbox_to_anchor=(1.01, 0.5))
     return ax.figure
+
+
+# --------------------------------------------------------------------------------------------------
+# Fine-tuning (07) and explanations (08)
+# --------------------------------------------------------------------------------------------------
+def _as_image(pixels: Any) -> np.ndarray:
+    """RGB pixels (0–255 floats or uint8) as uint8 for imshow."""
+    array = np.asarray(pixels)
+    if array.ndim != 3 or array.shape[-1] != 3:
+        raise PlotError(f"an image must be (height, width, 3) RGB, got shape {array.shape}.")
+    return np.clip(array, 0, 255).astype(np.uint8)
+
+
+def plot_augmentation_grid(original: Any, versions: Sequence[Any], ncols: int = 4,
+                           title: str = "One photo, augmented as in training") -> Figure:
+    """The original photo followed by its augmented versions (what the model sees at each training step)."""
+    if len(versions) == 0:
+        raise PlotError("versions is empty: pass at least one augmented image.")
+    images = [_as_image(original)] + [_as_image(v) for v in versions]
+    nrows = math.ceil(len(images) / ncols)
+    fig, axes = _figure(nrows, ncols, figsize=(2.6 * ncols, 2.4 * nrows))
+    for i, (ax, image) in enumerate(zip(axes.flat, images)):
+        ax.imshow(image)
+        ax.set_title("original" if i == 0 else f"augmented {i}", fontsize=9)
+        ax.axis("off")
+    _hide_unused(axes, len(images))
+    fig.suptitle(title)
+    return fig
+
+
+def plot_confusion_pair(before: MulticlassMetrics, after: MulticlassMetrics,
+                        titles: tuple[str, str] = ("before: head only", "after: fine-tuned"),
+                        normalize: bool = False) -> Figure:
+    """Two confusion matrices side by side (same colour scale), e.g. before and after fine-tuning."""
+    if not isinstance(before, MulticlassMetrics) or not isinstance(after, MulticlassMetrics):
+        raise PlotError("plot_confusion_pair needs two MulticlassMetrics (from metrics.evaluate).")
+    if list(before.class_names) != list(after.class_names):
+        raise PlotError(f"the two evaluations have different classes: {before.class_names} vs {after.class_names}.")
+    c = len(before.class_names)
+    side = max(4.5, 0.75 * c + 2.5)
+    fig, axes = _figure(1, 2, figsize=(2 * side + 2.4, side))
+    for ax, metrics, title in zip(axes[0], (before, after), titles):
+        plot_confusion_matrix(metrics, normalize=normalize, ax=ax,
+                              title=f"{title}\nmacro {metrics.macro_accuracy:.3f}, log-loss {metrics.log_loss:.3f}")
+    return fig
+
+
+def plot_grad_cam_gallery(items: Sequence[Mapping[str, Any]], class_names: Sequence[str], ncols: int = 4,
+                          alpha: float = 0.45, title: str | None = None) -> Figure:
+    """Photos with their Grad-CAM heatmap overlaid: one tile for the predicted class, and for a mistake a second
+    tile for the true class. ``items``: dicts with ``photo``, ``heatmap``, ``predicted``, ``probabilities`` and
+    optionally ``true``, ``true_heatmap``, ``path`` (what ``explain.explain_files`` returns)."""
+    tiles: list[tuple[np.ndarray, np.ndarray, str, str]] = []
+    for item in items:
+        missing = [key for key in ("photo", "heatmap", "predicted", "probabilities") if key not in item]
+        if missing:
+            raise PlotError(f"a gallery item lacks {missing}; build the items with explain.explain_files().")
+        photo, predicted, true = _as_image(item["photo"]), int(item["predicted"]), item.get("true")
+        probability = float(np.asarray(item["probabilities"])[predicted])
+        name = Path(str(item.get("path", ""))).name
+        right = true is None or int(true) == predicted
+        colour = "black" if true is None else ("green" if right else "red")
+        head = f"{name}\n" if name else ""
+        tiles.append((photo, np.asarray(item["heatmap"]), f"{head}looks for {class_names[predicted]} "
+                      f"({probability:.2f})" + ("" if true is None else (" ✓" if right else " ✗")), colour))
+        if not right and item.get("true_heatmap") is not None:
+            tiles.append((photo, np.asarray(item["true_heatmap"]), f"{head}looks for true {class_names[int(true)]}",
+                          "darkorange"))
+    if not tiles:
+        raise PlotError("items is empty: nothing to show.")
+    nrows = math.ceil(len(tiles) / ncols)
+    fig, axes = _figure(nrows, ncols, figsize=(3.0 * ncols, 2.9 * nrows))
+    for ax, (photo, heatmap, label, colour) in zip(axes.flat, tiles):
+        if heatmap.shape != photo.shape[:2]:
+            raise PlotError(f"a heatmap of shape {heatmap.shape} does not match its photo {photo.shape[:2]}; "
+                            "resize it with explain.resize_heatmap(heatmap, photo.shape[:2]).")
+        ax.imshow(photo)
+        ax.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        ax.set_title(label, fontsize=8, color=colour)
+        ax.axis("off")
+    _hide_unused(axes, len(tiles))
+    fig.suptitle(title or "Grad-CAM: where the model looked (red = raised the class's score)")
+    return fig

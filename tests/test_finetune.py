@@ -1,0 +1,293 @@
+"""Fine-tuning (notebook 07): layer counts, BatchNorm kept in inference mode, augmentation off at inference,
+the data pipeline, the start-aware early stopping, the CLI flags and an export of the fine-tuned model."""
+from __future__ import annotations
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from workshop_utils.config import import_tensorflow
+
+tf = import_tensorflow()
+import keras  # noqa: E402
+
+from workshop_utils import finetune  # noqa: E402
+from workshop_utils.architectures import get_architecture  # noqa: E402
+from workshop_utils.data import LabelMap  # noqa: E402
+from workshop_utils.images import decode_image  # noqa: E402
+
+SIZE = (32, 32)
+CLASSES = ["dent", "scratch"]
+
+
+def fake_trained(arch: str = "EfficientNetLite0", size: tuple[int, int] = SIZE, seed: int = 0) -> SimpleNamespace:
+    """What compose_model reads from a TrainedClassifier: arch, size, weights, classes and a random head."""
+    width = get_architecture(arch).bottleneck_width
+    rng = np.random.default_rng(seed)
+    return SimpleNamespace(arch=arch, image_size=size, backbone_weights=None, label_map=LabelMap(CLASSES),
+                           kernel=rng.normal(0, 0.05, (width, len(CLASSES))).astype(np.float32),
+                           bias=np.zeros(len(CLASSES), np.float32))
+
+
+def pixels(n: int = 4, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).uniform(0, 255, (n, *SIZE, 3)).astype(np.float32)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> tuple[list[str], list[str]]:
+    """12 small JPEGs (4:3), two classes: dark with a bright square ('dent') or plain bright ('scratch')."""
+    folder = tmp_path_factory.mktemp("photos")
+    rng = np.random.default_rng(0)
+    paths, labels = [], []
+    for i in range(12):
+        label = CLASSES[i % 2]
+        image = rng.integers(0, 60, (30, 40, 3)) if label == "dent" else rng.integers(150, 255, (30, 40, 3))
+        if label == "dent":
+            image[8:20, 10:24] = 250
+        path = folder / f"{i}.jpeg"
+        path.write_bytes(tf.io.encode_jpeg(image.astype(np.uint8)).numpy())
+        paths.append(str(path))
+        labels.append(label)
+    return paths, labels
+
+
+# -- unfreezing ------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def lite0() -> keras.Model:
+    model = finetune.compose_model(fake_trained())
+    return finetune.inner_backbone(model)
+
+
+def test_unfreeze_counts_layers_from_the_top_and_keeps_batchnorm_frozen(lite0: keras.Model) -> None:
+    layers = [layer for layer in lite0.layers if not isinstance(layer, keras.layers.InputLayer)]
+    counts = finetune.unfreeze_top(lite0, 10)
+    top = layers[-10:]
+    bn_in_top = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in top)
+    assert counts.layers == len(layers) and counts.top == 10
+    assert counts.batchnorm_frozen == bn_in_top > 0
+    assert counts.trainable == 10 - bn_in_top == sum(layer.trainable for layer in layers)
+    assert counts.frozen == len(layers) - counts.trainable
+    assert all(not layer.trainable for layer in layers[:-10])
+    assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization) for layer in top)
+    expected_weights = sum(int(np.prod(w.shape)) for layer in top for w in layer.trainable_weights)
+    assert counts.trainable_weights == expected_weights > 0
+
+
+def test_unfreeze_fraction_means_the_same_share_for_every_architecture(lite0: keras.Model) -> None:
+    n = len([layer for layer in lite0.layers if not isinstance(layer, keras.layers.InputLayer)])
+    assert finetune.unfreeze_top(lite0, 0.25).top == round(0.25 * n)
+    assert finetune.resolve_unfreeze(0.5, 200) == 100 and finetune.resolve_unfreeze(0.5, 10) == 5
+    assert finetune.unfreeze_top(lite0, 10_000).top == n  # capped: everything
+    none = finetune.unfreeze_top(lite0, 0)
+    assert none.top == none.trainable == none.trainable_weights == 0 and not lite0.trainable_weights
+
+
+@pytest.mark.parametrize("value", [-1, 1.5, float("nan"), "3", True])
+def test_bad_unfreeze_values_say_what_is_allowed(value: object) -> None:
+    with pytest.raises(finetune.FineTuneError, match=r"unfreeze=.* whole number >= 0 .* fraction between 0 and 1"):
+        finetune.FineTuneOptions(unfreeze=value).check()
+
+
+@pytest.mark.parametrize("field, value, message", [
+    ("epochs", 0, r"epochs=0 must be at least 1"),
+    ("learning_rate", 0.0, r"learning_rate=0.0 must be above 0"),
+    ("augmentation", 0.7, r"augmentation=0.7 must be in \[0, 0.5\)"),
+    ("batch_size", 0, r"batch_size=0 must be at least 1"),
+])
+def test_bad_options_name_the_value(field: str, value: object, message: str) -> None:
+    with pytest.raises(finetune.FineTuneError, match=message):
+        finetune.FineTuneOptions(**{field: value}).check()
+
+
+def test_defaults_depend_on_profile_and_device() -> None:
+    quick, cpu, gpu = (finetune.default_options("quick", gpu=False), finetune.default_options("full", gpu=False),
+                       finetune.default_options("full", gpu=True))
+    assert quick.epochs < cpu.epochs < gpu.epochs
+    assert finetune.resolve_unfreeze(quick.unfreeze, 141) < finetune.resolve_unfreeze(cpu.unfreeze, 141)
+    assert gpu.mixed_precision and gpu.batch_size > cpu.batch_size and not cpu.mixed_precision
+    assert finetune.default_options("full", gpu=False, unfreeze=5, epochs=2).unfreeze == 5
+    with pytest.raises(finetune.FineTuneError, match="epochs=0"):
+        finetune.default_options("full", gpu=False, epochs=0)
+
+
+# -- the composed model ------------------------------------------------------------------------------------
+def test_composed_model_is_backbone_then_head() -> None:
+    trained = fake_trained()
+    model = finetune.compose_model(trained)
+    x = pixels()
+    features = get_architecture(trained.arch).build(None, SIZE)(x, training=False)
+    logits = np.asarray(features) @ trained.kernel + trained.bias
+    expected = np.exp(logits) / np.exp(logits).sum(axis=1, keepdims=True)
+    np.testing.assert_allclose(model(x, training=False), expected, atol=1e-5)
+    assert model.get_layer(finetune.HEAD_LAYER).dtype_policy.compute_dtype == "float32"
+
+
+def test_composed_model_rejects_a_head_of_another_architecture() -> None:
+    trained = fake_trained()
+    trained.kernel = trained.kernel[:100]
+    with pytest.raises(finetune.FineTuneError, match=r"head's kernel has shape \(100, 2\) but EfficientNetLite0 gives 1280"):
+        finetune.compose_model(trained)
+
+
+def test_augmentation_is_off_at_inference_and_on_in_training() -> None:
+    model = finetune.compose_model(fake_trained(), finetune.build_augmentation(0.2))
+    plain = finetune.compose_model(fake_trained())
+    x = pixels(seed=1)
+    first, second = model(x, training=False), model(x, training=False)
+    np.testing.assert_array_equal(first, second)
+    np.testing.assert_allclose(first, plain(x, training=False), atol=1e-6)
+    augment = model.get_layer(finetune.AUGMENT_LAYER)
+    assert not np.allclose(augment(x, training=True), x)  # in training the photo changes
+    np.testing.assert_array_equal(augment(x, training=False), x)
+
+
+def test_batchnorm_statistics_do_not_move_during_a_training_step() -> None:
+    model = finetune.compose_model(fake_trained(), finetune.build_augmentation(0.1))
+    backbone = finetune.inner_backbone(model)
+    finetune.unfreeze_top(backbone, 30)
+    bns = [layer for layer in backbone.layers if isinstance(layer, keras.layers.BatchNormalization)]
+    top_bn = [layer for layer in backbone.layers[-30:] if isinstance(layer, keras.layers.BatchNormalization)]
+    assert top_bn, "the unfrozen top should contain BatchNorm layers for this test to mean something"
+    trainable_conv = next(layer for layer in reversed(backbone.layers) if layer.trainable and layer.weights)
+    frozen_conv = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D))
+    before_bn = [[np.array(w) for w in layer.weights] for layer in bns]
+    before_trainable, before_frozen = np.array(trainable_conv.weights[0]), np.array(frozen_conv.weights[0])
+    model.compile(optimizer=keras.optimizers.Adam(1e-2), loss="sparse_categorical_crossentropy")
+    model.train_on_batch(pixels(8, seed=2) * 0.2 + 100, np.array([0, 1] * 4))  # stats far from ImageNet's
+    for layer, saved in zip(bns, before_bn):
+        for weight, old in zip(layer.weights, saved):  # gamma, beta, moving mean and variance
+            np.testing.assert_array_equal(np.array(weight), old, err_msg=f"{layer.name}/{weight.name} moved")
+    assert not np.array_equal(np.array(trainable_conv.weights[0]), before_trainable)
+    np.testing.assert_array_equal(np.array(frozen_conv.weights[0]), before_frozen)
+
+
+def test_inference_model_drops_augmentation_and_keeps_scores() -> None:
+    model = finetune.compose_model(fake_trained(), finetune.build_augmentation(0.1))
+    bare = finetune.inference_model(model)
+    assert finetune.AUGMENT_LAYER not in [layer.name for layer in bare.layers]
+    x = pixels(seed=3)
+    np.testing.assert_allclose(bare(x), model(x, training=False), atol=1e-6)
+
+
+# -- data and early stopping ------------------------------------------------------------------------------
+@pytest.mark.parametrize("cache_limit_mb", [0, 1000])
+def test_image_dataset_decodes_like_the_bottlenecks(photos: tuple[list[str], list[str]], cache_limit_mb: int) -> None:
+    paths, labels = photos
+    y = LabelMap(CLASSES).encode(labels)
+    data = finetune.image_dataset(paths, y, SIZE, batch_size=5, cache_limit_mb=cache_limit_mb)
+    for _ in range(2):  # the second pass reads the cache
+        xs, ys = zip(*[(x.numpy(), t.numpy()) for x, t in data])
+        expected = np.stack([decode_image(tf.io.read_file(p), SIZE).numpy() for p in paths])
+        np.testing.assert_array_equal(np.concatenate(xs), expected)
+        np.testing.assert_array_equal(np.concatenate(ys), y)
+
+
+def test_image_dataset_rejects_empty_and_mismatched_lists() -> None:
+    with pytest.raises(finetune.FineTuneError, match="image list is empty"):
+        finetune.image_dataset([], [], SIZE, 4)
+    with pytest.raises(finetune.FineTuneError, match="2 image paths but 1 labels"):
+        finetune.image_dataset(["a.jpeg", "b.jpeg"], [0], SIZE, 4)
+
+
+def test_early_stopping_restores_the_start_when_no_epoch_beats_it() -> None:
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    start = [np.array(w) for w in model.get_weights()]
+    stopper = finetune.EarlyStoppingFromStart(start_value=0.5, monitor="val_loss", patience=1,
+                                              restore_best_weights=True)
+    stopper.set_model(model)
+    stopper.on_train_begin()
+    for epoch, loss in enumerate([0.7, 0.9]):
+        model.set_weights([w + 1.0 + epoch for w in start])
+        stopper.on_epoch_end(epoch, {"val_loss": loss})
+    stopper.on_train_end()
+    assert stopper.best_epoch == -1 and model.stop_training
+    for weight, old in zip(model.get_weights(), start):
+        np.testing.assert_array_equal(weight, old)
+
+
+def test_early_stopping_keeps_an_epoch_that_beats_the_start() -> None:
+    model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
+    start = model.get_weights()
+    stopper = finetune.EarlyStoppingFromStart(start_value=0.5, monitor="val_loss", patience=3,
+                                              restore_best_weights=True)
+    stopper.set_model(model)
+    stopper.on_train_begin()
+    for epoch, loss in enumerate([0.6, 0.4, 0.45]):
+        model.set_weights([w + epoch + 1 for w in start])
+        stopper.on_epoch_end(epoch, {"val_loss": loss})
+    stopper.on_train_end()
+    assert stopper.best_epoch == 1
+    np.testing.assert_array_equal(model.get_weights()[1], start[1] + 2)
+
+
+def test_missing_bottlenecks_say_how_to_load_them() -> None:
+    trained = fake_trained()
+    trained.train_bottlenecks = trained.validation_bottlenecks = None
+    with pytest.raises(finetune.FineTuneError, match=r"course.load_trained\(settings\)"):
+        finetune.fine_tune(trained, finetune.FineTuneOptions(epochs=1))
+
+
+# -- end to end: fine-tune, compare, export -----------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained_tiny(photos: tuple[list[str], list[str]], tmp_path_factory: pytest.TempPathFactory):
+    from workshop_utils.trainer import ImageClassificationTrainer, Options
+
+    paths, labels = photos
+    frame = pd.DataFrame({"image_path": paths, "label": labels})
+    options = Options(arch="EfficientNetLite0", epoch=3, batch_size=4, weights=None, image_size=SIZE,
+                      early_stopping=None, workspace_path=str(tmp_path_factory.mktemp("ws")), progress=False)
+    return ImageClassificationTrainer(options).fit(frame.iloc[:8], frame.iloc[8:])
+
+
+def test_fine_tune_trains_compares_and_exports_what_it_trained(trained_tiny, tmp_path, capsys) -> None:
+    from workshop_utils.model_io import Classifier
+
+    options = finetune.FineTuneOptions(unfreeze=0.2, epochs=2, batch_size=4, patience=5, learning_rate=1e-3)
+    result, before, after = finetune.run_fine_tune(trained_tiny, options, export_dir=tmp_path / "model", quiet=True)
+    printed = capsys.readouterr().out
+    assert "head only" in printed and "fine-tuned" in printed and "MacroAccuracy" in printed
+    assert list(result.history["epoch"]) == [1, 2] and set(result.history) >= {"loss", "val_loss", "seconds"}
+    assert 0 <= result.best_epoch <= 2 and result.layers.trainable > 0
+    assert after.log_loss <= result.start_loss + 1e-4  # the start is kept when no epoch beats it
+    np.testing.assert_allclose(before.log_loss, result.start_loss, atol=1e-4)  # composed = head on bottlenecks
+    exported = Classifier.load(tmp_path / "model")
+    paths = result.validation_paths
+    scores = exported.predict_proba([open(p, "rb").read() for p in paths])
+    np.testing.assert_allclose(scores, result.validation_probabilities, atol=1e-5)
+    np.testing.assert_allclose(result.predict_files(paths), result.validation_probabilities, atol=1e-5)
+
+
+def test_cli_flags_parse_and_reject_bad_values(capsys) -> None:
+    from workshop_utils.cli import build_parser
+
+    args = build_parser().parse_args(["run", "--fine-tune", "--unfreeze", "0.25", "--fine-tune-epochs", "4"])
+    assert args.fine_tune and args.unfreeze == 0.25 and args.fine_tune_epochs == 4
+    assert build_parser().parse_args(["run", "--unfreeze", "20"]).unfreeze == 20
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--fine-tune", "--unfreeze", "2.5"])
+    assert "whole number of layers >= 0 or a fraction between 0 and 1, got 2.5" in capsys.readouterr().err
+
+
+# -- plots ---------------------------------------------------------------------------------------------------
+def test_augmentation_grid_and_confusion_pair_plots() -> None:
+    from workshop_utils import plots
+    from workshop_utils.metrics import evaluate
+
+    x = pixels(3)
+    fig = plots.plot_augmentation_grid(x[0], list(x[1:]), ncols=2)
+    assert sum(ax.get_visible() for ax in fig.axes) == 3
+    with pytest.raises(plots.PlotError, match="versions is empty"):
+        plots.plot_augmentation_grid(x[0], [])
+    with pytest.raises(plots.PlotError, match=r"an image must be \(height, width, 3\) RGB, got shape \(4, 4\)"):
+        plots.plot_augmentation_grid(np.zeros((4, 4)), [x[0]])
+    y = np.array([0, 1, 1, 0])
+    before = evaluate(y, np.array([[0.6, 0.4], [0.7, 0.3], [0.2, 0.8], [0.9, 0.1]]), CLASSES, name="head only")
+    after = evaluate(y, np.array([[0.8, 0.2], [0.4, 0.6], [0.1, 0.9], [0.9, 0.1]]), CLASSES, name="fine-tuned")
+    fig = plots.plot_confusion_pair(before, after)
+    titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
+    assert any("macro 0.750" in t for t in titles) and any("macro 1.000" in t for t in titles)
+    table = finetune.compare(before, after)
+    assert table.loc["MacroAccuracy", "change"] == pytest.approx(0.25)
+    assert finetune.one_image_macro(before) == pytest.approx(1 / (2 * 2))

@@ -1,0 +1,475 @@
+"""Fine-tuning: train the top of the backbone together with the head, on augmented images (notebook 07).
+
+ML.NET stops after the head: the backbone stays frozen for good. Here the trained head and the backbone are
+composed into one Keras model, the top ``unfreeze`` layers of the backbone are made trainable (BatchNorm
+layers excepted: they stay frozen and in inference mode) and the whole model trains end to end on the
+photos at a low learning rate, with Keras preprocessing layers as data augmentation and ``EarlyStopping``
+on the validation log-loss. Notebook 07 writes the same steps out in cells; :func:`run_fine_tune` is the
+one call the command line uses.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .architectures import get_architecture
+from .config import import_tensorflow
+from .images import decode_image
+
+tf = import_tensorflow()
+import keras  # noqa: E402
+
+AUGMENT_LAYER, FEATURES_LAYER, HEAD_LAYER = "augmentation", "features", "head"
+
+
+class FineTuneError(ValueError):
+    """A fine-tuning setting or input the user can fix (unfreeze depth, epochs, missing images)."""
+
+
+# ---------------------------------------------------------------------------------------------------
+# Options and device-dependent defaults
+
+
+@dataclass(frozen=True)
+class FineTuneOptions:
+    """How to fine-tune. ``unfreeze``: layers counted from the top of the backbone (an int >= 0) or a
+    fraction of them (0 < x < 1), so that the same value means the same depth for every architecture."""
+
+    unfreeze: float = 1 / 3
+    epochs: int = 15
+    learning_rate: float = 1e-4  # Adam; the Keras/TF guides fine-tune at 1e-4 … 1e-5
+    batch_size: int = 16
+    patience: int = 4  # EarlyStopping on the validation log-loss, best weights restored
+    augmentation: float = 0.1  # strength: rotation (fraction of a turn), zoom, translation, contrast
+    mixed_precision: bool = False  # float16 compute (GPU only), the head stays float32
+    seed: int = 0
+    cache_limit_mb: int = 3000  # decoded images are cached in memory up to this size, else re-decoded
+
+    def check(self) -> None:
+        """Raise :class:`FineTuneError` naming the bad value and its valid range."""
+        u = self.unfreeze
+        if isinstance(u, bool) or not isinstance(u, (int, float, np.integer, np.floating)) or not math.isfinite(u) \
+                or u < 0 or (u >= 1 and float(u) != int(u)):
+            raise FineTuneError(
+                f"unfreeze={u!r} is not a layer count or a fraction: use a whole number >= 0 (layers from the top "
+                "of the backbone) or a fraction between 0 and 1 (e.g. 0.33 for the top third)."
+            )
+        if int(self.epochs) < 1:
+            raise FineTuneError(f"epochs={self.epochs} must be at least 1 (--fine-tune-epochs).")
+        if int(self.batch_size) < 1:
+            raise FineTuneError(f"batch_size={self.batch_size} must be at least 1.")
+        if not self.learning_rate > 0:
+            raise FineTuneError(f"learning_rate={self.learning_rate} must be above 0 (fine-tuning uses ~1e-4).")
+        if not 0 <= self.augmentation < 0.5:
+            raise FineTuneError(f"augmentation={self.augmentation} must be in [0, 0.5) (0 = no augmentation).")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def gpu_available() -> bool:
+    """True when TensorFlow sees a GPU."""
+    return bool(tf.config.list_physical_devices("GPU"))
+
+
+# Measured on the 2-core CI CPU (`python -m workshop_utils.bench`): one fine-tuning epoch of EfficientNet-Lite0
+# at 224² (top third unfrozen, batch 16) costs 1.6x the frozen bottleneck pass over the same images. At the
+# ~100 images/s of that pass, ~1,210 training photos take ~20 s per epoch plus ~3 s of validation, so 15
+# epochs (at most: early stopping) are ~6 minutes: `run --fine-tune` (bottlenecks, head, fine-tuning, export)
+# stays inside 30 minutes even on a machine three times slower. A GPU does 30 epochs at batch 64 in mixed precision in less time.
+DEFAULTS: dict[str, FineTuneOptions] = {
+    "quick": FineTuneOptions(unfreeze=12, epochs=3, learning_rate=1e-4, batch_size=16, patience=2,
+                             augmentation=0.05),
+    "full": FineTuneOptions(epochs=15, patience=4),
+    "full-gpu": FineTuneOptions(epochs=30, batch_size=64, patience=5, mixed_precision=True),
+}
+
+
+def default_options(profile: str = "full", gpu: bool | None = None, **overrides: Any) -> FineTuneOptions:
+    """The fine-tuning defaults for a profile name and device (``gpu=None``: detect), with overrides.
+
+    The quick profile keeps to a couple of minutes on 2 CPU cores; the full profile trains the top third of
+    the backbone, and more epochs at a larger batch with mixed precision where a GPU is found.
+    """
+    name = getattr(profile, "name", profile)
+    gpu = gpu_available() if gpu is None else gpu
+    key = "quick" if name == "quick" else ("full-gpu" if gpu else "full")
+    options = DEFAULTS[key]
+    if gpu and key == "quick":
+        options = replace(options, mixed_precision=True)
+    options = replace(options, **{k: v for k, v in overrides.items() if v is not None})
+    options.check()
+    return options
+
+
+# ---------------------------------------------------------------------------------------------------
+# The model: augmentation -> backbone (pretrained) -> head (trained in 03)
+
+
+def build_augmentation(strength: float = 0.1, seed: int = 0) -> keras.Sequential:
+    """Keras preprocessing layers that change a photo a little at every training step; off at inference."""
+    layers: list[keras.layers.Layer] = [keras.layers.RandomFlip("horizontal", seed=seed)]
+    if strength > 0:
+        layers += [
+            keras.layers.RandomRotation(strength, fill_mode="reflect", seed=seed + 1),
+            keras.layers.RandomZoom((-strength, strength), fill_mode="reflect", seed=seed + 2),
+            keras.layers.RandomTranslation(strength, strength, fill_mode="reflect", seed=seed + 3),
+            keras.layers.RandomContrast(min(2 * strength, 0.9), value_range=(0, 255), seed=seed + 4),
+        ]
+    return keras.Sequential(layers, name=AUGMENT_LAYER)
+
+
+def head_layer(trained: Any) -> keras.layers.Dense:
+    """A float32 Dense softmax layer holding the trained head's kernel and bias (built, ready to call)."""
+    kernel = np.asarray(trained.kernel, dtype=np.float32)
+    bias = np.asarray(trained.bias, dtype=np.float32).reshape(-1)
+    head = keras.layers.Dense(kernel.shape[1], activation="softmax", dtype="float32", name=HEAD_LAYER)
+    head.build((None, kernel.shape[0]))
+    head.set_weights([kernel, bias])
+    return head
+
+
+def compose_model(trained: Any, augmentation: keras.layers.Layer | None = None, weights: Any = "trained",
+                  mixed_precision: bool = False) -> keras.Model:
+    """Pixels (RGB 0–255, the head's image size) → [augmentation] → backbone → trained head, one model.
+
+    ``weights="trained"`` uses the weights the head was trained on. With ``mixed_precision`` the backbone
+    computes in float16 (a GPU's fast path) while the head, and so the probabilities, stay float32.
+    """
+    arch = get_architecture(trained.arch)
+    size = arch.resolve_input_size(trained.image_size)
+    weights = trained.backbone_weights if weights == "trained" else weights
+    previous = keras.mixed_precision.global_policy()
+    if mixed_precision:
+        keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        features = arch.build(weights, size)  # a new copy: training it must not touch the shared extractor
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    features.name = FEATURES_LAYER
+    width = int(features.output.shape[-1])
+    if np.shape(trained.kernel) != (width, len(trained.label_map.names)):
+        raise FineTuneError(
+            f"The head's kernel has shape {np.shape(trained.kernel)} but {arch.name} gives {width} features for "
+            f"{len(trained.label_map.names)} classes; it was trained with another architecture: retrain it (03)."
+        )
+    inputs = keras.Input(shape=(*size, 3), dtype="float32", name="rgb_0_255")
+    x = augmentation(inputs) if augmentation is not None else inputs
+    outputs = head_layer(trained)(features(x))
+    return keras.Model(inputs, outputs, name=f"{arch.name}_fine_tuned")
+
+
+def inner_backbone(model: keras.Model) -> keras.Model:
+    """The pretrained network inside a composed model (the deepest nested model whose output is pooled)."""
+    for layer in model.layers:
+        if isinstance(layer, keras.Model) and layer.name != AUGMENT_LAYER:
+            nested = [sub for sub in layer.layers if isinstance(sub, keras.Model)]
+            return inner_backbone(layer) if nested else layer
+    raise FineTuneError(f"Model {model.name!r} has no nested backbone model; build it with compose_model().")
+
+
+@dataclass(frozen=True)
+class LayerCounts:
+    """How a backbone was split by :func:`unfreeze_top` (InputLayer not counted)."""
+
+    layers: int  # layers in the backbone
+    top: int  # layers in the unfrozen top part (BatchNorm included)
+    trainable: int  # layers that now train: the top part minus its BatchNorm layers
+    batchnorm_frozen: int  # BatchNorm layers inside the top part, kept frozen
+    frozen: int  # layers that do not train
+    trainable_weights: int  # scalar weights that now train (in the backbone)
+
+
+def resolve_unfreeze(unfreeze: float, n_layers: int) -> int:
+    """How many layers from the top ``unfreeze`` means: a count (capped) or a fraction of ``n_layers``."""
+    FineTuneOptions(unfreeze=unfreeze).check()
+    if 0 < unfreeze < 1:
+        return max(1, int(round(unfreeze * n_layers)))
+    return min(int(unfreeze), n_layers)
+
+
+def unfreeze_top(backbone: keras.Model, unfreeze: float) -> LayerCounts:
+    """Make the top ``unfreeze`` layers of ``backbone`` trainable, all others frozen; BatchNorm stays frozen.
+
+    Frozen BatchNorm layers also run in inference mode in Keras 3, so their moving mean and variance (the
+    ImageNet statistics the weights rely on) are never updated by small, augmented batches.
+    """
+    layers = [layer for layer in backbone.layers if not isinstance(layer, keras.layers.InputLayer)]
+    top = resolve_unfreeze(unfreeze, len(layers))
+    backbone.trainable = True
+    for i, layer in enumerate(layers):
+        in_top = i >= len(layers) - top
+        layer.trainable = in_top and not isinstance(layer, keras.layers.BatchNormalization)
+    if top == 0:
+        backbone.trainable = False
+    top_layers = layers[len(layers) - top:]
+    bn = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in top_layers)
+    trainable = sum(layer.trainable for layer in layers) if top else 0
+    return LayerCounts(
+        layers=len(layers), top=top, trainable=trainable, batchnorm_frozen=bn, frozen=len(layers) - trainable,
+        trainable_weights=int(sum(np.prod(w.shape) for w in backbone.trainable_weights)),
+    )
+
+
+# ---------------------------------------------------------------------------------------------------
+# Data: files -> decoded pixels (the same decoding as the bottlenecks) -> batches
+
+
+def image_dataset(paths: Sequence[str], labels: Sequence[int], image_size: tuple[int, int], batch_size: int,
+                  shuffle: bool = False, seed: int = 0, cache_limit_mb: float = 3000) -> tf.data.Dataset:
+    """(pixels, label) batches read from files with :func:`workshop_utils.images.decode_image`.
+
+    Decoded images are cached in memory when they fit in ``cache_limit_mb`` (every epoch after the first
+    then skips JPEG decoding); otherwise the encoded bytes are cached and decoded again each epoch.
+    """
+    if len(paths) == 0:
+        raise FineTuneError("No images to fine-tune on: the image list is empty; run the bottleneck phase (02) first.")
+    if len(paths) != len(labels):
+        raise FineTuneError(f"{len(paths)} image paths but {len(labels)} labels: they must match row by row.")
+    h, w = image_size
+    decoded_mb = len(paths) * h * w * 3 * 4 / 1e6
+    data = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(labels, dtype=np.int32)))
+    data = data.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE)
+    decode = lambda b, y: (decode_image(b, (h, w)), y)  # noqa: E731
+    if decoded_mb <= cache_limit_mb:
+        data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
+    else:
+        data = data.cache()
+    if shuffle:
+        data = data.shuffle(len(paths), seed=seed, reshuffle_each_iteration=True)
+    if decoded_mb > cache_limit_mb:
+        data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE)
+    return data.batch(batch_size).prefetch(tf.data.AUTOTUNE)
+
+
+def _paths_and_labels(bottlenecks: Any, label_map: Any) -> tuple[list[str], np.ndarray]:
+    if bottlenecks is None or len(bottlenecks.image_paths) == 0:
+        raise FineTuneError(
+            "The trained classifier has no bottlenecks attached (train/validation image lists): load it with "
+            "course.load_trained(settings), which attaches them."
+        )
+    return list(bottlenecks.image_paths), np.asarray(label_map.encode(bottlenecks.labels), dtype=np.int32)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Training
+
+
+class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
+    """Keras' ``EarlyStopping`` that counts the starting model as "epoch 0" of the comparison.
+
+    The head-only model is already good: if no fine-tuning epoch beats its validation score, the starting
+    weights are restored instead of the least bad fine-tuned epoch, so fine-tuning never makes it worse.
+    """
+
+    def __init__(self, start_value: float | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.start_value = start_value
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        super().on_train_begin(logs)
+        if self.start_value is not None:
+            self.best = float(self.start_value)
+            self.best_epoch = -1  # -1: the starting weights
+            if self.restore_best_weights:
+                self.best_weights = self.model.get_weights()
+
+
+class TqdmProgress(keras.callbacks.Callback):
+    """One tqdm bar over all training steps, with the last epoch's validation loss and accuracy."""
+
+    def __init__(self, epochs: int, steps: int, enabled: bool = True) -> None:
+        super().__init__()
+        self.epochs, self.steps, self.enabled, self.bar = epochs, steps, enabled, None
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        from tqdm.auto import tqdm
+
+        self.bar = tqdm(total=self.epochs * self.steps, desc="Fine-tuning", unit="batch", disable=not self.enabled)
+
+    def on_train_batch_end(self, batch: int, logs: dict | None = None) -> None:
+        self.bar.update(1)
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        logs = logs or {}
+        self.bar.set_postfix(epoch=epoch + 1, val_loss=f"{logs.get('val_loss', float('nan')):.3f}",
+                             val_acc=f"{logs.get('val_accuracy', float('nan')):.3f}")
+
+    def on_train_end(self, logs: dict | None = None) -> None:
+        self.bar.close()
+
+
+@dataclass
+class FineTuned:
+    """A fine-tuned end-to-end model (pixels in, probabilities out) and how it got there."""
+
+    model: keras.Model
+    options: FineTuneOptions
+    layers: LayerCounts
+    history: pd.DataFrame  # epoch (1-based), loss, accuracy, val_loss, val_accuracy, seconds
+    best_epoch: int  # 0 = the starting (head-only) weights were kept
+    start_loss: float  # validation log-loss before fine-tuning
+    seconds: float
+    seconds_per_epoch: float
+    validation_probabilities: np.ndarray = field(repr=False, default=None)
+    validation_labels: np.ndarray = field(repr=False, default=None)
+    validation_paths: list[str] = field(repr=False, default_factory=list)
+
+    def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """Probabilities (N, C) for image files, decoded exactly as in training."""
+        size = tuple(self.model.input.shape[1:3])
+        data = image_dataset(paths, np.zeros(len(paths), np.int32), size, batch_size, cache_limit_mb=0)
+        return predict(self.model, data)
+
+
+class EpochTimer(keras.callbacks.Callback):
+    """Records the wall-clock seconds of every epoch in ``seconds`` (the first includes tracing and decoding)."""
+
+    def on_train_begin(self, logs: dict | None = None) -> None:
+        self.seconds: list[float] = []
+
+    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+        self._start = time.perf_counter()
+
+    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+        self.seconds.append(time.perf_counter() - self._start)
+
+
+def predict(model: keras.Model, data: tf.data.Dataset) -> np.ndarray:
+    """Probabilities for every batch of a (pixels, label) dataset, in order, as float32 (N, C)."""
+    return np.asarray(model.predict(data.map(lambda x, y: x), verbose=0), dtype=np.float32)
+
+
+def fine_tune(trained: Any, options: FineTuneOptions | None = None, progress: bool = True,
+              verbose: bool = False) -> FineTuned:
+    """Compose backbone + trained head, unfreeze the top of the backbone and train end to end on the photos.
+
+    ``trained``: a ``TrainedClassifier`` with its bottlenecks attached (``course.load_trained``), whose
+    image lists (the images that decoded) are the training and validation photos.
+    """
+    options = options or default_options()
+    options.check()
+    keras.utils.set_random_seed(options.seed)
+    train_paths, train_y = _paths_and_labels(trained.train_bottlenecks, trained.label_map)
+    val_paths, val_y = _paths_and_labels(trained.validation_bottlenecks, trained.label_map)
+    augmentation = build_augmentation(options.augmentation, options.seed)
+    model = compose_model(trained, augmentation, mixed_precision=options.mixed_precision)
+    counts = unfreeze_top(inner_backbone(model), options.unfreeze)
+    size = tuple(model.input.shape[1:3])
+    train_data = image_dataset(train_paths, train_y, size, options.batch_size, shuffle=True, seed=options.seed,
+                               cache_limit_mb=options.cache_limit_mb)
+    val_data = image_dataset(val_paths, val_y, size, max(options.batch_size, 32),
+                             cache_limit_mb=options.cache_limit_mb)
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate),
+                  loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    start_loss, _ = model.evaluate(val_data, verbose=0)
+    timer = EpochTimer()
+    stopper = EarlyStoppingFromStart(start_value=start_loss, monitor="val_loss", patience=options.patience,
+                                     restore_best_weights=True)
+    steps = math.ceil(len(train_paths) / options.batch_size)
+    started = time.perf_counter()
+    history = model.fit(train_data, validation_data=val_data, epochs=options.epochs, verbose=2 if verbose else 0,
+                        shuffle=False,  # the dataset reshuffles itself every epoch
+                        callbacks=[stopper, timer, TqdmProgress(options.epochs, steps, progress)])
+    seconds = time.perf_counter() - started
+    frame = pd.DataFrame(history.history)
+    frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
+    frame["seconds"] = timer.seconds
+    probabilities = predict(model, val_data)
+    return FineTuned(
+        model=model, options=options, layers=counts, history=frame, best_epoch=int(stopper.best_epoch) + 1,
+        start_loss=float(start_loss), seconds=seconds, seconds_per_epoch=float(np.median(timer.seconds[1:] or timer.seconds)),
+        validation_probabilities=probabilities, validation_labels=val_y, validation_paths=val_paths,
+    )
+
+
+def inference_model(model: keras.Model) -> keras.Model:
+    """The same model without its augmentation layer (a no-op at inference anyway), sharing the weights: for export.
+
+    The model must be a chain (each layer feeds the next), as :func:`compose_model` and notebook 07 build it.
+    """
+    layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
+    if AUGMENT_LAYER not in [layer.name for layer in layers]:
+        return model
+    inputs = keras.Input(shape=model.input.shape[1:], dtype="float32", name="rgb_0_255")
+    x = inputs
+    for layer in layers:
+        if isinstance(layer.input, (list, tuple)):
+            raise FineTuneError(
+                f"Layer {layer.name!r} of {model.name!r} takes several inputs: inference_model() handles chains "
+                "only (augmentation → backbone → head); export the model as it is instead."
+            )
+        if layer.name != AUGMENT_LAYER:
+            x = layer(x)
+    return keras.Model(inputs, x, name=model.name)
+
+
+# ---------------------------------------------------------------------------------------------------
+# Before / after
+
+
+def compare(before: Any, after: Any) -> pd.DataFrame:
+    """ML.NET's scalar metrics and per-class log-loss of two evaluations side by side, with the change."""
+    rows: dict[str, tuple[float, float]] = {
+        "MicroAccuracy": (before.micro_accuracy, after.micro_accuracy),
+        "MacroAccuracy": (before.macro_accuracy, after.macro_accuracy),
+        "LogLoss": (before.log_loss, after.log_loss),
+        "LogLossReduction": (before.log_loss_reduction, after.log_loss_reduction),
+    }
+    for name, b, a in zip(before.class_names, before.per_class_log_loss, after.per_class_log_loss):
+        rows[f"LogLoss ({name})"] = (b, a)
+    frame = pd.DataFrame(rows, index=[before.name or "before", after.name or "after"]).T
+    frame["change"] = frame.iloc[:, 1] - frame.iloc[:, 0]
+    return frame
+
+
+def one_image_macro(metrics: Any) -> float:
+    """How much macro accuracy one validation image can move: 1 / (classes × images of the smallest class)."""
+    support = np.asarray(metrics.support)
+    present = support[support > 0]
+    return float(1.0 / (len(present) * present.min()))
+
+
+def run_fine_tune(trained: Any, options: FineTuneOptions, export_dir: Path | None = None,
+                  quiet: bool = False) -> tuple[FineTuned, Any, Any]:
+    """The command line's fine-tuning step: fine-tune, print before/after metrics, export; (result, before, after)."""
+    from .metrics import evaluate
+
+    validation = trained.validation_bottlenecks
+    before = evaluate(validation.label_indices(trained.label_map), trained.predict_proba(validation.features),
+                      trained.label_map, name="head only")
+    counts_note = f"top {options.unfreeze:g} of the backbone's layers" if options.unfreeze < 1 else \
+        f"top {int(options.unfreeze)} backbone layers"
+    print(f"Fine-tuning {trained.arch}: {counts_note}, up to {options.epochs} epochs, batch {options.batch_size}, "
+          f"Adam lr {options.learning_rate:g}, augmentation {options.augmentation:g}"
+          f"{', mixed precision' if options.mixed_precision else ''}.")
+    result = fine_tune(trained, options, progress=not quiet)
+    after = evaluate(result.validation_labels, result.validation_probabilities, trained.label_map, name="fine-tuned")
+    print(f"Fine-tuned {result.layers.trainable} of {result.layers.layers} backbone layers "
+          f"({result.layers.batchnorm_frozen} BatchNorm kept frozen) in {result.seconds:.0f} s, "
+          f"{result.seconds_per_epoch:.1f} s per epoch; best epoch {result.best_epoch} of {len(result.history)}"
+          f"{' (the head-only weights were kept)' if result.best_epoch == 0 else ''}.")
+    if not quiet:
+        print(after)
+    print(compare(before, after).round(4).to_string())
+    if export_dir is not None:
+        from .model_io import export_model
+
+        out = export_model(trained, export_dir, metrics=after, model=inference_model(result.model))
+        print(f"Fine-tuned model exported to {out} — try: python -m workshop_utils predict {out} IMAGE")
+    return result, before, after
+
+
+def cli_fine_tune(trained: Any, profile: str, unfreeze: float | None, epochs: int | None, seed: int,
+                  export_dir: Path | None, quiet: bool = False) -> int:
+    """``run --fine-tune``: the profile's (and device's) defaults with the flags on top; returns the exit code."""
+    options = default_options(profile, unfreeze=unfreeze, epochs=epochs, seed=seed)
+    run_fine_tune(trained, options, export_dir=export_dir, quiet=quiet)
+    return 0
