@@ -32,6 +32,7 @@ TARGETS = {
     "cache_speedup": ("≥", 50.0),
     "head_train_seconds": ("≤", 15.0),
     "naive_vs_cached_speedup": ("≥", 10.0),
+    "fingerprint_vs_decode": ("≤", 0.05),
 }
 
 
@@ -168,29 +169,44 @@ def _bottlenecks(features: np.ndarray, labels: list[str], arch: str, size: tuple
 
 
 def bench_head(s: BenchSettings) -> dict[str, Any]:
-    """(3) 200 epochs of the softmax head over cached features vs scikit-learn's LogisticRegression."""
+    """(3) 200 epochs of the softmax head with validation every epoch: ours, a plain Keras fit, scikit-learn."""
+    import keras
     from sklearn.linear_model import LogisticRegression
 
-    from .trainer import ImageClassificationTrainer, Options
+    from .trainer import ImageClassificationTrainer, Options, build_head
 
-    x, y = structured_features(s.head_samples, s.head_features, s.head_classes)
-    labels = [f"class_{k}" for k in y]
-    train = _bottlenecks(x, labels, s.arch, (224, 224))
+    n_val = max(s.head_samples // 4, 1)
+    x_all, y_all = structured_features(s.head_samples + n_val, s.head_features, s.head_classes)
+    x, y, xv, yv = x_all[:s.head_samples], y_all[:s.head_samples], x_all[s.head_samples:], y_all[s.head_samples:]
+    labels = [f"class_{k}" for k in y_all]
+    train = _bottlenecks(x, labels[:s.head_samples], s.arch, (224, 224))
+    validation = _bottlenecks(xv, labels[s.head_samples:], s.arch, (224, 224))
     options = Options(arch=s.arch, epoch=s.head_epochs, batch_size=s.head_batch_size, early_stopping=None,
                       test_on_train_set=True, progress=False)
     trainer = ImageClassificationTrainer(options)
-    trainer.fit_features(_bottlenecks(x[:20], labels[:20], s.arch, (224, 224)), None)  # trace once
     started = time.perf_counter()
-    trained = trainer.fit_features(train, None)
-    head_seconds = time.perf_counter() - started
+    trained = trainer.fit_features(train, validation)
+    head_seconds = time.perf_counter() - started  # tracing included: a learner pays it too
+
+    # Keras' plain recipe: fit on numpy arrays, one Python step per batch. Timed over a few epochs, scaled.
+    plain_epochs = min(s.head_epochs, 10)
+    plain = build_head(s.head_features, s.head_classes)
+    plain.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
+    plain.fit(x[:s.head_batch_size], y[:s.head_batch_size], epochs=1, verbose=0)  # trace once
+    started = time.perf_counter()
+    plain.fit(x, y, batch_size=s.head_batch_size, epochs=plain_epochs, validation_data=(xv, yv), verbose=0)
+    plain_seconds = (time.perf_counter() - started) * s.head_epochs / plain_epochs
+
     started = time.perf_counter()
     LogisticRegression(max_iter=1000).fit(x, y)
     sklearn_seconds = time.perf_counter() - started
-    final = trained.history[trained.history["dataset"] == "Train"].iloc[-1]
+    final = trained.history[trained.history["dataset"] == "Validation"].iloc[-1]
     return {
         "head_train_seconds": head_seconds,
         "head_train_epochs": s.head_epochs,
         "head_train_final_accuracy": float(final["accuracy"]),
+        "plain_fit_seconds": plain_seconds,
+        "plain_fit_epochs_timed": plain_epochs,
         "sklearn_seconds": sklearn_seconds,
         "head_train_vs_sklearn": head_seconds / sklearn_seconds,
     }
@@ -254,6 +270,94 @@ def bench_naive(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> dict[
         "naive_accuracy": naive_accuracy,
         "naive_accuracy_after_epochs": s.naive_epochs_run,
         "cached_accuracy": cached_accuracy,
+    }
+
+
+def bench_finetune(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds: float) -> dict[str, Any]:
+    """(6) one fine-tuning epoch (07's defaults for a CPU: top third unfrozen, augmentation, Adam) over the
+    same N images, as a ratio to the frozen bottleneck pass over them; images cached after the first epoch."""
+    from types import SimpleNamespace
+
+    import keras
+
+    from .architectures import get_architecture
+    from .data import LabelMap
+    from .finetune import (build_augmentation, compose_model, default_options, image_dataset, inner_backbone,
+                           unfreeze_top)
+
+    arch = get_architecture(s.arch)
+    size = arch.resolve_input_size(s.image_size)
+    label_map = LabelMap.from_labels(list(frame["label"]))
+    options = default_options("full", gpu=False)
+    fake = SimpleNamespace(arch=arch.name, image_size=size, backbone_weights=s.weights, label_map=label_map,
+                           kernel=np.zeros((arch.bottleneck_width, len(label_map)), np.float32),
+                           bias=np.zeros(len(label_map), np.float32))
+    keras.utils.set_random_seed(0)
+    model = compose_model(fake, build_augmentation(options.augmentation))
+    unfreeze_top(inner_backbone(model), options.unfreeze)
+    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="sparse_categorical_crossentropy")
+    data = image_dataset(list(frame["image_path"]), label_map.encode(frame["label"]), size, options.batch_size,
+                         shuffle=True)
+    started = time.perf_counter()
+    model.fit(data, epochs=1, verbose=0, shuffle=False)  # traces, decodes and caches the images
+    first_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    model.fit(data, epochs=1, verbose=0, shuffle=False)
+    epoch_seconds = time.perf_counter() - started
+    return {
+        "finetune_unfreeze": options.unfreeze,
+        "finetune_batch_size": options.batch_size,
+        "finetune_first_epoch_seconds": first_seconds,
+        "finetune_epoch_seconds": epoch_seconds,
+        "finetune_images_per_second": len(frame) / epoch_seconds,
+        "finetune_vs_bottleneck": epoch_seconds / bottleneck_seconds,
+    }
+
+
+def bench_fingerprint(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds: float) -> dict[str, Any]:
+    """(7) what the cache fingerprint costs: SHA-1 of every image's bytes, and the header check (format, pixel
+    limit), each next to decoding the same images (read + decode + resize, as the pipeline does). All on one
+    thread, files in the page cache; also as a share of the whole bottleneck pass over them."""
+    tf = import_tensorflow()
+    from .architectures import get_architecture
+    from .bottleneck import _content_hash
+    from .images import decode_image
+    from .predictions import DEFAULT_MAX_PIXELS, check_image_file
+
+    size = get_architecture(s.arch).resolve_input_size(s.image_size)
+    paths = [str(p) for p in frame["image_path"]]
+    decode = (tf.data.Dataset.from_tensor_slices(paths)
+              .map(lambda p: decode_image(tf.io.read_file(p), size)))  # one image at a time, like the hashing
+
+    def hash_all() -> None:
+        for path in paths:
+            with open(path, "rb") as fh:
+                _content_hash(fh)
+
+    def check_all() -> None:
+        for path in paths:
+            check_image_file(path, DEFAULT_MAX_PIXELS)
+
+    def timed(run) -> float:
+        run()  # warm: traced, files read once
+        best = float("inf")
+        for _ in range(3):
+            started = time.perf_counter()
+            run()
+            best = min(best, time.perf_counter() - started)
+        return best
+
+    decode_seconds = timed(lambda: [None for _ in decode])
+    hash_seconds = timed(hash_all)
+    header_seconds = timed(check_all)
+    return {
+        "fingerprint_hash_seconds": hash_seconds,
+        "fingerprint_header_seconds": header_seconds,
+        "fingerprint_decode_seconds": decode_seconds,
+        "fingerprint_vs_decode": hash_seconds / decode_seconds,
+        "header_check_vs_decode": header_seconds / decode_seconds,
+        "fingerprint_vs_bottleneck": (hash_seconds + header_seconds) / bottleneck_seconds,
+        "fingerprint_mean_file_kb": sum(os.path.getsize(p) for p in paths) / len(paths) / 1024,
     }
 
 
@@ -322,7 +426,6 @@ def bench_memory(s: BenchSettings, n: int, workspace: Path) -> dict[str, Any]:
 
 def run_benchmark(settings: BenchSettings, out_dir: Path | None = None) -> dict[str, Any]:
     """Run every measurement and write ``<out_dir>/<date>-<arch>.json``; returns the result dictionary."""
-    out_dir = Path(out_dir or REPO_ROOT / "bench" / "results")
     with tempfile.TemporaryDirectory(prefix="workshop-bench-") as tmp:
         workspace = Path(tmp)
         frame = bench_images(settings.images, workspace / "images")
@@ -330,12 +433,20 @@ def run_benchmark(settings: BenchSettings, out_dir: Path | None = None) -> dict[
         result.update(bench_pipeline(settings, frame, workspace))
         result.update(bench_head(settings))
         result.update(bench_naive(settings, frame, workspace))
+        result.update(bench_fingerprint(settings, frame, result["bottleneck_seconds"]))
+        result.update(bench_finetune(settings, frame, result["bottleneck_seconds"]))
         if settings.memory_probe:
             result.update(bench_memory(settings, max(16, settings.images // 2), workspace))
+    return _write_result(result, out_dir, settings.arch)
+
+
+def _write_result(result: dict[str, Any], out_dir: Path | None, name: str) -> dict[str, Any]:
+    """Add the machine and date, write ``<out_dir>/<date>-<name>.json`` atomically; the result with its ``path``."""
     result["machine"] = machine_info()
     result["date"] = _dt.datetime.now().isoformat(timespec="seconds")
+    out_dir = Path(out_dir or REPO_ROOT / "bench" / "results")
     out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / f"{_dt.date.today().isoformat()}-{settings.arch}.json"
+    path = out_dir / f"{_dt.date.today().isoformat()}-{name}.json"
     tmp_path = path.with_suffix(".json.tmp")
     tmp_path.write_text(json.dumps(result, indent=2, default=str), encoding="utf-8")
     os.replace(tmp_path, path)
@@ -360,13 +471,30 @@ def markdown_table(result: dict[str, Any]) -> str:
          f"{result['pipeline_images_per_second']:.1f} vs {result['forward_images_per_second']:.1f} images/s"),
         ("cache reuse speed-up", "cache_speedup",
          f"{result['bottleneck_seconds']:.2f} s → {result['cache_reuse_seconds'] * 1000:.0f} ms"),
-        (f"head training, {result['head_train_epochs']} epochs of 1,210 × 1,280 (s)", "head_train_seconds",
-         f"scikit-learn LogisticRegression: {result['sklearn_seconds']:.2f} s"),
+        (f"head training, {result['head_train_epochs']} epochs of 1,210 × 1,280, validation every epoch (s)",
+         "head_train_seconds",
+         f"Keras `fit` + `tf.data`; plain `fit` on arrays: {result['plain_fit_seconds']:.0f} s (timed over "
+         f"{result['plain_fit_epochs_timed']} epochs, scaled); scikit-learn LogisticRegression: "
+         f"{result['sklearn_seconds']:.2f} s"),
         (f"bottleneck-once vs naive Keras fit, E = {result['naive_epochs']}", "naive_vs_cached_speedup",
          f"{result['naive_seconds']:.0f} s vs {result['cached_seconds']:.1f} s"
          f"{' (naive timed over %d epochs, scaled)' % result['naive_epochs_run'] if result['naive_extrapolated'] else ''}; "
          f"accuracy {result['naive_accuracy']:.2f} vs {result['cached_accuracy']:.2f}"),
     ]
+    if "finetune_vs_bottleneck" in result:
+        rows.append((f"fine-tuning epoch vs frozen bottleneck pass, same {result['images']} images (07)",
+                     "finetune_vs_bottleneck",
+                     f"{result['finetune_epoch_seconds']:.1f} s per epoch ({result['finetune_images_per_second']:.1f} "
+                     f"images/s, top {result['finetune_unfreeze']:.2g} unfrozen, batch {result['finetune_batch_size']}) "
+                     f"vs {result['bottleneck_seconds']:.1f} s"))
+    if "fingerprint_vs_decode" in result:
+        kb, ms = result["fingerprint_mean_file_kb"], 1000
+        rows.append((f"cache fingerprint: SHA-1 of the image bytes vs decoding them ({kb:.0f} kB files)",
+                     "fingerprint_vs_decode",
+                     f"{result['fingerprint_hash_seconds'] * ms:.0f} ms vs "
+                     f"{result['fingerprint_decode_seconds'] * ms:.0f} ms; header check (pixel limit) "
+                     f"{result['header_check_vs_decode']:.1%} of decoding; hash + header "
+                     f"{result['fingerprint_vs_bottleneck']:.1%} of the bottleneck pass"))
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {', '.join(m['gpus']) or 'none'}, "
              f"TensorFlow {m['tensorflow']}; {result['settings']['arch']}, {result['images']} images.", "",
              "| measure | value | target | details |", "|---|---|---|---|"]
@@ -382,6 +510,194 @@ def markdown_table(result: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _percentiles(seconds: list[float]) -> dict[str, float]:
+    values = np.asarray(seconds, dtype=np.float64) * 1000
+    return {"p50_ms": float(np.percentile(values, 50)), "p95_ms": float(np.percentile(values, 95))}
+
+
+def _start_server_process(model_dir: Path, log_path: Path, timeout: float = 300.0) -> tuple[Any, str]:
+    """``python -m workshop_utils serve MODEL --port 0`` in a child process: (process, its URL) once it answers."""
+    import re
+
+    import requests
+
+    command = [sys.executable, "-m", "workshop_utils", "serve", str(model_dir), "--port", "0"]
+    with open(log_path, "w", encoding="utf-8") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
+                                   env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"The server exited with code {process.returncode}:\n{log_path.read_text()[-2000:]}")
+        found = re.search(r"Web page: (http://\S+/)", log_path.read_text(encoding="utf-8"))
+        if found:
+            try:
+                if requests.get(found.group(1) + "health", timeout=5).status_code == 200:
+                    return process, found.group(1)
+            except requests.ConnectionError:
+                pass
+        time.sleep(0.2)
+    _stop_server_process(process)
+    raise RuntimeError(f"The server did not answer within {timeout:g} s:\n{log_path.read_text()[-2000:]}")
+
+
+def _stop_server_process(process: Any) -> None:
+    import signal
+
+    if process.poll() is None:
+        process.send_signal(signal.SIGINT)  # graceful, like Ctrl+C
+        try:
+            process.wait(30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(10)
+
+
+def bench_serve(model_dir: Path | None = None, clients: int = 8, requests_total: int = 256, photos: int = 64,
+                max_seconds: float = 300.0, rounds: int = 3) -> dict[str, Any]:
+    """(serve) N concurrent clients against ``python -m workshop_utils serve`` on 127.0.0.1, next to in-process
+    ``Classifier.predict_proba`` on the same photos (one at a time, and in batches of 32; median of ``rounds``).
+
+    The server runs in its own process (as in production); clients are threads here, each with its own
+    keep-alive connection. Stops after ``requests_total`` requests or ``max_seconds``. Every answer is
+    checked against the in-process scores (label and largest score difference).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+    import threading
+
+    import requests
+
+    from .model_io import Classifier
+
+    if model_dir is None:
+        from .course import load_exported
+
+        classifier = load_exported(config.setup())
+        model_dir = classifier.directory
+    else:
+        classifier = Classifier.load(model_dir)
+    train, validation = source_images()
+    paths = list(pd.concat([train, validation])["image_path"])[:photos]
+    blobs = [Path(p).read_bytes() for p in paths]
+    names = [Path(p).name for p in paths]
+
+    classifier.predict_proba(blobs[:32], names[:32])  # warm-up (tracing, buffers for a full batch)
+    reference = [classifier.predict_proba([data], [name])[0] for data, name in zip(blobs, names)]
+    single_seconds: list[float] = []
+    single_totals, batch_totals = [], []
+    for _ in range(rounds):  # interleaved, and the median kept: the CPU may be shared with other work
+        started = time.perf_counter()
+        for data, name in zip(blobs, names):
+            t0 = time.perf_counter()
+            classifier.predict_proba([data], [name])
+            single_seconds.append(time.perf_counter() - t0)
+        single_totals.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        for i in range(0, len(blobs), 32):
+            classifier.predict_proba(blobs[i: i + 32], names[i: i + 32])
+        batch_totals.append(time.perf_counter() - started)
+    single_total, batch_total = float(np.median(single_totals)), float(np.median(batch_totals))
+
+    latencies: list[float] = []
+    wrong, failed, worst = 0, 0, 0.0
+    lock = threading.Lock()
+    counter = iter(range(requests_total))
+    with tempfile.TemporaryDirectory(prefix="workshop-bench-serve-") as tmp:
+        process, url = _start_server_process(Path(model_dir), Path(tmp) / "serve.log")
+        try:
+            def client() -> None:
+                nonlocal wrong, failed, worst
+                session = requests.Session()
+                try:
+                    for _ in range(2):  # warm-up: open the connection
+                        session.post(url + "predict", data=blobs[0], timeout=120).raise_for_status()
+                except Exception:
+                    barrier.abort()  # the other clients stop waiting
+                    raise
+                barrier.wait(timeout=600)
+                while time.monotonic() < clock["deadline"]:
+                    with lock:
+                        i = next(counter, None)
+                    if i is None:
+                        break
+                    k = i % len(blobs)
+                    t0 = time.perf_counter()
+                    response = session.post(url + "predict", files={"file": (names[k], blobs[k])}, timeout=120)
+                    elapsed = time.perf_counter() - t0
+                    with lock:
+                        latencies.append(elapsed)
+                        if response.status_code != 200:
+                            failed += 1
+                            continue
+                        answer = response.json()
+                        scores = np.array([answer["scores"][c] for c in classifier.labels])
+                        worst = max(worst, float(np.max(np.abs(scores - reference[k]))))
+                        wrong += answer["label"] != classifier.labels[int(np.argmax(reference[k]))]
+
+            clock: dict[str, float] = {}
+
+            def go() -> None:  # runs once every client is warm, just before they all start
+                clock.update(started=time.perf_counter(), deadline=time.monotonic() + max_seconds)
+
+            barrier = threading.Barrier(clients, action=go)
+            with ThreadPoolExecutor(clients) as pool:
+                for future in [pool.submit(client) for _ in range(clients)]:
+                    future.result()
+            served_total = time.perf_counter() - clock["started"]
+            stats = requests.get(url + "health", timeout=30).json()["scored"]
+        finally:
+            _stop_server_process(process)
+    n = len(latencies)
+    served_ips = n / served_total
+    single_ips = len(blobs) / single_total
+    return {
+        "serve_model": str(model_dir),
+        "serve_arch": (classifier.card or {}).get("arch", classifier.model.name),
+        "serve_clients": clients,
+        "serve_requests": n,
+        "serve_failed": failed,
+        "serve_wrong_labels": int(wrong),
+        "serve_max_score_difference": worst,
+        "serve_images_per_second": served_ips,
+        **{f"serve_{k}": v for k, v in _percentiles(latencies).items()},
+        "serve_mean_batch": stats["images"] / max(stats["batches"], 1),
+        "serve_largest_batch": stats["largest_batch"],
+        "inprocess_single_images_per_second": single_ips,
+        **{f"inprocess_single_{k}": v for k, v in _percentiles(single_seconds).items()},
+        "inprocess_batch_images_per_second": len(blobs) / batch_total,
+        "serve_vs_inprocess_single": served_ips / single_ips,
+        "serve_vs_inprocess_batch": served_ips / (len(blobs) / batch_total),
+        "photos": len(blobs),
+    }
+
+
+def serve_table(result: dict[str, Any]) -> str:
+    """The --serve result as the README's table."""
+    m = result["machine"]
+    r = result
+    return "\n".join([
+        f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {', '.join(m['gpus']) or 'none'}, TensorFlow "
+        f"{m['tensorflow']}; {r['serve_arch']}, {r['photos']} photos, {r['serve_clients']} concurrent clients, "
+        f"{r['serve_requests']} requests.", "",
+        "| scoring | images/s | p50 latency | p95 latency |", "|---|---|---|---|",
+        f"| web API, {r['serve_clients']} concurrent clients (micro-batches: mean {r['serve_mean_batch']:.1f}, "
+        f"largest {r['serve_largest_batch']}) | {r['serve_images_per_second']:.1f} | {r['serve_p50_ms']:.0f} ms | "
+        f"{r['serve_p95_ms']:.0f} ms |",
+        f"| in-process `predict_proba`, one photo per call | {r['inprocess_single_images_per_second']:.1f} | "
+        f"{r['inprocess_single_p50_ms']:.0f} ms | {r['inprocess_single_p95_ms']:.0f} ms |",
+        f"| in-process `predict_proba`, batches of 32 | {r['inprocess_batch_images_per_second']:.1f} | | |",
+        "",
+        f"Web API vs in-process throughput: {r['serve_vs_inprocess_single']:.2f}× one-per-call, "
+        f"{r['serve_vs_inprocess_batch']:.2f}× batches of 32. Answers: {r['serve_failed']} failed, "
+        f"{r['serve_wrong_labels']} wrong labels, largest score difference {r['serve_max_score_difference']:.1g}.",
+    ])
+
+
+def run_serve_benchmark(out_dir: Path | None = None, **kwargs: Any) -> dict[str, Any]:
+    """:func:`bench_serve`, written to ``<out_dir>/<date>-serve.json``; returns the result dictionary."""
+    return _write_result(bench_serve(**kwargs), out_dir, "serve")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m workshop_utils.bench", description=__doc__.splitlines()[0])
@@ -389,6 +705,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=None, help="images for the bottleneck measures (default 512; quick 96)")
     parser.add_argument("--quick", action="store_true", help="small settings, about 3 minutes on 2 CPU cores")
     parser.add_argument("--out", type=Path, default=None, help="result folder (default bench/results)")
+    parser.add_argument("--serve", action="store_true",
+                        help="measure the web API instead: concurrent clients vs in-process scoring")
+    parser.add_argument("--model", type=Path, default=None,
+                        help="--serve: the exported model (default: the profile's workspace/model, made if missing)")
+    parser.add_argument("--clients", type=int, default=8, help="--serve: concurrent clients (default 8)")
+    parser.add_argument("--requests", type=int, default=256, help="--serve: requests in all (default 256)")
     parser.add_argument("--_rss-probe", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("--_settings", default="{}", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
@@ -399,6 +721,11 @@ def main(argv: list[str] | None = None) -> int:
             extra["image_size"] = tuple(extra["image_size"])
         s = replace(BenchSettings(arch=args.arch), **extra)
         print(json.dumps(_rss_probe(s, args._rss_probe, args.out)))
+        return 0
+    if args.serve:
+        result = run_serve_benchmark(args.out, model_dir=args.model, clients=args.clients, requests_total=args.requests)
+        print(serve_table(result))
+        print(f"\nResults written to {result['path']}")
         return 0
     settings = quick_settings(arch=args.arch) if args.quick else BenchSettings(arch=args.arch)
     if args.images:

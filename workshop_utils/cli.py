@@ -1,8 +1,9 @@
 """The workshop's command line: ``python -m workshop_utils run`` and ``python -m workshop_utils predict``.
 
 ``run`` does the whole lab in one go (load → bottleneck → train → evaluate → export) and prints the
-same lines ML.NET's sample prints; ``predict`` classifies image files with an exported model. Bad input
-gives one line on stderr and exit code 2.
+same lines ML.NET's sample prints; ``predict`` classifies image files with an exported model; ``publish``
+sets the course's public GitHub URL in the notebooks and the README. Bad input gives one line on stderr and
+exit code 2.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 
 from . import __version__
@@ -71,7 +73,11 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--learning-rate", type=_positive_float, default=None,
                      help="initial learning rate (ML.NET: 0.01)")
     run.add_argument("--workspace", type=Path, default=None,
-                     help="folder for caches and the exported model (default: $WORKSHOP_WORKSPACE or ./workspace)")
+                     help="folder for caches, skipped.csv and the exported model (default: $WORKSHOP_WORKSPACE, "
+                     f"else the repository's workspace folder, {_default_workspace()})")
+    run.add_argument("--image-dir", type=Path, default=None,
+                     help="folder holding the images of an index.csv dataset: each row's file name is looked up "
+                     "there (default: paths relative to the CSV's folder)")
     run.add_argument("--reuse-cache", action="store_true",
                      help="reuse cached bottlenecks when their fingerprint still matches the images and model")
     run.add_argument("--weights", default=None,
@@ -81,6 +87,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     run.add_argument("--no-export", action="store_true", help="skip exporting the model")
     run.add_argument("--quiet", action="store_true", help="no per-image/per-epoch ML.NET lines")
+    _add_fine_tune_flags(run)
 
     predict = commands.add_parser(
         "predict",
@@ -89,67 +96,151 @@ def build_parser() -> argparse.ArgumentParser:
         "prediction and the steady-state time per image.",
     )
     predict.add_argument("model_dir", type=Path, help="folder written by `run` (workspace/model)")
-    predict.add_argument("images", type=Path, nargs="+", help="image files (JPEG, PNG, GIF, BMP)")
+    predict.add_argument("images", type=Path, nargs="+", help=f"image files ({_formats()})")
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
+    _add_publish(commands)
+    _add_serve(commands)
     return parser
+
+
+def _add_publish(commands) -> None:
+    from .publish import add_parser
+
+    add_parser(commands)
+
+
+def _publish(args: argparse.Namespace) -> int:
+    from .publish import run
+
+    return run(args)
+
+
+def _add_serve(commands) -> None:
+    serve = commands.add_parser(
+        "serve",
+        help="serve an exported model: a web API (POST /predict) and a one-page web app",
+        description="Loads the model once and serves POST /predict (image bytes or a multipart 'file'), "
+        "GET /health and a web page at / until Ctrl+C.",
+    )
+    serve.add_argument("model_dir", type=Path, help="folder written by `run` (workspace/model)")
+    serve.add_argument("--host", default="127.0.0.1",
+                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port)")
+    serve.add_argument("--max-bytes", type=_positive_int, default=10 * 2**20,
+                       help="largest upload in bytes (default 10485760 = 10 MB); larger ones get HTTP 413")
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from .serve import serve
+
+    return serve(args.model_dir, host=args.host, port=args.port, max_bytes=args.max_bytes)
+
+
+def _add_fine_tune_flags(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--fine-tune", action="store_true",
+                     help="after the head, fine-tune the top of the backbone on augmented images (notebook 07), "
+                     "print before/after metrics and export the fine-tuned model")
+    run.add_argument("--unfreeze", type=_unfreeze_value, default=None,
+                     help="with --fine-tune: backbone layers to train, counted from the top (a whole number) or a "
+                     "fraction of them (0 < N < 1); default: the profile's (full: 1/3)")
+    run.add_argument("--fine-tune-epochs", type=_positive_int, default=None,
+                     help="with --fine-tune: at most this many epochs (early stopping on validation log-loss)")
+
+
+def _unfreeze_value(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a layer count or a fraction, got {text!r}") from None
+    if not value >= 0 or (value >= 1 and value != int(value)):
+        raise argparse.ArgumentTypeError(
+            f"expected a whole number of layers >= 0 or a fraction between 0 and 1, got {text}")
+    return int(value) if value >= 1 or value == 0 else value
+
+
+def _fine_tune(args: argparse.Namespace, trained, profile_name: str, workspace: Path) -> int:
+    from .finetune import cli_fine_tune
+
+    return cli_fine_tune(trained, profile_name, args.unfreeze, args.fine_tune_epochs, args.seed,
+                         None if args.no_export else workspace / "model", args.quiet)
+
+
+def _formats() -> str:
+    """The image formats the scorers read, from the one table in ``predictions`` (no TensorFlow import)."""
+    from .predictions import SUPPORTED_FORMATS
+
+    return SUPPORTED_FORMATS
+
+
+def _default_workspace() -> Path:
+    """``<repo>/workspace``: config.workspace_dir()'s default when $WORKSHOP_WORKSPACE is not set."""
+    from .config import REPO_ROOT
+
+    return REPO_ROOT / "workspace"
+
+
+SKIPPED_CSV = "skipped.csv"
+
+
+def _report_skipped(trained, workspace: Path) -> Path | None:
+    """Print how many images training left out and write them all to ``<workspace>/skipped.csv`` (subset, path,
+    reason); None (and an older list removed) when none was skipped."""
+    import pandas as pd
+
+    parts = [b.skipped.assign(subset=subset)[["subset", "path", "reason"]]
+             for subset, b in (("train", trained.train_bottlenecks), ("validation", trained.validation_bottlenecks))
+             if b is not None and len(b.skipped)]
+    target = workspace / SKIPPED_CSV
+    if not parts:
+        target.unlink(missing_ok=True)  # a list from an earlier run would now be wrong
+        return None
+    skipped = pd.concat(parts, ignore_index=True)
+    tmp = target.with_name(f".{SKIPPED_CSV}.{os.getpid()}.tmp")
+    skipped.to_csv(tmp, index=False)
+    os.replace(tmp, target)
+    counts = ", ".join(f"{n} {subset}" for subset, n in skipped["subset"].value_counts(sort=False).items())
+    print(f"Skipped {len(skipped)} image{'s' * (len(skipped) != 1)} that could not be used ({counts}); "
+          f"the list with reasons: {target}")
+    return target
 
 
 def _run(args: argparse.Namespace) -> int:
     from .config import get_profile, import_tensorflow, set_seeds, workspace_dir
+    from .course import plan_run
 
     profile = get_profile()
-    dataset = args.dataset or profile.dataset
-    if dataset == "sample" and profile.name != "quick":
+    if (args.dataset or profile.dataset) == "sample" and profile.name != "quick":
         profile = get_profile("quick")  # the sample is for offline runs: its settings come with it
         print(f"Dataset 'sample': defaults from the quick profile (arch {profile.arch}, {profile.epochs} epochs, "
               "offline weights); flags still override them.")
-    weights: str | None = profile.weights
-    if args.weights is not None:
-        weights = None if args.weights.lower() in {"none", "random"} else args.weights
-    arch = args.arch or profile.arch
-    image_size = (args.image_size, args.image_size) if args.image_size else profile.image_size
     workspace = (args.workspace or workspace_dir()).expanduser().resolve()
     workspace.mkdir(parents=True, exist_ok=True)
+    overrides = {name: value for name, value in [
+        ("arch", args.arch), ("epoch", args.epochs), ("batch_size", args.batch_size),
+        ("learning_rate", args.learning_rate),
+        ("image_size", (args.image_size, args.image_size) if args.image_size else None),
+    ] if value is not None}
+    if args.weights is not None:
+        overrides["weights"] = None if args.weights.lower() in {"none", "random"} else args.weights
 
     import_tensorflow()
     set_seeds(args.seed)
     from .architectures import get_architecture
-    from .data import by_subset, load_dataset, split
-    from .download import resolve_dataset
     from .metrics import evaluate
-    from .trainer import EarlyStopping, ExponentialLRDecay, ImageClassificationTrainer, Options
+    from .trainer import ImageClassificationTrainer
 
-    architecture = get_architecture(arch)
-    if weights is None:
+    architecture = get_architecture(overrides.get("arch", profile.arch))
+    overrides["arch"] = architecture.name
+    plan = plan_run(profile, args.dataset, workspace=workspace, image_dir=getattr(args, "image_dir", None),
+                    seed=args.seed, reuse_train_set_bottleneck_cached_values=args.reuse_cache,
+                    reuse_validation_set_bottleneck_cached_values=args.reuse_cache,
+                    metrics_callback=None if args.quiet else print, **overrides)
+    options, frame, train_df, validation_df = plan.options, plan.frame, plan.train, plan.validation
+    if options.weights is None:
         print(f"Note: {architecture.name} with random weights: the features are untrained, expect low accuracy.")
-    root = resolve_dataset(dataset)
-    frame = load_dataset(root)
-    subsets = set(frame["subset"])
-    if {"train", "validation"} <= subsets:
-        train_df, validation_df = by_subset(frame)
-    else:
-        train_df, validation_df, _test_df = split(frame, seed=args.seed)
     print(
-        f"Dataset {dataset}: {len(frame)} images, {frame['label'].nunique()} classes "
+        f"Dataset {plan.dataset}: {len(frame)} images, {frame['label'].nunique()} classes "
         f"({len(train_df)} train, {len(validation_df)} validation)."
-    )
-
-    rate = args.learning_rate or profile.learning_rate
-    options = Options(
-        arch=architecture.name,
-        epoch=args.epochs or profile.epochs,
-        batch_size=args.batch_size or profile.batch_size,
-        learning_rate=rate,
-        learning_rate_scheduler=ExponentialLRDecay(learning_rate=rate),  # ML.NET's schedule, from this rate
-        early_stopping=EarlyStopping(patience=profile.patience),
-        reuse_train_set_bottleneck_cached_values=args.reuse_cache,
-        reuse_validation_set_bottleneck_cached_values=args.reuse_cache,
-        workspace_path=str(workspace),
-        metrics_callback=None if args.quiet else print,
-        seed=args.seed,
-        weights=weights,
-        image_size=image_size,
-        bottleneck_batch_size=profile.bottleneck_batch_size,
     )
     started = time.perf_counter()
     trained = ImageClassificationTrainer(options).fit(train_df, validation_df)
@@ -157,6 +248,7 @@ def _run(args: argparse.Namespace) -> int:
         f"Trained in {time.perf_counter() - started:.1f} s: best epoch {trained.best_epoch}"
         f"{', stopped early' if trained.stopped_early else ''}."
     )
+    _report_skipped(trained, workspace)
 
     validation = trained.validation_bottlenecks
     if validation is None or len(validation.features) == 0:
@@ -172,6 +264,8 @@ def _run(args: argparse.Namespace) -> int:
         listing = prediction_listing(validation.image_paths, validation.labels, probabilities, trained.label_map)
         print_prediction_listing(listing, n=10, show_probability=True)
 
+    if args.fine_tune:  # notebook 07's step: fine-tune, compare before/after, export the fine-tuned model
+        return _fine_tune(args, trained, profile.name, workspace)
     if not args.no_export:
         from .model_io import export_model
 
@@ -219,6 +313,9 @@ _USER_ERRORS = (  # (module, class names): "fix your input" errors, shown as one
     ("trainer", ("TrainerError",)),
     ("predictions", ("InvalidImageError", "LabelsFileError")),
     ("model_io", ("ModelFolderError",)),
+    ("finetune", ("FineTuneError",)),
+    ("publish", ("PublishError",)),
+    ("serve", ("ServeError",)),
 )
 
 
@@ -231,6 +328,14 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     return tuple(errors)
 
 
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings on the command line: one line "warning: …", without Python's file, line number and source."""
+    try:
+        print(f"warning: {message}", file=file if file is not None else sys.stderr)
+    except OSError:  # stderr closed: nowhere to show it
+        pass
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the process exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
@@ -239,7 +344,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
+    with warnings.catch_warnings():  # restores the caller's warning display when main() returns
+        warnings.showwarning = _show_warning
+        return _dispatch(args)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command; user errors become one line on stderr and exit code 2."""
     try:
+        if args.command == "publish":
+            return _publish(args)
+        if args.command == "serve":
+            return _serve(args)
         return _run(args) if args.command == "run" else _predict(args)
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
