@@ -80,10 +80,10 @@ def gpu_available() -> bool:
 
 
 # Measured on the 2-core CI CPU (`python -m workshop_utils.bench`): one fine-tuning epoch of EfficientNet-Lite0
-# at 224² (top third unfrozen, batch 16) costs 1.6x the frozen bottleneck pass over the same images. At the
-# ~100 images/s of that pass, ~1,210 training photos take ~20 s per epoch plus ~3 s of validation, so 15
-# epochs (at most: early stopping) are ~6 minutes: `run --fine-tune` (bottlenecks, head, fine-tuning, export)
-# stays inside 30 minutes even on a machine three times slower. A GPU does 30 epochs at batch 64 in mixed precision in less time.
+# at 224² (top third unfrozen, batch 16) costs 1.6x the frozen bottleneck pass over the same images. With that
+# pass at 44-100 images/s (two machines of the CI class), ~1,210 training photos take 20-46 s per epoch, so
+# 15 epochs (at most: early stopping) are 6-12 minutes and `run --fine-tune` (bottlenecks, head, fine-tuning,
+# export) stays inside 30 minutes. A GPU does 30 epochs at batch 64 in mixed precision in less time.
 DEFAULTS: dict[str, FineTuneOptions] = {
     "quick": FineTuneOptions(unfreeze=12, epochs=3, learning_rate=1e-4, batch_size=16, patience=2,
                              augmentation=0.05),
