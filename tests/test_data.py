@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -30,8 +31,11 @@ from workshop_utils.data import (
 )
 
 
-def make_image(path: Path, color=(200, 30, 30), size=(8, 8), fmt: str | None = None) -> Path:
+def make_image(path: Path, color=None, size=(8, 8), fmt: str | None = None) -> Path:
+    """A small solid image; its colour comes from its path unless given, so that no two files are copies."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    if color is None:
+        color = tuple(zlib.crc32(str(path).encode()).to_bytes(4, "big")[:3])
     Image.new("RGB", size, color).save(path, format=fmt)
     return path
 

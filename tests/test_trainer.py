@@ -288,13 +288,30 @@ def test_bad_training_data():
         trainer.fit(pd.DataFrame({"image_path": ["a.jpg"]}))
 
 
-def test_validation_split_is_mlnet_style():
+def test_validation_split_is_mlnet_style_under_the_mlnet_protocol():
     frame = pd.DataFrame({"image_path": [f"{i}.jpg" for i in range(25)], "label": ["a", "b"] * 12 + ["a"]})
-    train, validation = ImageClassificationTrainer(Options(progress=False)).split_validation(frame)
+    train, validation = ImageClassificationTrainer(Options(progress=False, protocol="mlnet")).split_validation(frame)
     assert len(validation) == 2 and len(train) == 23  # int(25 · 0.1)
     assert set(train["image_path"]).isdisjoint(validation["image_path"])
-    again, _ = ImageClassificationTrainer(Options(progress=False)).split_validation(frame)
+    again, _ = ImageClassificationTrainer(Options(progress=False, protocol="mlnet")).split_validation(frame)
     assert list(again["image_path"]) == list(train["image_path"])  # seeded
+
+
+def test_validation_split_is_a_stratified_carve_under_the_honest_protocol():
+    frame = pd.DataFrame({"image_path": [f"{i}.jpg" for i in range(40)], "label": ["a"] * 32 + ["b"] * 8})
+    train, validation = ImageClassificationTrainer(Options(progress=False)).split_validation(frame)
+    assert len(validation) == 6 and len(train) == 34  # ceil(40 · 0.15)
+    assert validation["label"].value_counts().to_dict() == {"a": 5, "b": 1}  # 4:1, as in the table (stratified)
+    assert set(train["image_path"]).isdisjoint(validation["image_path"])
+    none, _ = ImageClassificationTrainer(Options(progress=False, validation_set_fraction=0)).split_validation(frame)
+    assert len(none) == 40  # validation_set_fraction 0: no validation set under either protocol
+
+
+def test_unknown_protocol_and_bad_fraction_are_named():
+    with pytest.raises(OptionsError, match=r"Options.protocol must be one of honest, mlnet, got 'fair'"):
+        Options(protocol="fair").check()
+    with pytest.raises(OptionsError, match=r"honest_validation_fraction must be between 0 and 1 .* got 1.5"):
+        Options(honest_validation_fraction=1.5).check()
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -351,7 +368,8 @@ def quick_options(tmp_path, **kwargs):
 
 def test_end_to_end_from_images(image_table, tmp_path):
     lines = []
-    options = quick_options(tmp_path, metrics_callback=lambda m: lines.append(str(m)), validation_set_fraction=0.2)
+    options = quick_options(tmp_path, metrics_callback=lambda m: lines.append(str(m)), validation_set_fraction=0.2,
+                            protocol="mlnet")  # ML.NET's unstratified 20 % split
     trained = ImageClassificationTrainer(options).fit(image_table)
     assert len(trained.train_bottlenecks) == 16 and len(trained.validation_bottlenecks) == 4
     assert lines[0] == "Phase: Bottleneck Computation, Dataset used:      Train, Image Index:   1"

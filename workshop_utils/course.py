@@ -16,31 +16,64 @@ from typing import Any
 import pandas as pd
 
 from .config import Profile, Settings, get_profile, workspace_dir
+from .data import PROTOCOLS, SET_ROLES, DatasetError, by_subset, carve_validation, load_dataset, split
+from .quality import DatasetCheck, check_dataset
 
 TRAINED_DIR = "trained"
 MODEL_DIR = "model"
+FINE_TUNED_DIR = "model_fine_tuned"  # where 07_fine_tune exports
 
 
 @dataclass
 class RunPlan:
-    """What a run trains on and with: the dataset's images split into train/validation, and the trainer options."""
+    """What a run trains, chooses and reports on: the dataset's images in three roles, the data check, the options.
+
+    ``train`` fits the weights, ``validation`` chooses (epochs, early stopping), ``test`` is reported. Under the
+    mlnet protocol the validation set is also the one reported (:attr:`reported`), as in ML.NET's lab.
+    """
 
     profile: Profile
     dataset: str
-    frame: pd.DataFrame  # every image of the dataset
+    frame: pd.DataFrame  # every image of the dataset, as loaded
     train: pd.DataFrame
     validation: pd.DataFrame
+    test: pd.DataFrame  # empty under mlnet when the dataset has only T/V
     options: Any  # trainer.Options
+    check: DatasetCheck
+    protocol: str = "honest"
+
+    @property
+    def reported(self) -> tuple[str, pd.DataFrame]:
+        """(set name, images) whose metrics a run reports: test (honest) or validation (mlnet)."""
+        return ("test", self.test) if self.protocol == "honest" else ("validation", self.validation)
 
 
-def split_dataset(frame: pd.DataFrame, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, validation): the dataset's own T/V subsets when it has them, else ML.NET's 70/30 → 90/10 split."""
-    from .data import by_subset, split
+def split_dataset(frame: pd.DataFrame, seed: int = 0, protocol: str = "honest",
+                  validation_fraction: float = 0.15) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(train, validation, test) by the protocol.
 
-    if {"train", "validation"} <= set(frame["subset"]):
-        return by_subset(frame)
-    train, validation, _ = split(frame, seed=seed)
-    return train, validation
+    honest: a dataset's own train/validation/test subsets when it has all three; with only T/V (the lab's
+    index.csv, the sample), a stratified ``validation_fraction`` of T chooses and V becomes the test set;
+    a folder of class folders is split 70/15/15. mlnet: ML.NET's lab, T/V as they are (V chooses and is
+    reported), a folder split 70/30 → 90/10 as ML.NET's tutorial does.
+    """
+    if protocol not in PROTOCOLS:
+        raise DatasetError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+    subsets = set(frame["subset"])
+    if protocol == "mlnet":
+        if {"train", "validation"} <= subsets:
+            train, validation = by_subset(frame)
+            return train, validation, frame[frame["subset"] == "test"].reset_index(drop=True)
+        return split(frame, seed=seed)
+    if "train" in subsets and subsets & {"validation", "test"}:
+        parts = {name: frame[frame["subset"] == name].reset_index(drop=True) for name in SET_ROLES}
+        train, validation, test = parts["train"], parts["validation"], parts["test"]
+        if test.empty:  # the dataset's validation images are reported, never chosen on
+            test, validation = validation.assign(subset="test"), validation.iloc[:0]
+        if validation.empty:
+            train, validation = carve_validation(train, validation_fraction, seed)
+        return train, validation, test
+    return split(frame, test_fraction=0.3, validation_fraction=0.5, seed=seed)
 
 
 def make_options(profile: Profile, workspace: str | Path, seed: int = 0, **overrides: Any):  # -> trainer.Options
@@ -65,22 +98,28 @@ def make_options(profile: Profile, workspace: str | Path, seed: int = 0, **overr
 
 def plan_run(profile: Profile | str | None = None, dataset: str | None = None, *, workspace: str | Path | None = None,
              data_dir: str | Path | None = None, image_dir: str | Path | None = None, seed: int = 0,
-             **overrides: Any) -> RunPlan:
-    """The one path from a profile and a dataset to split frames and trainer options.
+             protocol: str | None = None, **overrides: Any) -> RunPlan:
+    """The one path from a profile and a dataset to the data check, the three sets and trainer options.
 
     The command line, the notebooks' hand-over helpers and the widgets all come through here. The dataset
     is the profile's unless given ('sample', 'car-damage', 'flowers', 'concrete-cracks' or a folder/CSV);
-    ``overrides`` are :class:`trainer.Options` fields.
+    ``protocol`` is the profile's unless given; ``overrides`` are :class:`trainer.Options` fields. The data
+    check (:func:`quality.check_dataset`) runs first and writes ``<workspace>/duplicates.csv``; under the
+    honest protocol it leaves copies out, under mlnet it only reports.
     """
-    from .data import load_dataset
     from .download import resolve_dataset
 
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
+    protocol = protocol or profile.protocol
+    if protocol not in PROTOCOLS:
+        raise DatasetError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
+    workspace = Path(workspace) if workspace is not None else workspace_dir()
     name = dataset or profile.dataset
     frame = load_dataset(resolve_dataset(name, data_dir), image_dir=image_dir)
-    train, validation = split_dataset(frame, seed)
-    options = make_options(profile, workspace if workspace is not None else workspace_dir(), seed, **overrides)
-    return RunPlan(profile, str(name), frame, train, validation, options)
+    check = check_dataset(frame, drop=protocol == "honest", workspace=workspace)
+    options = make_options(profile, workspace, seed, protocol=protocol, **overrides)
+    train, validation, test = split_dataset(check.frame, seed, protocol, options.honest_validation_fraction)
+    return RunPlan(profile, str(name), frame, train, validation, test, options, check, protocol)
 
 
 def dataset_folder(settings: Settings) -> Path:
@@ -90,10 +129,10 @@ def dataset_folder(settings: Settings) -> Path:
     return resolve_dataset(settings.profile.dataset, settings.data_dir)
 
 
-def course_data(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(all images, train, validation) of the profile's dataset (see :func:`plan_run`)."""
+def course_data(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """(all images, train, validation, test) of the profile's dataset (see :func:`plan_run`)."""
     plan = plan_run(settings.profile, workspace=settings.workspace, data_dir=settings.data_dir, seed=settings.seed)
-    return plan.frame, plan.train, plan.validation
+    return plan.frame, plan.train, plan.validation, plan.test
 
 
 def course_options(settings: Settings, **overrides: Any):  # -> trainer.Options
@@ -101,16 +140,40 @@ def course_options(settings: Settings, **overrides: Any):  # -> trainer.Options
     return make_options(settings.profile, settings.workspace, settings.seed, **overrides)
 
 
-def course_bottlenecks(settings: Settings, reuse: bool = True, metrics_callback: Any = None) -> tuple[Any, Any]:
-    """(train, validation) bottlenecks from the workspace cache, computed when missing or stale."""
+def course_bottlenecks(settings: Settings, reuse: bool = True, metrics_callback: Any = None) -> tuple[Any, Any, Any]:
+    """(train, validation, test) bottlenecks from the workspace cache, computed when missing or stale; test is
+    None when the protocol leaves no test set (mlnet on a T/V dataset)."""
     from .bottleneck import compute_bottlenecks
 
-    _, train, validation = course_data(settings)
+    _, train, validation, test = course_data(settings)
     p = settings.profile
     common = dict(workspace=settings.workspace, reuse=reuse, batch_size=p.bottleneck_batch_size,
                   metrics_callback=metrics_callback, weights=p.weights, image_size=p.image_size)
-    return (compute_bottlenecks(train, p.arch, cache_name="train", **common),
-            compute_bottlenecks(validation, p.arch, cache_name="validation", **common))
+    return tuple(compute_bottlenecks(frame, p.arch, cache_name=name, dataset_name=name.capitalize(), **common)
+                 if len(frame) else None
+                 for name, frame in (("train", train), ("validation", validation), ("test", test)))
+
+
+def attach_test_bottlenecks(plan: RunPlan, trained: Any, reuse: bool = True) -> Any:
+    """Compute (or reuse) the test set's bottlenecks with the trained head's settings and attach them to
+    ``trained``; None when the plan has no test images."""
+    from .bottleneck import compute_bottlenecks
+
+    if plan.test.empty:
+        return None
+    o = trained.options
+    trained.test_bottlenecks = compute_bottlenecks(
+        plan.test, trained.arch, workspace=o.workspace_path, cache_name="test", reuse=reuse, dataset_name="Test",
+        batch_size=o.bottleneck_batch_size, metrics_callback=o.metrics_callback, weights=o.weights,
+        image_size=trained.image_size, progress=o.progress, mixed_precision=o.mixed_precision)
+    return trained.test_bottlenecks
+
+
+def reported_bottlenecks(settings: Settings, trained: Any) -> tuple[str, Any]:
+    """(set name, bottlenecks) whose metrics the course reports: test (honest) or validation (mlnet)."""
+    if settings.profile.protocol == "mlnet":
+        return "validation", trained.validation_bottlenecks
+    return "test", trained.test_bottlenecks
 
 
 def trained_dir(settings: Settings | None = None) -> Path:
@@ -128,7 +191,7 @@ def load_trained(settings: Settings):  # -> trainer.TrainedClassifier
     from .trainer import ImageClassificationTrainer, TrainedClassifier
 
     folder = trained_dir(settings)
-    train_b, validation_b = course_bottlenecks(settings)
+    train_b, validation_b, test_b = course_bottlenecks(settings)
     if (folder / "classifier.json").exists():
         trained = TrainedClassifier.load(folder)
     else:
@@ -136,14 +199,21 @@ def load_trained(settings: Settings):  # -> trainer.TrainedClassifier
               "(03_train shows how).")
         trained = ImageClassificationTrainer(course_options(settings)).fit_features(train_b, validation_b)
         trained.save(folder)
-    trained.train_bottlenecks, trained.validation_bottlenecks = train_b, validation_b
+    trained.train_bottlenecks, trained.validation_bottlenecks, trained.test_bottlenecks = train_b, validation_b, test_b
     return trained
 
 
-def load_exported(settings: Settings):  # -> model_io.Classifier
-    """The model 05_save_model exported; exported now when it is missing."""
+def load_exported(settings: Settings, prefer_fine_tuned: bool = False):  # -> model_io.Classifier
+    """The model 05_save_model exported (exported now when it is missing), or with ``prefer_fine_tuned`` the
+    fine-tuned one of 07_fine_tune when it exists; one line says which."""
     from .model_io import Classifier, export_model
 
+    fine_tuned = (settings.workspace if settings else workspace_dir()) / FINE_TUNED_DIR
+    if prefer_fine_tuned:
+        if (fine_tuned / "model.keras").exists():
+            print(f"Using the fine-tuned model of 07_fine_tune: {fine_tuned}")
+            return Classifier.load(fine_tuned)
+        print(f"No fine-tuned model in {fine_tuned} (07_fine_tune makes one): using the head-only model of 05.")
     folder = model_dir(settings)
     if not (folder / "model.keras").exists():
         print(f"No exported model in {folder}: exporting one now (05_save_model shows how).")

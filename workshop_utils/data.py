@@ -30,6 +30,7 @@ from .predictions import (
     format_for_file_name,
     not_decodable_reason,
 )
+from .quality import warn_exact_duplicates
 
 COLUMNS = ["image_path", "label", "subset"]
 INDEX_HEADER = ("image", "class", "subset")
@@ -40,6 +41,14 @@ SUBSET_NAMES = {
     "test": "test", "testing": "test",
 }
 SHOW_AT_MOST = 10  # offending rows/values quoted in a message
+PROTOCOLS = ("honest", "mlnet")
+"""How the sets are used. honest: train fits, validation chooses (epochs, early stopping), test is reported and
+never used for choosing. mlnet: ML.NET's lab, which chooses and reports on the same validation set."""
+SET_ROLES = {
+    "train": "fitted the weights",
+    "validation": "chose the epoch",
+    "test": "never used for choosing",
+}
 
 
 class DatasetError(ValueError):
@@ -207,7 +216,9 @@ def load_index(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None 
                       index=raw.index)
     df.attrs["source"] = str(csv_path)
     df.attrs["unseen_classes"] = _warn_unseen(df, line_of)
-    return df.reset_index(drop=True)
+    df = df.reset_index(drop=True)
+    warn_exact_duplicates(df, str(csv_path))
+    return df
 
 
 def _folder_entries(folder: Path) -> tuple[list[str], list[tuple[str, str]]]:
@@ -288,6 +299,7 @@ def load_images_from_directory(folder: str | os.PathLike, use_folder_name_as_lab
     df = pd.DataFrame({"image_path": paths, "label": labels, "subset": ""})
     df.attrs["source"] = str(folder)
     df.attrs["left_out"] = left_out
+    warn_exact_duplicates(df, str(folder))
     return df
 
 
@@ -362,6 +374,28 @@ def split(df: pd.DataFrame, test_fraction: float = 0.3, validation_fraction: flo
     combined.attrs = dict(attrs)
     _warn_unseen(combined)  # only possible after a random fallback
     return parts[0], parts[1], parts[2]
+
+
+def carve_validation(train: pd.DataFrame, fraction: float = 0.15, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, validation): a stratified, seeded share of the training images set aside to choose on.
+
+    The honest protocol's way to get a validation set when a dataset's own validation images are kept as the
+    test set; rows keep their order, and the carved ones are marked ``subset="validation"``.
+    """
+    _require_columns(train, ["image_path", "label"], "Load the table with load_dataset() first.")
+    if not 0 < fraction < 1:
+        raise DatasetError(f"carve_validation(): fraction must be between 0 and 1 (exclusive), got {fraction}.")
+    if len(train) < 2:
+        raise EmptyDatasetError(f"{_source(train)}: carving a validation set needs at least 2 training images, "
+                                f"got {len(train)}.")
+    n = min(max(math.ceil(len(train) * fraction), 1), len(train) - 1)
+    kept, carved = _stratified_or_random(train, n, seed, True, f"the {fraction:.0%} validation carve")
+    parts = []
+    for part, name in [(kept, "train"), (carved, "validation")]:
+        part = part.sort_index().assign(subset=name).reset_index(drop=True)
+        part.attrs = {k: v for k, v in train.attrs.items() if k != "unseen_classes"}
+        parts.append(part)
+    return parts[0], parts[1]
 
 
 def by_subset(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:

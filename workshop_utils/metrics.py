@@ -27,6 +27,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .data import SET_ROLES
+
 EPSILON = 1e-15
 """ML.NET's clamp for the true-class probability before taking the logarithm."""
 
@@ -209,6 +211,15 @@ class MulticlassMetrics:
     n_samples: int
     name: str = ""
     notes: list[str] = field(default_factory=list)
+    subset: str = ""  # the evaluated set: "train", "validation" or "test"
+    role: str = ""  # what that set did, e.g. "never used for choosing" (data.SET_ROLES)
+
+    @property
+    def heading(self) -> str:
+        """'Metrics on the test set (never used for choosing)': which set, and what it was used for."""
+        if not self.subset:
+            return "Metrics"
+        return f"Metrics on the {self.subset} set" + (f" ({self.role})" if self.role else "")
 
     @property
     def per_class_accuracy(self) -> np.ndarray:
@@ -227,6 +238,7 @@ class MulticlassMetrics:
         )
         lines = [
             rule,
+            *([f"*    {self.heading}"] if self.subset else []),
             f"*    {title}",
             "*" + "-" * 59,
             f"    AccuracyMacro = {_fmt(self.macro_accuracy)}, a value between 0 and 1, the closer to 1, the better",
@@ -299,6 +311,8 @@ class MulticlassMetrics:
             "class_names": list(self.class_names),
             "n_samples": self.n_samples,
             "notes": list(self.notes),
+            "subset": self.subset,
+            "role": self.role,
         }
 
 
@@ -323,11 +337,15 @@ def evaluate(
     top_k: int = 0,
     *,
     name: str = "",
+    subset: str = "",
+    role: str | None = None,
 ) -> MulticlassMetrics:
     """Evaluate class probabilities against the true labels with ML.NET's multiclass definitions.
 
     ``y_true``: class indices or class names; ``probabilities``: N×C, columns in ``label_map`` order
-    (a ``LabelMap`` or a plain list of names taken as given); ``name`` goes into the printed header.
+    (a ``LabelMap`` or a plain list of names taken as given); ``name`` goes into the printed header, and so do
+    ``subset`` (which set: train, validation, test) and ``role`` (what it was used for; default
+    ``data.SET_ROLES[subset]``), so that a printed number always says where it comes from.
     """
     names = class_names(label_map)
     y = _encode_labels(y_true, names)
@@ -396,6 +414,8 @@ def evaluate(
         n_samples=int(n),
         name=name,
         notes=notes,
+        subset=subset,
+        role=SET_ROLES.get(subset, "") if role is None else role,
     )
 
 
