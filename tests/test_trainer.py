@@ -10,6 +10,7 @@ from workshop_utils import trainer as trainer_module
 from workshop_utils.bottleneck import Bottlenecks
 from workshop_utils.data import LabelMap
 from workshop_utils.trainer import (
+    class_weights,
     ClassifierFileError,
     EarlyStopping,
     ExponentialLRDecay,
@@ -428,3 +429,39 @@ def test_bundled_sample_quick(tmp_path):
     trained = ImageClassificationTrainer(quick_options(tmp_path, epoch=2, batch_size=10)).fit(frame)
     assert len(trained.label_map) == frame["label"].nunique()
     assert os.path.isdir(tmp_path / "ws" / "bottlenecks" / "validation")
+
+
+# ---------------------------------------------------------------------------------------------------
+# Class weights
+
+
+def test_class_weights_reach_the_loss():
+    """At the start every class has probability 1/C, so each image's loss is ln C and the epoch's loss is
+    ln C times the mean weight: with weights the logged loss must move by exactly that factor."""
+    x, _ = separable(40, d=8, classes=2)
+    x, labels = x * 1e-3, ["a"] * 30 + ["b"] * 10  # tiny features: every logit stays ~0  # unbalanced: balanced weights are 40/60 and 40/20
+    common = dict(epoch=1, learning_rate=1e-9, learning_rate_scheduler=None, early_stopping=None, progress=False,
+                  validation_set_fraction=0, weights=None, image_size=(64, 64))
+    plain = ImageClassificationTrainer(Options(class_weight=None, **common)).fit_features(make_bottlenecks(x, labels))
+    balanced = ImageClassificationTrainer(Options(class_weight="balanced", **common)).fit_features(
+        make_bottlenecks(x, labels))
+    mapped = ImageClassificationTrainer(Options(class_weight={"b": 5.0}, **common)).fit_features(
+        make_bottlenecks(x, labels))
+    loss = {name: float(t.history["cross_entropy"].iloc[0]) for name, t in
+            [("plain", plain), ("balanced", balanced), ("mapped", mapped)]}
+    assert loss["plain"] == pytest.approx(np.log(2), rel=1e-3)
+    assert loss["balanced"] == pytest.approx(np.log(2) * (30 * 40 / 60 + 10 * 40 / 20) / 40, rel=1e-3)
+    assert loss["mapped"] == pytest.approx(np.log(2) * (30 * 1 + 10 * 5) / 40, rel=1e-3)
+
+
+def test_class_weight_rules_and_errors():
+    y = np.array([0, 0, 0, 1])
+    label_map = LabelMap(["a", "b"])
+    assert class_weights("balanced", y, label_map) == pytest.approx({0: 4 / 6, 1: 4 / 2})
+    assert class_weights({"b": 3}, y, label_map) == {0: 1.0, 1: 3.0}
+    assert class_weights(None, y, label_map) is None
+    with pytest.raises(OptionsError, match=r"class_weight names unknown class\(es\) c; the classes are a, b"):
+        class_weights({"c": 2}, y, label_map)
+    with pytest.raises(OptionsError, match=r"class_weight must be 'balanced', a mapping class -> weight or None, "
+                                           r"got 'equal'"):
+        Options(class_weight="equal").check()

@@ -92,6 +92,8 @@ def make_options(profile: Profile, workspace: str | Path, seed: int = 0, **overr
         bottleneck_batch_size=profile.bottleneck_batch_size,
         reuse_train_set_bottleneck_cached_values=True, reuse_validation_set_bottleneck_cached_values=True,
     )
+    if overrides.get("protocol") == "mlnet":  # ML.NET's head: every image weighs the same
+        values["class_weight"] = None
     values.update(overrides)
     return Options(**values)
 

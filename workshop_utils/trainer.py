@@ -104,6 +104,11 @@ class Options:
     progress: bool = True  # tqdm bars (bottlenecks; epochs when there is no metrics callback)
     mixed_precision: bool = False  # bottleneck phase on a GPU only
     protocol: str = "honest"  # data.PROTOCOLS; "mlnet" splits validation off train as ML.NET does (below)
+    class_weight: str | dict[str, float] | None = "balanced"
+    """Weights of the classes in the loss: "balanced" (n / (classes · n_class), scikit-learn's rule), a mapping
+    class name → weight, or None (every image counts the same, as ML.NET). Macro accuracy weighs every class
+    the same, so the loss should too: on real car-damage photos (110 of 302 validation photos ``unknown``, 16
+    ``bumper_scratch``) balanced weights added 0.016 macro accuracy to a logistic regression on Lite0 features."""
     honest_validation_fraction: float = 0.15
     """honest protocol: the share of the training images carved out (stratified, seeded) to choose the epoch on
     when ``fit`` gets no validation set. 15 % of ~1,500 real photos is ~200 images, enough to rank epochs;
@@ -124,6 +129,9 @@ class Options:
         if not 0.0 < float(self.honest_validation_fraction) < 1.0:
             raise OptionsError("Options.honest_validation_fraction must be between 0 and 1 (e.g. 0.15 for 15 %), "
                                f"got {self.honest_validation_fraction}.")
+        if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, dict)):
+            raise OptionsError(f"Options.class_weight must be 'balanced', a mapping class -> weight or None, got "
+                               f"{self.class_weight!r}.")
         fraction = self.validation_set_fraction
         if fraction is not None and not 0.0 <= float(fraction) < 1.0:
             raise OptionsError(
@@ -268,6 +276,24 @@ def history_frame(history: Any, test_on_train_set: bool = True) -> pd.DataFrame:
         if "val_loss" in logs:
             rows.append((epoch, VALIDATION, float(logs["val_accuracy"][epoch]), float(logs["val_loss"][epoch]), rate))
     return pd.DataFrame(rows, columns=HISTORY_COLUMNS)
+
+def class_weights(rule: str | dict[str, float] | None, y: np.ndarray, label_map: LabelMap) -> dict[int, float] | None:
+    """Keras' ``class_weight`` (class index → weight) from a rule: "balanced" (scikit-learn's
+    ``compute_class_weight``: n / (classes · n_class), over the classes present), a name → weight mapping
+    (classes not named weigh 1), or None."""
+    if rule is None:
+        return None
+    if rule == "balanced":
+        from sklearn.utils.class_weight import compute_class_weight
+
+        present = np.unique(y)
+        return {int(c): float(w) for c, w in zip(present, compute_class_weight("balanced", classes=present, y=y))}
+    unknown = sorted(set(rule) - set(label_map.names))
+    if unknown:
+        raise OptionsError(f"Options.class_weight names unknown class(es) {', '.join(unknown)}; the classes are "
+                           f"{', '.join(label_map.names)}.")
+    return {i: float(rule.get(name, 1.0)) for i, name in enumerate(label_map.names)}
+
 
 # ---------------------------------------------------------------------------------------------------
 # The trained classifier
@@ -611,6 +637,7 @@ class ImageClassificationTrainer:
         if has_validation:
             validation_data = features_dataset(xv, yv, batch_size=max(len(xv), 1))
         keras_history = head.fit(features_dataset(x, y, bs, shuffle=o.shuffle_each_epoch, seed=o.seed),
+                                 class_weight=class_weights(o.class_weight, y, label_map),
                                  validation_data=validation_data, epochs=int(o.epoch), callbacks=callbacks,
                                  verbose=0, shuffle=False)
         epochs_run = len(keras_history.history.get("loss", []))
