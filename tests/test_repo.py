@@ -13,7 +13,7 @@ from conftest import missing_plot_message
 ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = ["00_setup", "01_load_data", "02_bottleneck", "03_train", "04_evaluate", "05_save_model",
-            "06_consume_model", "07_fine_tune", "08_explain", "09_serve"]
+            "06_consume_model", "07_fine_tune", "08_explain", "09_serve", "10_your_own_photos"]
 
 
 def test_readme_shows_the_install_main_and_test_commands_and_ci_uses_them():
