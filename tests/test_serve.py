@@ -149,13 +149,19 @@ def check_answer(answer: dict, expected_scores: np.ndarray, classes: list[str]) 
 
 
 # -- endpoints --------------------------------------------------------------------------------------------
-def test_health(client, classifier):
+def test_health(client, classifier, exported_model):
     response = client.get("/health")
     assert response.status_code == 200
     body = response.json()
     assert body["status"] == "ok" and body["model_loaded"] is True
     assert body["classes"] == classifier.labels and body["model"]["arch"] == "MobilenetV2"
     assert body["max_bytes"] == SMALL_LIMIT and body["max_batch"] == serve.DEFAULT_MAX_BATCH
+    assert (body["body_timeout_s"], body["max_concurrency"], body["max_queue"], body["max_form_fields"]) == (
+        serve.DEFAULT_BODY_TIMEOUT_S, serve.DEFAULT_MAX_CONCURRENCY, serve.DEFAULT_MAX_QUEUE, serve.DEFAULT_MAX_FIELDS)
+    assert body["in_flight"] == 0 and body["queued"] == 0
+    # the model is named by its folder, never by its path (which tells about the machine)
+    assert body["model"]["name"] == classifier.model.name and body["model"]["folder"] == exported_model.name
+    assert str(exported_model.parent) not in response.text and "directory" not in body["model"]
 
 
 def test_predict_raw_body_matches_in_process_scoring(client, classifier, photos, expected):
@@ -272,6 +278,14 @@ def test_create_app_loads_a_folder_and_checks_its_arguments(exported_model, tmp_
     assert app.state.classifier.labels and app.state.max_bytes == serve.DEFAULT_MAX_BYTES
     with pytest.raises(ValueError, match="max_bytes must be at least 1, got 0"):
         serve.create_app(app.state.classifier, max_bytes=0)
+    with pytest.raises(ValueError, match="body_timeout must be above 0 seconds, got 0"):
+        serve.create_app(app.state.classifier, body_timeout=0)
+    with pytest.raises(ValueError, match="max_concurrency must be at least 1, got 0"):
+        serve.create_app(app.state.classifier, max_concurrency=0)
+    with pytest.raises(ValueError, match="max_fields must be 0 or more, got -1"):
+        serve.create_app(app.state.classifier, max_fields=-1)
+    with pytest.raises(ValueError, match="max_queue must be at least 1, got 0"):
+        serve.create_app(app.state.classifier, max_queue=0)
     from workshop_utils.model_io import ModelFolderError
 
     with pytest.raises(ModelFolderError, match=r"Model folder '.*nowhere' does not exist"):
@@ -337,11 +351,35 @@ def test_batcher_respects_max_batch(classifier, photos, expected):
         np.testing.assert_allclose(result.scores, expected[name], atol=TOL, rtol=0)
 
 
+def test_batcher_queue_is_bounded(classifier, photos, expected):
+    scorer = GatedScorer(classifier)
+    batcher = serve.MicroBatcher(scorer, max_batch=8, max_wait=0.0, max_queue=2).start()
+    try:
+        names = list(photos)[:3]
+        futures = [batcher.submit(photos[names[0]], names[0])]
+        assert scorer.entered.wait(60)  # the worker is busy: two more may wait, a third is refused at once
+        futures += [batcher.submit(photos[n], n) for n in names[1:3]]
+        assert batcher.queued == 2
+        with pytest.raises(serve.QueueFullError, match=r"^The scoring queue is full: 2 images wait for the model "
+                                                       r"\(the server's --max-queue\)\.$"):
+            batcher.submit(photos[names[0]], names[0])
+        assert batcher.refused == 1
+        scorer.release.set()
+        for name, future in zip(names, futures):
+            np.testing.assert_allclose(future.result(60).scores, expected[name], atol=TOL, rtol=0)
+        batcher.submit(photos[names[0]], names[0]).result(60)  # room again once the queue drained
+    finally:
+        scorer.release.set()
+        batcher.stop()
+
+
 def test_batcher_argument_checks():
     with pytest.raises(ValueError, match="max_batch must be at least 1, got 0"):
         serve.MicroBatcher(lambda images, names: None, max_batch=0)
     with pytest.raises(ValueError, match="max_wait must be 0 or more seconds, got -1"):
         serve.MicroBatcher(lambda images, names: None, max_wait=-1)
+    with pytest.raises(ValueError, match="max_queue must be at least 1, got 0"):
+        serve.MicroBatcher(lambda images, names: None, max_queue=0)
 
 
 # -- the real server --------------------------------------------------------------------------------------
@@ -446,6 +484,40 @@ def test_serve_command_line_reports_bad_arguments_in_one_line(exported_model, tm
     with pytest.raises(SystemExit):
         cli.main(["serve", str(exported_model), "--max-bytes", "0"])
     assert "--max-bytes: expected a number above 0, got 0" in capsys.readouterr().err
+    # a bad address: one line, exit code 2, before the model is loaded (tmp_path / "nope" is not a model)
+    for flags, message in [
+        (["--port", "99999"], "error: --port must be a whole number from 0 to 65535 (0: any free port), got 99999.\n"),
+        (["--port", "-1"], "error: --port must be a whole number from 0 to 65535 (0: any free port), got -1.\n"),
+        (["--host", "no..such..host"], "error: --host 'no..such..host' cannot be resolved to an address ("),
+    ]:
+        assert cli.main(["serve", str(tmp_path / "nope"), *flags]) == 2, flags
+        err = capsys.readouterr().err
+        assert err.startswith(message) and err.count("\n") == 1, err
+    assert err.endswith("; use 127.0.0.1 (this machine only), 0.0.0.0 (every interface) or a host name this machine "
+                        "resolves.\n")
+    for flag, value, message in [("--body-timeout", "0", "expected a number above 0, got 0"),
+                                 ("--max-concurrency", "0", "expected a number above 0, got 0"),
+                                 ("--max-queue", "many", "expected a whole number, got 'many'"),
+                                 ("--shutdown-timeout", "-1", "expected a number above 0, got -1")]:
+        with pytest.raises(SystemExit):
+            cli.main(["serve", str(exported_model), flag, value])
+        assert f"{flag}: {message}" in capsys.readouterr().err
+
+
+def test_serve_command_line_defaults_are_the_servers(capsys):
+    """The CLI's defaults (shown in --help) are serve's own, so the two cannot drift apart."""
+    from workshop_utils import cli
+
+    args = cli.build_parser().parse_args(["serve", "model"])
+    assert (args.max_bytes, args.body_timeout, args.max_concurrency, args.max_queue, args.shutdown_timeout) == (
+        serve.DEFAULT_MAX_BYTES, serve.DEFAULT_BODY_TIMEOUT_S, serve.DEFAULT_MAX_CONCURRENCY, serve.DEFAULT_MAX_QUEUE,
+        serve.DEFAULT_SHUTDOWN_TIMEOUT_S)
+    with pytest.raises(SystemExit):
+        cli.main(["serve", "--help"])
+    shown = " ".join(capsys.readouterr().out.split())
+    for text in ("(default: 30.0)", "(default: 32)", "(default: 64)", "(default: 10.0)", "(default: 10485760)",
+                 "(default: 8000)", "(default: 127.0.0.1)"):
+        assert text in shown, text
 
 
 def test_bench_serve_harness(exported_model, tmp_path):
@@ -461,5 +533,12 @@ def test_bench_serve_harness(exported_model, tmp_path):
                 "inprocess_batch_images_per_second", "serve_vs_inprocess_single", "serve_vs_inprocess_batch"):
         assert result[key] > 0, key
     assert result["serve_p50_ms"] <= result["serve_p95_ms"] and 1 <= result["serve_largest_batch"] <= 3
+    # /health was measured while a many-field form was posted; the form was refused with a short error
+    assert result["serve_form_status"] == 400 and 0 < result["serve_form_answer_bytes"] <= 1024
+    assert result["serve_form_parts"] > 100_000
+    for key in ("serve_health_alone_p50_ms", "serve_health_during_form_p50_ms", "serve_health_during_form_max_ms"):
+        assert result[key] > 0, key
     table = bench.serve_table(result)
     assert "| web API, 3 concurrent clients" in table and "Web API vs in-process throughput" in table
+    assert re.search(r"/health while a 10 MB form of [\d,]+ fields is posted: p50 \d+ ms, max \d+ ms \(alone: p50 "
+                     r"\d+ ms\); the form gets HTTP 400 \(\d+ bytes\)\.", table), table

@@ -33,6 +33,7 @@ TARGETS = {
     "head_train_seconds": ("≤", 15.0),
     "naive_vs_cached_speedup": ("≥", 10.0),
     "fingerprint_vs_decode": ("≤", 0.05),
+    "data_check_vs_bottleneck": ("≤", 0.10),
 }
 
 
@@ -361,6 +362,28 @@ def bench_fingerprint(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds:
     }
 
 
+def bench_data_check(frame: pd.DataFrame, bottleneck_seconds: float) -> dict[str, Any]:
+    """(8) what the data-quality check costs next to the bottleneck pass over the same images: the SHA-1 of every
+    file (exact copies; the remembered digests cleared first), a perceptual signature of *every* file (the bench's
+    files are copies, which the check would otherwise skip) and the all-pairs comparison."""
+    from . import quality
+
+    paths = [str(p) for p in frame["image_path"]]
+    quality._digest.cache_clear()  # noqa: SLF001  (measure the hashing, not the memory of it)
+    started = time.perf_counter()
+    quality.exact_findings(frame)
+    hash_seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    signatures = np.stack([quality.thumbnail_signature(p) for p in paths])
+    quality.near_pairs(signatures)
+    near_seconds = time.perf_counter() - started
+    return {
+        "data_check_hash_seconds": hash_seconds,
+        "data_check_near_seconds": near_seconds,
+        "data_check_vs_bottleneck": (hash_seconds + near_seconds) / bottleneck_seconds,
+    }
+
+
 def _current_rss() -> int:
     import psutil  # installed with Jupyter's kernel
 
@@ -434,6 +457,7 @@ def run_benchmark(settings: BenchSettings, out_dir: Path | None = None) -> dict[
         result.update(bench_head(settings))
         result.update(bench_naive(settings, frame, workspace))
         result.update(bench_fingerprint(settings, frame, result["bottleneck_seconds"]))
+        result.update(bench_data_check(frame, result["bottleneck_seconds"]))
         result.update(bench_finetune(settings, frame, result["bottleneck_seconds"]))
         if settings.memory_probe:
             result.update(bench_memory(settings, max(16, settings.images // 2), workspace))
@@ -495,6 +519,11 @@ def markdown_table(result: dict[str, Any]) -> str:
                      f"{result['fingerprint_decode_seconds'] * ms:.0f} ms; header check (pixel limit) "
                      f"{result['header_check_vs_decode']:.1%} of decoding; hash + header "
                      f"{result['fingerprint_vs_bottleneck']:.1%} of the bottleneck pass"))
+    if "data_check_vs_bottleneck" in result:
+        rows.append(("data-quality check (exact + near-duplicates) vs the bottleneck pass, same images",
+                     "data_check_vs_bottleneck",
+                     f"SHA-1 {result['data_check_hash_seconds'] * 1000:.0f} ms + thumbnails and all pairs "
+                     f"{result['data_check_near_seconds'] * 1000:.0f} ms vs {result['bottleneck_seconds']:.1f} s"))
     lines = [f"Machine: {m['cpu']}, {m['cores']} cores, GPU: {', '.join(m['gpus']) or 'none'}, "
              f"TensorFlow {m['tensorflow']}; {result['settings']['arch']}, {result['images']} images.", "",
              "| measure | value | target | details |", "|---|---|---|---|"]
@@ -551,6 +580,52 @@ def _stop_server_process(process: Any) -> None:
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait(10)
+
+
+def _health_during_big_form(url: str, form_bytes: int = 10 * 2**20, rounds: int = 5) -> dict[str, Any]:
+    """/health latency while a form of ~200k one-byte fields (``form_bytes`` in all) is posted to /predict
+    ``rounds`` times, next to /health alone; and what the form gets back. A server that parses such a form
+    on its event loop freezes every request meanwhile; a bounded one refuses it after a few fields."""
+    import threading
+
+    import requests
+
+    boundary = "bench-form-boundary"
+    part = f'--{boundary}\r\nContent-Disposition: form-data; name="f"\r\n\r\nx\r\n'.encode()
+    parts = (form_bytes - 64) // len(part)
+    body = part * parts + f"--{boundary}--\r\n".encode()
+    answers: list[tuple[int, int]] = []
+
+    def post_forms() -> None:
+        with requests.Session() as poster:
+            for _ in range(rounds):
+                reply = poster.post(url + "predict", data=body, timeout=120,
+                                    headers={"Content-Type": f"multipart/form-data; boundary={boundary}"})
+                answers.append((reply.status_code, len(reply.content)))
+
+    def health_seconds(session: requests.Session) -> float:
+        t0 = time.perf_counter()
+        session.get(url + "health", timeout=120).raise_for_status()
+        return time.perf_counter() - t0
+
+    with requests.Session() as session:
+        alone = [health_seconds(session) for _ in range(20)]
+        poster = threading.Thread(target=post_forms, name="bench-big-form")
+        poster.start()
+        during = [health_seconds(session)]
+        while poster.is_alive():
+            time.sleep(0.005)
+            during.append(health_seconds(session))
+        poster.join()
+    return {
+        "serve_form_parts": parts,
+        "serve_form_bytes": len(body),
+        "serve_form_status": answers[0][0] if answers else 0,
+        "serve_form_answer_bytes": max((size for _, size in answers), default=0),
+        "serve_health_alone_p50_ms": _percentiles(alone)["p50_ms"],
+        "serve_health_during_form_p50_ms": _percentiles(during)["p50_ms"],
+        "serve_health_during_form_max_ms": 1000 * max(during),
+    }
 
 
 def bench_serve(model_dir: Path | None = None, clients: int = 8, requests_total: int = 256, photos: int = 64,
@@ -645,6 +720,7 @@ def bench_serve(model_dir: Path | None = None, clients: int = 8, requests_total:
                     future.result()
             served_total = time.perf_counter() - clock["started"]
             stats = requests.get(url + "health", timeout=30).json()["scored"]
+            form_probe = _health_during_big_form(url)
         finally:
             _stop_server_process(process)
     n = len(latencies)
@@ -668,6 +744,7 @@ def bench_serve(model_dir: Path | None = None, clients: int = 8, requests_total:
         "serve_vs_inprocess_single": served_ips / single_ips,
         "serve_vs_inprocess_batch": served_ips / (len(blobs) / batch_total),
         "photos": len(blobs),
+        **form_probe,
     }
 
 
@@ -690,6 +767,11 @@ def serve_table(result: dict[str, Any]) -> str:
         f"Web API vs in-process throughput: {r['serve_vs_inprocess_single']:.2f}× one-per-call, "
         f"{r['serve_vs_inprocess_batch']:.2f}× batches of 32. Answers: {r['serve_failed']} failed, "
         f"{r['serve_wrong_labels']} wrong labels, largest score difference {r['serve_max_score_difference']:.1g}.",
+        "",
+        f"/health while a {r['serve_form_bytes'] / 2**20:.0f} MB form of {r['serve_form_parts']:,} fields is posted: "
+        f"p50 {r['serve_health_during_form_p50_ms']:.0f} ms, max {r['serve_health_during_form_max_ms']:.0f} ms "
+        f"(alone: p50 {r['serve_health_alone_p50_ms']:.0f} ms); the form gets HTTP {r['serve_form_status']} "
+        f"({r['serve_form_answer_bytes']:,} bytes).",
     ])
 
 

@@ -1,0 +1,206 @@
+"""The web API's FastAPI app: ``POST /predict``, ``GET /health`` and the page at ``/``, with every limit applied.
+
+:func:`create_app` wires the model, the micro-batcher (:mod:`serve_batcher`) and the upload limits
+(:mod:`serve_uploads`): a full server answers 503 with ``Retry-After`` before reading anything, an upload is
+read within its byte, time and form limits, its image header is checked, then it is queued for the model.
+:mod:`serve` runs the app (uvicorn, CLI, a background thread for notebooks).
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import HTMLResponse, JSONResponse, Response
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from .predictions import ImageTooLargeError, InvalidImageError, Prediction, check_image_bytes
+from .serve_batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, BatchResult, MicroBatcher
+from .serve_page import PAGE_HTML
+from .serve_uploads import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CONCURRENCY,
+    DEFAULT_MAX_FIELDS,
+    AnswerWhenCancelled,
+    Gate,
+    UploadError,
+    UploadLimits,
+    busy_error,
+    error_response,
+    read_upload,
+)
+
+if TYPE_CHECKING:
+    from .model_io import Classifier
+
+DEFAULT_TIMEOUT_S = 120.0
+"""Seconds a request waits for the model before it gets 503."""
+
+
+def model_info(classifier: "Classifier") -> dict[str, Any]:
+    """What responses say about the model: its name, folder name, architecture, image size and classes.
+
+    The folder's name only, never its path: /health is public and the path tells about the machine.
+    """
+    card = classifier.card or {}
+    return {
+        "name": classifier.model.name,
+        "folder": None if classifier.directory is None else Path(classifier.directory).name,
+        "arch": card.get("arch", classifier.model.name),
+        "image_size": list(classifier.image_size),
+        "classes": list(classifier.labels),
+        "created": card.get("created"),
+    }
+
+
+def _warm_up(classifier: "Classifier") -> None:
+    """Score one generated image so the first request does not pay for tracing the model."""
+    from .model_io import probe_image
+
+    classifier.predict_proba([probe_image(tuple(classifier.image_size))], ["warm-up"])
+
+
+def create_app(
+    classifier: "Classifier | str | Path",
+    *,
+    max_bytes: int = DEFAULT_MAX_BYTES,
+    max_batch: int = DEFAULT_MAX_BATCH,
+    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    warm_up: bool = True,
+    body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
+    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+    max_queue: int = DEFAULT_MAX_QUEUE,
+    max_fields: int = DEFAULT_MAX_FIELDS,
+) -> FastAPI:
+    """The FastAPI app scoring with ``classifier`` (a loaded Classifier or an export folder, loaded now).
+
+    ``body_timeout``: seconds to send an upload (408 after); ``max_concurrency``: uploads read or scored at
+    once (503 beyond); ``max_queue``: images waiting for the model (503 beyond); ``max_fields``: text fields
+    a form may have besides its one file. The micro-batching worker runs while the app runs (its lifespan):
+    uvicorn starts and stops it, and so does ``with fastapi.testclient.TestClient(app):``.
+    """
+    limits = UploadLimits(max_bytes=max_bytes, body_timeout=body_timeout, max_fields=max_fields)
+    gate = Gate(max_concurrency)
+    if not isinstance(classifier, (str, Path)):
+        model = classifier
+    else:
+        from .model_io import Classifier
+
+        model = Classifier.load(classifier)
+    info = model_info(model)
+    batcher = MicroBatcher(model.predict_proba, max_batch=max_batch, max_wait=max_wait_ms / 1000,
+                           max_queue=max_queue)
+    started_at: list[float] = []
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI):
+        if warm_up:
+            await run_in_threadpool(_warm_up, model)
+        batcher.start()
+        started_at.append(time.time())
+        try:
+            yield
+        finally:
+            await run_in_threadpool(batcher.stop)
+
+    app = FastAPI(title="Car-damage classifier", summary=f"{info['arch']}: {', '.join(info['classes'])}",
+                  lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.classifier, app.state.batcher, app.state.max_bytes = model, batcher, max_bytes
+    app.state.limits, app.state.gate = limits, gate
+    app.add_middleware(AnswerWhenCancelled)
+
+    @app.exception_handler(UploadError)
+    async def _upload_error(request: Request, exc: UploadError) -> JSONResponse:
+        return error_response(exc.status, exc.message, exc.headers)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = f"No page at {request.url.path!r}: the API has POST /predict, GET /health and the page GET /."
+        elif exc.status_code == 405:
+            message = (f"{request.method} is not allowed on {request.url.path!r}: send the photo with POST "
+                       "/predict (GET /health checks the server, GET / is the web page).")
+        return error_response(exc.status_code, message, getattr(exc, "headers", None))
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        return HTMLResponse(PAGE_HTML)
+
+    @app.get("/favicon.ico", include_in_schema=False)
+    async def favicon() -> Response:
+        return Response(status_code=204)
+
+    @app.get("/health")
+    async def health() -> JSONResponse:
+        """Whether the model is loaded and the scoring worker runs; the classes, the limits and the load."""
+        ok = batcher.running
+        body = {
+            "status": "ok" if ok else "unavailable",
+            "model_loaded": True,
+            "model": info,
+            "classes": info["classes"],
+            "max_bytes": max_bytes,
+            "max_batch": batcher.max_batch,
+            "max_wait_ms": batcher.max_wait * 1000,
+            "body_timeout_s": limits.body_timeout,
+            "max_concurrency": gate.limit,
+            "max_queue": batcher.max_queue,
+            "max_form_fields": limits.max_fields,
+            "in_flight": gate.in_flight,
+            "queued": batcher.queued,
+            "refused": {"busy": gate.refused, "queue_full": batcher.refused},
+            "scored": {"images": batcher.images, "batches": batcher.batches, "largest_batch": batcher.largest_batch},
+            "uptime_s": round(time.time() - started_at[-1], 1) if started_at else 0.0,
+        }
+        return JSONResponse(body, status_code=200 if ok else 503)
+
+    async def score(request: Request) -> JSONResponse:
+        started = time.perf_counter()
+        data, name = await read_upload(request, limits)
+        try:  # the header only (format, size): cheap, and keeps bad images out of the batches
+            image = await run_in_threadpool(check_image_bytes, data, name, model.max_pixels)
+        except ImageTooLargeError as exc:
+            raise UploadError(422, str(exc)) from exc
+        except InvalidImageError as exc:
+            raise UploadError(415, str(exc)) from exc
+        try:
+            future = batcher.submit(data, name)
+        except RuntimeError as exc:  # QueueFullError, or the worker is stopping
+            raise busy_error(str(exc)) from exc
+        try:
+            result: BatchResult = await asyncio.wait_for(asyncio.wrap_future(future), timeout)
+        except InvalidImageError as exc:  # the header was fine but TensorFlow could not decode the pixels
+            raise UploadError(422, str(exc)) from exc
+        except asyncio.TimeoutError as exc:
+            raise busy_error(f"The model did not answer within {timeout:g} s (the server is overloaded).") from exc
+        prediction = Prediction.from_scores(result.scores, info["classes"], source=name)
+        return JSONResponse({
+            "label": prediction.label,
+            "probability": prediction.probability,
+            "scores": dict(prediction.scores),
+            "filename": name,
+            "image": {"format": image.format, "width": image.width, "height": image.height, "bytes": len(data)},
+            "model": {"name": info["name"], "arch": info["arch"]},
+            "batch_size": result.batch_size,
+            "time_ms": round((time.perf_counter() - started) * 1000, 2),
+        })
+
+    @app.post("/predict")
+    async def predict(request: Request) -> JSONResponse:
+        """Score one photo: the raw body or a multipart form's one file (JPEG/PNG/GIF/BMP)."""
+        if not gate.try_enter():  # refused before reading the body: a full server costs nothing more
+            raise busy_error(f"The server is busy: {gate.limit} uploads are being read or scored (its "
+                             "--max-concurrency).")
+        try:
+            return await score(request)
+        finally:
+            gate.leave()
+
+    return app
