@@ -92,3 +92,42 @@ def test_an_unreadable_profile_record_is_reported_and_replaced(tmp_path):
     assert note.startswith(f"Note: {tmp_path / 'profile.json'} was unreadable (")
     assert note.endswith("it now records the profile 'quick' (EfficientNetLite0 on sample).")
     assert json.loads((tmp_path / "profile.json").read_text(encoding="utf-8"))["name"] == "quick"
+
+
+def test_setup_lets_gpu_memory_grow_before_any_op_runs(monkeypatch, tmp_path, capsys):
+    """With GPUs (faked here: CI has none), setup turns memory growth on for each, so several notebook kernels
+    share one GPU; growth already on is left alone, and a GPU initialised too early is reported, not hidden."""
+    tf = config.import_tensorflow()
+    monkeypatch.setenv("WORKSHOP_WORKSPACE", str(tmp_path))
+    gpus = [tf.config.PhysicalDevice(name=f"/physical_device:GPU:{i}", device_type="GPU") for i in range(3)]
+    growth = {"/physical_device:GPU:0": False, "/physical_device:GPU:1": True, "/physical_device:GPU:2": False}
+    calls = []
+
+    def set_memory_growth(device, enable):
+        calls.append((device.name[-5:], enable))
+        if device.name.endswith("GPU:2"):
+            raise RuntimeError("Physical devices cannot be modified after being initialized")
+        growth[device.name] = enable
+
+    real_list = tf.config.list_physical_devices
+    monkeypatch.setattr(tf.config, "list_physical_devices",
+                        lambda kind=None: gpus if kind == "GPU" else real_list(kind))
+    monkeypatch.setattr(tf.config.experimental, "get_memory_growth", lambda device: growth[device.name])
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth", set_memory_growth)
+    monkeypatch.setattr(config, "environment_report", lambda: {"gpus": [d.name for d in gpus]})  # would query fakes
+    config.setup(profile="quick")
+    assert calls == [("GPU:0", True), ("GPU:2", True)] and growth["/physical_device:GPU:0"] is True
+    out = capsys.readouterr().out
+    assert ("Note: GPU memory growth could not be turned on for /physical_device:GPU:2 (Physical devices cannot be "
+            "modified after being initialized); this kernel holds the whole GPU. Restart the kernel and run setup() "
+            "first") in out
+
+
+def test_setup_on_a_cpu_touches_no_device(monkeypatch, tmp_path):
+    tf = config.import_tensorflow()
+    monkeypatch.setenv("WORKSHOP_WORKSPACE", str(tmp_path))
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("a GPU is present: the test above covers it")
+    monkeypatch.setattr(tf.config.experimental, "set_memory_growth",
+                        lambda *a: pytest.fail("set_memory_growth called without a GPU"))
+    assert config.setup(profile="quick").environment["gpus"] == []

@@ -147,9 +147,51 @@ def test_the_command_line(course, capsys):
     assert capsys.readouterr().out == "publish: normalized the setup cell of 01_load_data.ipynb.\n"
     assert cli.main(["publish", "--repo", URL, *paths]) == 0
     assert capsys.readouterr().out.startswith(f"publish: set {URL} (branch main) in 00_setup.ipynb, ")
-    assert cli.main(["publish", "--check", *paths]) == 0
+    assert cli.main(["publish", "--check", "--strict", *paths]) == 0, "published: nothing to warn about"
+    assert capsys.readouterr().err == ""
     assert cli.main(["publish", "--repo", "https://example.com/x", *paths]) == 2
     assert capsys.readouterr().err.startswith("error: --repo must be a GitHub repository URL like")
+
+
+def test_check_names_the_unset_url_a_warning_unless_strict(course, capsys):
+    """An unpublished course is canonical (CI's own check passes) but --check says the URL is unset; --strict
+    fails on it, for the check before a release."""
+    folder, readme = course
+    paths = ["--notebooks", str(folder), "--readme", str(readme)]
+    publish.normalize(folder, readme)
+    assert publish.problems(folder, readme) == [] and publish.unset_repo(folder) == publish.UNSET_REPO
+    assert cli.main(["publish", "--check", *paths]) == 0
+    out, err = capsys.readouterr()
+    assert out == "All 3 notebooks have the canonical setup cell; the course's URL is not set (see the warning).\n"
+    assert err == f"warning: {publish.UNSET_REPO}\n"
+    assert err.startswith("warning: WORKSHOP_REPO, the course's public GitHub URL, is not set in the notebooks' setup "
+                          "cells") and "publish --repo https://github.com/OWNER/REPO" in err
+
+    assert cli.main(["publish", "--check", "--strict", *paths]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == publish.UNSET_REPO + "\n"
+
+    publish.publish(URL, folder=folder, readme=readme)
+    assert publish.unset_repo(folder) is None
+    assert cli.main(["publish", "--check", *paths]) == 0
+    assert capsys.readouterr() == ("All 3 notebooks have the canonical setup cell.\n", "")
+
+
+def test_strict_without_check_and_a_missing_readme_are_one_line(course, capsys):
+    folder, readme = course
+    assert cli.main(["publish", "--normalize", "--strict", "--notebooks", str(folder)]) == 2
+    assert capsys.readouterr().err == ("error: --strict only applies with --check: run `python -m workshop_utils "
+                                       "publish --check --strict`.\n")
+    missing = folder.parent / "GONE.md"
+    assert cli.main(["publish", "--check", "--notebooks", str(folder), "--readme", str(missing)]) == 2
+    assert capsys.readouterr().err == f"error: {missing}: No such file or directory (does not exist; check the path)\n"
+
+
+def test_this_repositorys_check_passes_while_its_url_is_unset(capsys):
+    """CI stays green: this repository leaves WORKSHOP_REPO unset on purpose, so --check warns and exits 0."""
+    assert cli.main(["publish", "--check"]) == 0
+    err = capsys.readouterr().err
+    assert (f"warning: {publish.UNSET_REPO}\n" in err) == (publish.unset_repo() is not None), err
 
 
 class _Cloned(Exception):

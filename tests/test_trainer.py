@@ -465,3 +465,12 @@ def test_class_weight_rules_and_errors():
     with pytest.raises(OptionsError, match=r"class_weight must be 'balanced', a mapping class -> weight or None, "
                                            r"got 'equal'"):
         Options(class_weight="equal").check()
+
+
+def test_a_diverging_run_says_to_lower_the_learning_rate():
+    x, labels = separable(40, d=8, classes=2)
+    options = Options(epoch=5, learning_rate=1e37, learning_rate_scheduler=None, early_stopping=None, progress=False,
+                      validation_set_fraction=0, weights=None, image_size=(64, 64), class_weight=None)
+    with pytest.raises(TrainingDataError, match=r"Training diverged: the loss became nan at epoch 0 with learning "
+                                                r"rate 1e\+37\. Lower the learning rate \(--learning-rate"):
+        ImageClassificationTrainer(options).fit_features(make_bottlenecks(x * 1e3, labels))

@@ -110,7 +110,12 @@ class Architecture:
                 f"Weights file {path} for {self.name} does not exist; pass 'imagenet', None, or an existing file."
             )
         model = self.backbone(input_shape, None)
-        model.load_weights(str(path))
+        try:
+            model.load_weights(str(path))
+        except (OSError, ValueError) as exc:  # h5py/Keras say "unable to open", "shape mismatch", …
+            raise WeightsUnavailableError(
+                f"Weights file {path} cannot be loaded into {self.name} ({type(exc).__name__}: {exc}); pass a Keras "
+                "weights file saved for this architecture, 'imagenet' or 'none'.") from None
         return model
 
 

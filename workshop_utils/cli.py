@@ -2,22 +2,28 @@
 
 ``run`` does the whole lab in one go (load → bottleneck → train → evaluate → export) and prints the
 same lines ML.NET's sample prints; ``predict`` classifies image files with an exported model; ``publish``
-sets the course's public GitHub URL in the notebooks and the README. Bad input gives one line on stderr and
-exit code 2.
+sets the course's public GitHub URL in the notebooks and the README. Bad input gives one line on stderr
+(``error: ...``, what to do) and exit code 2, checked before any long work; Ctrl+C one line and exit code 130.
 """
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
+from contextlib import contextmanager
 from pathlib import Path
 
 from . import __version__
+from .data import PROTOCOLS
 
 EXIT_USAGE = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what shells report for a program stopped by Ctrl+C
 
 
 class CommandError(Exception):
@@ -34,19 +40,69 @@ def _positive_int(text: str) -> int:
     return value
 
 
+FLOAT32_MAX = 3.4028234663852886e38
+"""The largest float32: TensorFlow stores learning rates and timeouts as float32, so larger ones overflow."""
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"expected a finite number above 0, got {text}")
     if not value > 0:
         raise argparse.ArgumentTypeError(f"expected a number above 0, got {text}")
+    if value > FLOAT32_MAX:
+        raise argparse.ArgumentTypeError(f"expected a number up to {FLOAT32_MAX:.3g} (float32), got {text}")
     return value
+
+
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 32, 1024
+"""--image-size bounds: no backbone takes less than 32 pixels; above 1024 a batch of images no longer fits in memory."""
+
+
+def _image_size(text: str) -> int:
+    value = _positive_int(text)
+    if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
+        raise argparse.ArgumentTypeError(
+            f"expected a size from {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} pixels (the backbones are trained at "
+            f"224-299), got {value}")
+    return value
+
+
+def _seed(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if not 0 <= value < 2**32:
+        raise argparse.ArgumentTypeError(f"expected a whole number from 0 to {2**32 - 1} (NumPy's range), got {value}")
+    return value
+
+
+WEIGHTS_SUFFIXES = (".keras", ".h5", ".hdf5", ".weights.json")
+"""The weights files Keras 3's ``load_weights`` reads (``.weights.h5`` ends in ``.h5``)."""
+
+
+def _weights_value(text: str) -> str:
+    if text.lower() in {"imagenet", "none", "random"} or text.lower().endswith(WEIGHTS_SUFFIXES):
+        return text
+    raise argparse.ArgumentTypeError(
+        f"expected 'imagenet', 'none' or a Keras weights file ({', '.join(('.weights.h5',) + WEIGHTS_SUFFIXES)}), "
+        f"got {text!r}")
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors in one line (``error: ...`` and where to look), exit code 2, no usage block."""
+
+    def error(self, message: str):
+        self.exit(EXIT_USAGE, f"error: {message} (see `{self.prog} --help`)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser (also documents every flag in ``--help``)."""
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="python -m workshop_utils",
         description="Car-damage image classification by transfer learning (ML.NET's Image Classification "
         "API, in TensorFlow/Keras).",
@@ -67,7 +123,7 @@ def build_parser() -> argparse.ArgumentParser:
         "folder/CSV path (default: the profile's dataset)",
     )
     run.add_argument("--arch", default=None, help="backbone architecture, e.g. ResnetV250, MobilenetV2, "
-                     "InceptionV3, ResnetV2101, EfficientNetLite0 (default: the profile's)")
+                     "InceptionV3, ResnetV2101, EfficientNetLite0, EfficientNetLite1, EfficientNetLite2 (default: the profile's)")
     run.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (ML.NET: 200)")
     run.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size (ML.NET: 10)")
     run.add_argument("--learning-rate", type=_positive_float, default=None,
@@ -80,11 +136,18 @@ def build_parser() -> argparse.ArgumentParser:
                      "there (default: paths relative to the CSV's folder)")
     run.add_argument("--reuse-cache", action="store_true",
                      help="reuse cached bottlenecks when their fingerprint still matches the images and model")
-    run.add_argument("--weights", default=None,
+    run.add_argument("--weights", type=_weights_value, default=None,
                      help="backbone weights: 'imagenet', 'none' (random init) or a weights file path")
-    run.add_argument("--image-size", type=_positive_int, default=None,
-                     help="square input size in pixels (default: the architecture's own)")
-    run.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    run.add_argument("--image-size", type=_image_size, default=None,
+                     help=f"square input size in pixels, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (default: the "
+                     "architecture's own)")
+    run.add_argument("--protocol", choices=PROTOCOLS, default=None,
+                     help="honest (default): validation chooses the epoch, a test set never used for choosing is "
+                     "reported; mlnet: ML.NET's lab, which chooses and reports on the same validation set")
+    run.add_argument("--class-weight", choices=["balanced", "none"], default=None,
+                     help="balanced (default under --protocol honest): every class weighs the same in the loss, as "
+                     "macro accuracy does; none: every image the same (ML.NET, and --protocol mlnet)")
+    run.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     run.add_argument("--no-export", action="store_true", help="skip exporting the model")
     run.add_argument("--quiet", action="store_true", help="no per-image/per-epoch ML.NET lines")
     _add_fine_tune_flags(run)
@@ -120,20 +183,32 @@ def _add_serve(commands) -> None:
         "serve",
         help="serve an exported model: a web API (POST /predict) and a one-page web app",
         description="Loads the model once and serves POST /predict (image bytes or a multipart 'file'), "
-        "GET /health and a web page at / until Ctrl+C.",
+        "GET /health and a web page at / until Ctrl+C or SIGTERM. Every resource is bounded: upload size "
+        "(413), time to send it (408), uploads at once and images queued (503 with Retry-After).",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     serve.add_argument("model_dir", type=Path, help="folder written by `run` (workspace/model)")
     serve.add_argument("--host", default="127.0.0.1",
-                       help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0: every interface)")
-    serve.add_argument("--port", type=int, default=8000, help="TCP port (default 8000; 0: any free port)")
+                       help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    serve.add_argument("--port", type=int, default=8000, help="TCP port, 0 to 65535 (0: any free port)")
     serve.add_argument("--max-bytes", type=_positive_int, default=10 * 2**20,
-                       help="largest upload in bytes (default 10485760 = 10 MB); larger ones get HTTP 413")
+                       help="largest upload in bytes (10 MB); larger ones get HTTP 413")
+    serve.add_argument("--body-timeout", type=_positive_float, default=30.0,
+                       help="seconds a client has to send its whole upload; slower ones get HTTP 408")
+    serve.add_argument("--max-concurrency", type=_positive_int, default=32,
+                       help="uploads read or scored at the same time; more get HTTP 503 with Retry-After")
+    serve.add_argument("--max-queue", type=_positive_int, default=64,
+                       help="images waiting for the model; more get HTTP 503 with Retry-After")
+    serve.add_argument("--shutdown-timeout", type=_positive_float, default=10.0,
+                       help="seconds Ctrl+C or SIGTERM waits for open requests before cancelling them")
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
-    return serve(args.model_dir, host=args.host, port=args.port, max_bytes=args.max_bytes)
+    return serve(args.model_dir, host=args.host, port=args.port, max_bytes=args.max_bytes,
+                 body_timeout=args.body_timeout, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
+                 shutdown_timeout=args.shutdown_timeout)
 
 
 def _add_fine_tune_flags(run: argparse.ArgumentParser) -> None:
@@ -188,7 +263,8 @@ def _report_skipped(trained, workspace: Path) -> Path | None:
     import pandas as pd
 
     parts = [b.skipped.assign(subset=subset)[["subset", "path", "reason"]]
-             for subset, b in (("train", trained.train_bottlenecks), ("validation", trained.validation_bottlenecks))
+             for subset, b in (("train", trained.train_bottlenecks), ("validation", trained.validation_bottlenecks),
+                               ("test", trained.test_bottlenecks))
              if b is not None and len(b.skipped)]
     target = workspace / SKIPPED_CSV
     if not parts:
@@ -204,17 +280,31 @@ def _report_skipped(trained, workspace: Path) -> Path | None:
     return target
 
 
+def _check_no_file_in_the_way(workspace: Path, folders: list[str]) -> None:
+    """The workspace's sub-folders the run writes must not be files: found now, not after the bottleneck pass."""
+    from .course import MODEL_DIR
+
+    for name in folders:
+        if (workspace / name).exists() and not (workspace / name).is_dir():
+            raise CommandError(f"{workspace / name} is a file, but the run writes a folder of that name: move the file "
+                               f"or choose another --workspace{', or pass --no-export' if name == MODEL_DIR else ''}.")
+
+
 def _run(args: argparse.Namespace) -> int:
-    from .config import get_profile, import_tensorflow, set_seeds, workspace_dir
-    from .course import plan_run
+    from .config import WORKSPACE_ENV, check_workspace, get_profile, import_tensorflow, set_seeds
+    from .course import MODEL_DIR, attach_test_bottlenecks, plan_run
+
+    if not args.fine_tune and (args.unfreeze is not None or args.fine_tune_epochs is not None):
+        raise CommandError("--unfreeze and --fine-tune-epochs only apply with --fine-tune: add --fine-tune, or drop "
+                           "them.")
 
     profile = get_profile()
     if (args.dataset or profile.dataset) == "sample" and profile.name != "quick":
         profile = get_profile("quick")  # the sample is for offline runs: its settings come with it
         print(f"Dataset 'sample': defaults from the quick profile (arch {profile.arch}, {profile.epochs} epochs, "
               "offline weights); flags still override them.")
-    workspace = (args.workspace or workspace_dir()).expanduser().resolve()
-    workspace.mkdir(parents=True, exist_ok=True)
+    # a read-only or misplaced workspace fails now, not after the bottleneck pass
+    workspace = check_workspace(args.workspace, "--workspace" if args.workspace else f"--workspace or ${WORKSPACE_ENV}")
     overrides = {name: value for name, value in [
         ("arch", args.arch), ("epoch", args.epochs), ("batch_size", args.batch_size),
         ("learning_rate", args.learning_rate),
@@ -222,46 +312,62 @@ def _run(args: argparse.Namespace) -> int:
     ] if value is not None}
     if args.weights is not None:
         overrides["weights"] = None if args.weights.lower() in {"none", "random"} else args.weights
+    if args.class_weight is not None:
+        overrides["class_weight"] = None if args.class_weight == "none" else args.class_weight
 
     import_tensorflow()
     set_seeds(args.seed)
     from .architectures import get_architecture
+    from .bottleneck import CACHE_FOLDER
     from .metrics import evaluate
     from .trainer import ImageClassificationTrainer
 
+    _check_no_file_in_the_way(workspace, [CACHE_FOLDER] + ([] if args.no_export else [MODEL_DIR]))
     architecture = get_architecture(overrides.get("arch", profile.arch))
     overrides["arch"] = architecture.name
+    try:
+        architecture.resolve_input_size(overrides.get("image_size"))  # its minimum, before the data is read
+    except ValueError as error:
+        raise CommandError(f"--image-size: {error}") from error
     plan = plan_run(profile, args.dataset, workspace=workspace, image_dir=getattr(args, "image_dir", None),
-                    seed=args.seed, reuse_train_set_bottleneck_cached_values=args.reuse_cache,
+                    seed=args.seed, protocol=args.protocol, reuse_train_set_bottleneck_cached_values=args.reuse_cache,
                     reuse_validation_set_bottleneck_cached_values=args.reuse_cache,
                     metrics_callback=None if args.quiet else print, **overrides)
-    options, frame, train_df, validation_df = plan.options, plan.frame, plan.train, plan.validation
+    options, frame = plan.options, plan.frame
+    if len(plan.check.findings):
+        print(plan.check.summary())
     if options.weights is None:
         print(f"Note: {architecture.name} with random weights: the features are untrained, expect low accuracy.")
+    reported_name, _ = plan.reported
     print(
-        f"Dataset {plan.dataset}: {len(frame)} images, {frame['label'].nunique()} classes "
-        f"({len(train_df)} train, {len(validation_df)} validation)."
+        f"Dataset {plan.dataset}: {len(frame)} images, {frame['label'].nunique()} classes; protocol {plan.protocol}: "
+        f"{len(plan.train)} train, {len(plan.validation)} validation (chooses the epoch), "
+        + (f"{len(plan.test)} test (reported, never used for choosing)." if reported_name == "test"
+           else "the validation set is also the one reported, as in ML.NET's lab.")
     )
     started = time.perf_counter()
-    trained = ImageClassificationTrainer(options).fit(train_df, validation_df)
+    trained = ImageClassificationTrainer(options).fit(plan.train, plan.validation)
     print(
         f"Trained in {time.perf_counter() - started:.1f} s: best epoch {trained.best_epoch}"
-        f"{', stopped early' if trained.stopped_early else ''}."
+        f"{', stopped early' if trained.stopped_early else ''}; chosen on the validation set"
+        + _chosen_epoch_scores(trained) + "."
     )
+    if reported_name == "test":
+        attach_test_bottlenecks(plan, trained, reuse=args.reuse_cache)
     _report_skipped(trained, workspace)
 
-    validation = trained.validation_bottlenecks
-    if validation is None or len(validation.features) == 0:
-        print("No validation images: skipping evaluation.")
+    reported = trained.test_bottlenecks if reported_name == "test" else trained.validation_bottlenecks
+    if reported is None or len(reported.features) == 0:
+        print(f"No {reported_name} images: skipping evaluation.")
         metrics = None
     else:
-        probabilities = trained.predict_proba(validation.features)
-        metrics = evaluate(validation.labels, probabilities, trained.label_map,
-                           name=f"{architecture.name} + softmax head")
+        probabilities = trained.predict_proba(reported.features)
+        metrics = evaluate(reported.labels, probabilities, trained.label_map,
+                           name=f"{architecture.name} + softmax head", subset=reported_name)
         print(metrics)
         from .plots import print_prediction_listing, prediction_listing
 
-        listing = prediction_listing(validation.image_paths, validation.labels, probabilities, trained.label_map)
+        listing = prediction_listing(reported.image_paths, reported.labels, probabilities, trained.label_map)
         print_prediction_listing(listing, n=10, show_probability=True)
 
     if args.fine_tune:  # notebook 07's step: fine-tune, compare before/after, export the fine-tuned model
@@ -274,7 +380,31 @@ def _run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _chosen_epoch_scores(trained) -> str:
+    """' (validation accuracy 0.897, log-loss 0.31)' at the chosen epoch, from the training history."""
+    rows = trained.history[(trained.history["epoch"] == trained.best_epoch) & (trained.history["dataset"] == "Validation")]
+    if rows.empty:
+        return ""
+    return f" (validation accuracy {rows['accuracy'].iloc[0]:.3f}, log-loss {rows['cross_entropy'].iloc[0]:.3f})"
+
+
+def _check_predict_paths(model_dir: Path, images: list[Path]) -> None:
+    """Paths that cannot work fail in one line before the model is loaded (seconds), not one by one after it."""
+    if model_dir.exists() and not model_dir.is_dir():
+        raise CommandError(f"{model_dir} is a file, not a model folder: pass the folder `run` exported "
+                           "(workspace/model), then the images.")
+    if not model_dir.is_dir():
+        return  # Classifier.load says it is missing and how to export one
+    bad = [f"{path} (a folder: pass its images, e.g. {path / '*.jpg'})" if path.is_dir() else f"{path} (does not exist)"
+           for path in images if not path.is_file()]
+    if bad:
+        shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+        verb = "is not a file" if len(bad) == 1 else "are not files"
+        raise CommandError(f"{len(bad)} of the {len(images)} image paths {verb}: {shown}. Check the paths.")
+
+
 def _predict(args: argparse.Namespace) -> int:
+    _check_predict_paths(args.model_dir, args.images)
     from .model_io import Classifier, InvalidImageError
 
     classifier = Classifier.load(args.model_dir)
@@ -312,20 +442,38 @@ _USER_ERRORS = (  # (module, class names): "fix your input" errors, shown as one
     ("bottleneck", ("BottleneckError",)),
     ("trainer", ("TrainerError",)),
     ("predictions", ("InvalidImageError", "LabelsFileError")),
-    ("model_io", ("ModelFolderError",)),
+    ("model_io", ("ModelFolderError", "ExportError")),
     ("finetune", ("FineTuneError",)),
     ("publish", ("PublishError",)),
     ("serve", ("ServeError",)),
 )
 
 
+_PATH_ERRORS = {  # Python's own errors about a path the user gave: what to do about each
+    FileNotFoundError: "does not exist; check the path",
+    NotADirectoryError: "a file is in the way where a folder is expected; move it or choose another path",
+    FileExistsError: "a file is in the way where a folder is expected; move it or choose another path",
+    IsADirectoryError: "is a folder where a file is expected; give a file",
+    PermissionError: "permission denied; choose a path you can read and write, or change its permissions",
+}
+
+
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The user-error classes of the modules loaded so far (a module not loaded cannot have raised)."""
-    errors: list[type[BaseException]] = [CommandError, FileNotFoundError, NotADirectoryError]
+    errors: list[type[BaseException]] = [CommandError, *_PATH_ERRORS]
     for module, names in _USER_ERRORS:
         mod = sys.modules.get(f"{__package__}.{module}")
         errors += [getattr(mod, name) for name in names if mod is not None]
     return tuple(errors)
+
+
+def _one_line(error: BaseException) -> str:
+    """The error as one line: ours carry their fix; Python's path errors get the path and what to do."""
+    if type(error) in _PATH_ERRORS and getattr(error, "filename", None):
+        text = f"{error.filename}: {error.strerror or type(error).__name__} ({_PATH_ERRORS[type(error)]})"
+    else:
+        text = str(error) or type(error).__name__
+    return " ".join(text.split())
 
 
 def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
@@ -349,19 +497,44 @@ def main(argv: list[str] | None = None) -> int:
         return _dispatch(args)
 
 
-def _dispatch(args: argparse.Namespace) -> int:
-    """Run the chosen command; user errors become one line on stderr and exit code 2."""
+@contextmanager
+def _noting_interrupts():
+    """Ctrl+C raises KeyboardInterrupt as usual and is also remembered (the list gets an entry): TensorFlow can
+    turn a KeyboardInterrupt raised inside its C++ code into another exception, such as a bare TypeError."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread() or \
+            signal.getsignal(signal.SIGINT) is not signal.default_int_handler:
+        yield seen  # signals go to the main thread only; a custom or ignored SIGINT is left alone
+        return
+
+    def note(signum, frame):
+        seen.append(signum)
+        signal.default_int_handler(signum, frame)
+
+    signal.signal(signal.SIGINT, note)
     try:
-        if args.command == "publish":
-            return _publish(args)
-        if args.command == "serve":
-            return _serve(args)
-        return _run(args) if args.command == "run" else _predict(args)
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        return 130
-    except Exception as exc:
-        if isinstance(exc, _user_errors()):
-            print(f"error: {exc}", file=sys.stderr)
-            return EXIT_USAGE
-        raise
+        yield seen
+    finally:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    """Run the chosen command; user errors become one line on stderr and exit code 2, Ctrl+C one line and 130."""
+    with _noting_interrupts() as interrupts:
+        try:
+            if args.command == "publish":
+                return _publish(args)
+            if args.command == "serve":
+                return _serve(args)
+            return _run(args) if args.command == "run" else _predict(args)
+        except KeyboardInterrupt:
+            print("Interrupted.", file=sys.stderr)
+            return EXIT_INTERRUPTED
+        except Exception as exc:
+            if interrupts:  # the Ctrl+C surfaced as another exception (see _noting_interrupts)
+                print("Interrupted.", file=sys.stderr)
+                return EXIT_INTERRUPTED
+            if isinstance(exc, _user_errors()):
+                print(f"error: {_one_line(exc)}", file=sys.stderr)
+                return EXIT_USAGE
+            raise

@@ -47,6 +47,7 @@ class Profile:
     learning_rate: float
     bottleneck_batch_size: int
     patience: int  # early-stopping patience, in epochs
+    protocol: str = "honest"  # data.PROTOCOLS: "honest" (choose on validation, report on test) or "mlnet"
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -120,6 +121,31 @@ def workspace_dir(create: bool = True) -> Path:
     if create:
         path.mkdir(parents=True, exist_ok=True)
     return path
+
+
+def check_workspace(path: str | Path | None = None, setting: str = WORKSPACE_ENV) -> Path:
+    """The workspace (``path``, else :func:`workspace_dir`'s) created and proven writable by writing and removing
+    a probe file, so a read-only or misplaced workspace fails in one line before any long work, not after it.
+
+    ``setting`` names what chose the folder (``--workspace`` on the command line) for the message's fix.
+    """
+    folder = Path(path).expanduser().resolve() if path is not None else workspace_dir(create=False)
+    probe = folder / f".write-probe-{os.getpid()}.tmp"
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
+        probe.unlink()
+    except OSError as error:
+        if isinstance(error, (FileExistsError, NotADirectoryError)):
+            in_the_way = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+            reason = f"{in_the_way} is a file, not a folder"
+        else:
+            reason = f"{error.strerror or error} ({type(error).__name__})"
+        raise ConfigError(
+            f"The workspace {folder} cannot be written: {reason}. Point {setting} at a folder you can write to "
+            "(caches, trained heads and exported models go there)."
+        ) from error
+    return folder
 
 
 def quiet_tensorflow() -> None:
@@ -250,6 +276,18 @@ def record_profile(workspace: Path, profile: Profile, source: str) -> str | None
     return note
 
 
+def _grow_gpu_memory(tf: Any) -> None:
+    """Turn on memory growth for every GPU (setup's first TensorFlow call); says so when it is too late."""
+    for gpu in tf.config.list_physical_devices("GPU"):
+        if tf.config.experimental.get_memory_growth(gpu):
+            continue  # already on (setup ran before in this kernel)
+        try:
+            tf.config.experimental.set_memory_growth(gpu, True)
+        except RuntimeError as exc:  # the GPU was initialised before setup() in this kernel
+            print(f"Note: GPU memory growth could not be turned on for {gpu.name} ({exc}); this kernel holds "
+                  "the whole GPU. Restart the kernel and run setup() first to share the GPU between notebooks.")
+
+
 def setup(seed: int = 0, profile: str | None = None) -> Settings:
     """Notebook start-up: quiet TF logs, seed everything, pick the profile, report the environment.
 
@@ -258,16 +296,20 @@ def setup(seed: int = 0, profile: str | None = None) -> Settings:
 
     TensorFloat-32 is turned off: on Ampere GPUs it would make a reloaded model differ from the cached
     features by more than the course's 1e-5 checks (CPUs and Colab's T4 are unaffected either way).
+    GPU memory grows as needed instead of TensorFlow taking it all at the first op, so the kernels of
+    several notebooks can share one Colab GPU (nothing to do on a CPU).
     """
     chosen = get_profile(profile)  # a bad name fails before the slow imports
-    import_tensorflow().config.experimental.enable_tensor_float_32_execution(False)
+    tf = import_tensorflow()
+    _grow_gpu_memory(tf)  # before any op runs: afterwards TensorFlow refuses to change it
+    tf.config.experimental.enable_tensor_float_32_execution(False)
     set_seeds(seed)
     import matplotlib
 
     if "ipykernel" not in sys.modules and "MPLBACKEND" not in os.environ:
         matplotlib.use("Agg")  # scripts and tests: no display needed
     source = profile_source(profile)
-    workspace = workspace_dir()
+    workspace = check_workspace()  # a read-only or misplaced workspace fails here, not after minutes of work
     note = record_profile(workspace, chosen, source)
     if note:
         print(note)

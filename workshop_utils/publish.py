@@ -4,8 +4,8 @@ The first code cell of every notebook is generated here (:func:`setup_cell_sourc
 the same one. ``python -m workshop_utils publish --repo https://github.com/OWNER/REPO`` writes the URL (and
 ``--branch``) into every notebook's setup cell, which clones it on Colab, and into the README, whose notebook
 table gets an "Open in Colab" badge per notebook. ``--normalize`` rewrites the setup cells keeping their URL;
-``--check`` lists what is not canonical. Until a URL is set, the setup cell fails on Colab with one line that
-says what to set. No TensorFlow here.
+``--check`` lists what is not canonical and warns while no URL is set (``--check --strict`` fails then). Until a
+URL is set, the setup cell fails on Colab with one line that says what to set. No TensorFlow here.
 """
 from __future__ import annotations
 
@@ -298,6 +298,23 @@ def problems(folder: Path = NOTEBOOKS_DIR, readme: Path | None = README) -> list
     return found
 
 
+UNSET_REPO = ("WORKSHOP_REPO, the course's public GitHub URL, is not set in the notebooks' setup cells, so on Colab "
+              "their first cell stops and asks for it; whoever publishes the course sets it with "
+              "`python -m workshop_utils publish --repo https://github.com/OWNER/REPO`.")
+
+
+def unset_repo(folder: Path = NOTEBOOKS_DIR) -> str | None:
+    """:data:`UNSET_REPO` while no notebook's setup cell holds a repository URL (not published yet), else None;
+    setup cells that cannot be read, or that disagree, are :func:`problems`' to report."""
+    cells = []
+    for notebook in notebooks(folder):
+        try:
+            cells.append(read_setup_cell(notebook))
+        except PublishError:
+            continue
+    return UNSET_REPO if cells and not any(c.repo_url for c in cells) else None
+
+
 def add_parser(commands: argparse._SubParsersAction) -> None:
     """The ``publish`` subcommand of ``python -m workshop_utils``."""
     parser = commands.add_parser(
@@ -311,7 +328,11 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
     action.add_argument("--normalize", action="store_true",
                         help="rewrite every notebook's setup cell to the canonical one, keeping its URL")
     action.add_argument("--check", action="store_true",
-                        help="list setup cells and README lines that are not canonical; exit 1 if any")
+                        help="list setup cells and README lines that are not canonical; exit 1 if any. Warns "
+                        "(exit 0) while WORKSHOP_REPO, the course's URL, is not set")
+    parser.add_argument("--strict", action="store_true",
+                        help="with --check: an unset WORKSHOP_REPO is a problem too (exit 1), for the check before "
+                        "a release")
     parser.add_argument("--branch", default=DEFAULT_BRANCH, help=f"the branch Colab opens (default {DEFAULT_BRANCH})")
     parser.add_argument("--notebooks", type=Path, default=NOTEBOOKS_DIR, help=argparse.SUPPRESS)
     parser.add_argument("--readme", type=Path, default=README, help=argparse.SUPPRESS)
@@ -319,12 +340,21 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Carry out ``publish``; returns the exit code."""
+    if args.strict and not args.check:
+        raise PublishError("--strict only applies with --check: run `python -m workshop_utils publish --check "
+                           "--strict`.")
     if args.check:
         found = problems(args.notebooks, args.readme)
+        unset = unset_repo(args.notebooks)
+        if unset and args.strict:
+            found.append(unset)
         for line in found:
             print(line, file=sys.stderr)
+        if unset and not args.strict:
+            print(f"warning: {unset}", file=sys.stderr)
         if not found:
-            print(f"All {len(notebooks(args.notebooks))} notebooks have the canonical setup cell.")
+            print(f"All {len(notebooks(args.notebooks))} notebooks have the canonical setup cell"
+                  + ("; the course's URL is not set (see the warning)." if unset else "."))
         return 1 if found else 0
     if args.normalize:
         changed = normalize(args.notebooks, args.readme)

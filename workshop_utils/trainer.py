@@ -622,7 +622,8 @@ class ImageClassificationTrainer:
         # the per-step Python overhead of a plain fit() is what made it ~7x slower. XLA was slower on CPU here.
         head.compile(optimizer=keras.optimizers.SGD(rate), loss="sparse_categorical_crossentropy",
                      metrics=["accuracy"], steps_per_execution=steps, jit_compile=False)
-        callbacks: list[keras.callbacks.Callback] = [MLNetMetricsLogger(o.metrics_callback, o.test_on_train_set)]
+        callbacks: list[keras.callbacks.Callback] = [MLNetMetricsLogger(o.metrics_callback, o.test_on_train_set),
+                                                     keras.callbacks.TerminateOnNaN()]
         stopper = None
         restore = bool(o.restore_best_weights and has_validation)
         if o.early_stopping is not None:
@@ -640,7 +641,13 @@ class ImageClassificationTrainer:
                                  class_weight=class_weights(o.class_weight, y, label_map),
                                  validation_data=validation_data, epochs=int(o.epoch), callbacks=callbacks,
                                  verbose=0, shuffle=False)
-        epochs_run = len(keras_history.history.get("loss", []))
+        losses = np.asarray(keras_history.history.get("loss", []), dtype=np.float64)
+        if not np.isfinite(losses).all():
+            raise TrainingDataError(
+                f"Training diverged: the loss became {losses[~np.isfinite(losses)][0]} at epoch "
+                f"{int(np.flatnonzero(~np.isfinite(losses))[0])} with learning rate {o.learning_rate:g}. Lower the "
+                "learning rate (--learning-rate, Options.learning_rate), e.g. to 0.01.")
+        epochs_run = len(losses)
         best_epoch = stopper.best_epoch if (stopper is not None and restore) else epochs_run - 1
         stopped_early = epochs_run < int(o.epoch)
         kernel, bias = head.layers[-1].get_weights()
