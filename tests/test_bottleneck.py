@@ -1,5 +1,6 @@
 """The bottleneck phase: decoding, bad images, ML.NET's progress lines, and the fingerprinted atomic cache."""
 import hashlib
+import io
 import json
 import os
 import time
@@ -9,6 +10,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import image_cases
 from workshop_utils import bottleneck
 from workshop_utils.architectures import Architecture
 from workshop_utils.bottleneck import (
@@ -73,8 +75,19 @@ def _bad_files(folder):
     empty.write_bytes(b"")
     good = _noisy_jpeg(folder / "noisy.jpg").read_bytes()
     truncated = folder / "truncated.jpg"
-    truncated.write_bytes(good[: len(good) // 2])  # header intact, pixel data cut: only the decoder can tell
-    return [str(text), str(empty), str(truncated)]
+    truncated.write_bytes(good[: len(good) // 2])  # header intact, pixel data cut: the walk finds no end marker
+    corrupt = folder / "corrupt.png"  # every chunk complete, but the compressed pixels garbled: only decoding tells
+    png = bytearray(_encoded(Image.fromarray(np.random.default_rng(1).integers(0, 256, (30, 40, 3), np.uint8)), "PNG"))
+    start = png.index(b"IDAT") + 20
+    png[start:start + 64] = bytes(64)
+    corrupt.write_bytes(bytes(png))
+    return [str(text), str(empty), str(truncated), str(corrupt)]
+
+
+def _encoded(image, fmt, **options):
+    buffer = io.BytesIO()
+    image.save(buffer, format=fmt, **options)
+    return buffer.getvalue()
 
 
 def test_decodes_every_format(images, tmp_path):
@@ -90,12 +103,12 @@ def test_decodes_every_format(images, tmp_path):
 
 def test_bad_images_are_skipped_and_reported(images, tmp_path):
     bad = _bad_files(tmp_path / "images")
-    frame = pd.concat([images.iloc[:2], pd.DataFrame({"image_path": bad, "label": ["x", "y", "z"]}),
+    frame = pd.concat([images.iloc[:2], pd.DataFrame({"image_path": bad, "label": ["x", "y", "z", "w"]}),
                        images.iloc[2:]], ignore_index=True)
     csv = tmp_path / "ws" / "bottlenecks" / "train" / "skipped.csv"
-    with pytest.warns(SkippedImagesWarning, match=r"Skipped 3 of 9 images .*text\.jpg") as caught:
+    with pytest.warns(SkippedImagesWarning, match=r"Skipped 4 of 10 images .*text\.jpg") as caught:
         result = compute_bottlenecks(frame, tiny(), tmp_path / "ws", batch_size=4, weights=None, progress=False)
-    assert str(caught[0].message).endswith(f"; all 3 with reasons: {csv}.")  # points to a file, not an attribute
+    assert str(caught[0].message).endswith(f"; all 4 with reasons: {csv}.")  # points to a file, not an attribute
     assert len(result) == 6
     assert result.labels == list(images["label"])  # rows stay aligned with their labels
     assert not (result.features == 0).all(axis=1).any()  # never a zero vector in place of an image
@@ -104,7 +117,10 @@ def test_bad_images_are_skipped_and_reported(images, tmp_path):
     assert reasons[os.path.abspath(bad[0])].startswith(
         "the bytes (18 bytes, starting b'this is ') are not a decodable JPEG/PNG/GIF/BMP/WebP image")
     assert reasons[os.path.abspath(bad[1])] == "empty file (0 bytes)"
-    assert "Invalid JPEG data" in reasons[os.path.abspath(bad[2])]
+    assert reasons[os.path.abspath(bad[2])] == (
+        "the bytes are not a decodable JPEG/PNG/GIF/BMP/WebP image (truncated or corrupt: the data stops after "
+        f"{os.path.getsize(bad[2]):,} bytes, before the JPEG end-of-image marker). Re-download or re-save the file.")
+    assert "Invalid PNG data" in reasons[os.path.abspath(bad[3])]  # found by decoding it, as TensorFlow refused it
     pd.testing.assert_frame_equal(pd.read_csv(csv), result.skipped)
 
 
@@ -117,7 +133,7 @@ def test_cut_jpeg_header_never_reaches_libjpeg(images, tmp_path, capfd):
         cut.write_bytes(good[:n])
         cuts.append(str(cut))
     truncated = tmp_path / "half.jpg"
-    truncated.write_bytes(good[: len(good) // 2])  # decoded (and refused) by TensorFlow
+    truncated.write_bytes(good[: len(good) // 2])  # refused by the walk: it has no end marker
     frame = pd.concat([images, pd.DataFrame({"image_path": cuts + [str(truncated)], "label": "a"})])
     capfd.readouterr()
     with pytest.warns(SkippedImagesWarning, match="Skipped 4 of 10 images"):
@@ -165,8 +181,8 @@ def test_missing_file_is_skipped(images, tmp_path):
 def test_nothing_decodable_is_an_error(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "rgb.jpg").write_bytes(b"\xff\xd8\xff")
-    frame = pd.DataFrame({"image_path": _bad_files(tmp_path / "images"), "label": ["a"] * 3})
-    with pytest.raises(BottleneckError, match=r"None of the 3 images could be decoded \(first: .*text\.jpg"):
+    frame = pd.DataFrame({"image_path": _bad_files(tmp_path / "images"), "label": ["a"] * 4})
+    with pytest.raises(BottleneckError, match=r"None of the 4 images could be decoded \(first: .*text\.jpg"):
         compute_bottlenecks(frame, tiny(), tmp_path / "ws", weights=None, progress=False)
 
 
@@ -201,6 +217,7 @@ def test_cache_files_and_reuse_without_building_the_model(images, tmp_path, monk
     assert fingerprint["images"][0][:2] == ["rgb.jpg", os.path.getsize(images["image_path"][0])]
     assert fingerprint["images"][0][2] == hashlib.sha1(open(images["image_path"][0], "rb").read()).hexdigest()
     assert manifest["format"] == bottleneck.CACHE_FORMAT == 2 and fingerprint["max_pixels"] == 40_000_000
+    assert fingerprint["decoding"] == bottleneck.DECODE_VERSION == 2  # EXIF orientation applied, cut files refused
     assert (folder / "labels.txt").read_text().splitlines() == list(images["label"])
 
     def no_model(*args, **kwargs):
@@ -355,3 +372,64 @@ def test_mobilenet_features(images, tmp_path):
     result = compute_bottlenecks(images, "MobilenetV2", tmp_path / "ws", weights=None, image_size=(64, 64),
                                  progress=False)
     assert result.features.shape == (6, 1280) and result.arch == "MobilenetV2"
+
+
+# -- EXIF orientation, images that lie --------------------------------------------------------------------------
+def _position_sensitive(input_shape, weights):
+    """Features = the average colour of each 8x8 cell: a photo on its side gives other features (unlike pooling)."""
+    return keras.Sequential([keras.Input(input_shape), keras.layers.AveragePooling2D(8), keras.layers.Flatten()])
+
+
+def where():
+    return Architecture(name="Where", input_size=(32, 32), bottleneck_width=48, preprocess_input=lambda x: x,
+                        scale=1 / 255, offset=0.0, backbone=_position_sensitive)
+
+
+def test_phone_photos_are_turned_upright_before_their_features_are_computed(tmp_path):
+    photo = image_cases.asymmetric_photo()
+    folder = tmp_path / "images"
+    folder.mkdir()
+    paths = [folder / "upright.jpg"] + [folder / f"turned{o}.jpg" for o in (3, 6, 8)]
+    paths[0].write_bytes(image_cases.jpeg(photo))
+    for path, orientation in zip(paths[1:], (3, 6, 8)):
+        path.write_bytes(image_cases.jpeg(photo, orientation))
+    frame = pd.DataFrame({"image_path": [str(p) for p in paths], "label": "a"})
+    result = compute_bottlenecks(frame, where(), tmp_path / "ws", weights=None, progress=False)
+    features = result.features / 255  # cell averages, 0..1
+    for row in (1, 2, 3):
+        assert np.abs(features[row] - features[0]).max() < 0.02, f"{paths[row].name} is not scored upright"
+    stored = bottleneck.decode_image(bottleneck.tf.io.read_file(str(paths[2])), (32, 32))  # as stored, on its side
+    as_stored = np.asarray(_position_sensitive((32, 32, 3), None)(stored[None]))[0] / 255
+    assert np.abs(as_stored - features[0]).max() > 0.2  # the control: without the rule the features differ
+
+
+def test_a_cache_made_before_the_orientation_rule_is_recomputed(images, tmp_path, capsys):
+    compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
+    manifest_path = tmp_path / "ws" / "bottlenecks" / "train" / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    del manifest["fingerprint"]["decoding"]  # what the previous version wrote
+    manifest_path.write_text(json.dumps(manifest))
+    capsys.readouterr()
+    result = compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False)
+    assert not result.from_cache
+    assert capsys.readouterr().out.strip() == (
+        "Cache train is stale: image decoding changed (version 1 → 2: images.DECODE_VERSION, e.g. EXIF orientation "
+        "now applied); recomputing.")
+
+
+def test_images_that_lie_or_tensorflow_misreads_are_skipped_with_their_reason(images, tmp_path):
+    folder = tmp_path / "images"
+    lie, one_bit = folder / "lie.jpg", folder / "scan.bmp"
+    lie.write_bytes(image_cases.lying_jpeg())  # a valid 1000x30000 header over 2.6 kB: TensorFlow would fill grey
+    one_bit.write_bytes(image_cases.bmp("1"))
+    frame = pd.concat([images, pd.DataFrame({"image_path": [str(lie), str(one_bit)], "label": "a"})],
+                      ignore_index=True)
+    with pytest.warns(SkippedImagesWarning, match=r"Skipped 2 of 8 images .*lie\.jpg: the bytes are not a decodable "
+                                                  r"JPEG/PNG/GIF/BMP/WebP image \(truncated or corrupt: the header "
+                                                  r"declares 1000x30000 pixels"):
+        result = compute_bottlenecks(frame, tiny(), tmp_path / "ws", weights=None, progress=False)
+    assert len(result) == 6
+    reasons = dict(zip(result.skipped["path"], result.skipped["reason"]))
+    assert reasons[str(one_bit)].startswith("the bytes are a 1-bit BMP (black and white), which TensorFlow's decoder "
+                                            "(and so the model) cannot read right")
+    assert "truncated" not in reasons[str(one_bit)]

@@ -12,7 +12,8 @@ from workshop_utils.config import import_tensorflow
 tf = import_tensorflow()
 import keras  # noqa: E402
 
-from workshop_utils import explain, finetune  # noqa: E402
+import image_cases  # noqa: E402
+from workshop_utils import explain, finetune, model_io  # noqa: E402
 from workshop_utils.architectures import ARCHITECTURES, get_architecture  # noqa: E402
 from workshop_utils.data import LabelMap  # noqa: E402
 
@@ -130,6 +131,39 @@ def test_gallery_plots_one_tile_per_right_two_per_wrong_and_checks_sizes() -> No
     items = [dict(base, predicted=0, true=0, path="a.jpeg"),
              dict(base, predicted=0, true=1, path="b.jpeg", true_heatmap=np.ones((30, 40)))]
     fig = plots.plot_grad_cam_gallery(items, ["dent", "scratch"], ncols=3)
-    assert sum(ax.get_visible() for ax in fig.axes) == 3
+    tiles = [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != "<colorbar>"]
+    assert len(tiles) == 3
+    bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
+    assert len(bars) == 1 and bars[0].get_ylim() == (0.0, 1.0)  # one colour bar for every tile: 0 … the peak
+    assert "evidence" in bars[0].get_ylabel()
     with pytest.raises(plots.PlotError, match=r"heatmap of shape \(7, 7\) does not match its photo \(30, 40\)"):
         plots.plot_grad_cam_gallery([dict(base, predicted=0, heatmap=np.zeros((7, 7)))], ["dent", "scratch"])
+
+
+def test_a_mixed_precision_model_is_explained_in_float32() -> None:
+    """float16 feature maps and gradients are cast before they are combined: the map matches the float32 model's."""
+    trained = fake_trained("EfficientNetLite0", (64, 64))
+    trained.backbone_weights = "imagenet"  # a random backbone's features vanish in float16 (see test_finetune)
+    mixed = finetune.compose_model(trained, mixed_precision=True)
+    assert model_io.uses_mixed_precision(mixed)
+    x = np.random.default_rng(3).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    maps, probabilities = explain.GradCAM(mixed)(x)
+    assert maps.dtype == np.float32 and probabilities.dtype == np.float32 and np.isfinite(maps).all()
+    float_maps, float_probabilities = explain.GradCAM(finetune.compose_model(trained))(x)
+    assert maps.max() == 1.0 and float_maps.max() == 1.0  # not an empty map from float16 gradients rounded to 0
+    np.testing.assert_allclose(probabilities, float_probabilities, atol=2e-2)
+    np.testing.assert_allclose(maps, float_maps, atol=0.1)
+
+
+def test_explain_files_shows_a_phone_photo_upright(tmp_path) -> None:
+    photo = image_cases.asymmetric_photo()  # 48 x 64, upright
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(image_cases.jpeg(photo, 6))  # stored 64 x 48, on its side
+    upright_path = tmp_path / "upright.jpg"
+    upright_path.write_bytes(image_cases.jpeg(photo))
+    cam = explain.GradCAM(planted_model())
+    turned, upright = explain.explain_files(cam, [str(path), str(upright_path)])
+    assert turned["photo"].shape == (48, 64, 3) and turned["heatmap"].shape == (48, 64)
+    assert np.abs(turned["photo"].astype(int) - photo.astype(int)).mean() < 5  # JPEG noise only
+    np.testing.assert_allclose(turned["probabilities"], upright["probabilities"], atol=1e-2)
+    np.testing.assert_allclose(turned["heatmap"], upright["heatmap"], atol=0.1)

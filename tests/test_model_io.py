@@ -23,6 +23,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import image_cases
 from workshop_utils import model_io
 from workshop_utils.architectures import feature_extractor, get_architecture
 from workshop_utils.config import import_tensorflow
@@ -136,6 +137,14 @@ def varied_images() -> dict[str, bytes]:
     }
 
 
+def garbled_png(png: bytes) -> bytes:
+    """Every chunk whole (the walk passes it) but the compressed pixels zeroed: only decoding finds it broken."""
+    data = bytearray(png)
+    start = data.index(b"IDAT") + 8
+    data[start:start + 32] = bytes(32)
+    return bytes(data)
+
+
 def reference_scores(trained, data: bytes) -> np.ndarray:
     """What the in-memory model says: the backbone's features of the decoded image through the head."""
     features = feature_extractor(trained.arch, trained.backbone_weights, trained.image_size)(
@@ -197,6 +206,11 @@ def test_model_card(exported):
     assert card["versions"]["tensorflow"] == tf.__version__
     assert dt.datetime.fromisoformat(card["created"]).tzinfo is not None
     assert "x * 0.00784314 - 1 (inside the model)" in card["preprocessing"]
+    assert card["orientation"] == model_io.UPRIGHT_NOTE and card["precision"] == "float32"
+    assert card["orientation"].startswith("The model expects upright images. Bytes fed straight into model.keras, "
+                                          "saved_model/ or model.pb are decoded as stored")
+    assert "upright image" in card["inputs"]["keras"]["description"]
+    assert "EXIF orientation is not applied" in card["inputs"]["frozen_graph"][0]["description"]
 
 
 def test_keras_file_has_no_lambda_and_loads_in_safe_mode(exported):
@@ -287,8 +301,12 @@ def test_bad_image_bytes(classifier, images):
     for cut in (len(jpeg) - 2, len(jpeg) // 2, 1500):  # missing end marker; half the scan; mostly header
         with pytest.raises(InvalidImageError, match=rf"image 'cut\.jpg': the bytes are not a decodable {FORMATS} image \(truncated or corrupt"):
             classifier.predict_bytes(jpeg[:cut], name="cut.jpg")
-    with pytest.raises(InvalidImageError, match=r"^one of 2 images \(score them one by one to find it\): the bytes are not a decodable .*\(truncated or corrupt"):
-        classifier.predict_proba([images["blocks.png"], jpeg[:1500]])  # which one is the batch's error: unknown
+    with pytest.raises(InvalidImageError, match=rf"^image 'cut\.jpg': the bytes are not a decodable {FORMATS} image "
+                                                r"\(truncated or corrupt: the data stops after 1,500 bytes"):
+        classifier.predict_proba([images["blocks.png"], jpeg[:1500]], ["blocks.png", "cut.jpg"])  # found by the walk
+    with pytest.raises(InvalidImageError, match=r"^one of 2 images \(score them one by one to find it\): the bytes are "
+                                                r"not a decodable .*\(truncated or corrupt"):
+        classifier.predict_proba([images["blocks.png"], garbled_png(images["blocks.png"])])  # found by TensorFlow
     assert issubclass(InvalidImageError, ValueError)
 
 
@@ -597,3 +615,99 @@ def test_notebook_06_checks_bad_bytes_on_a_separate_panel():
         assert not re.search(r"\bpanel\.classify\(", source), "the bad bytes go through the learner's own panel"
         other = re.search(r"^(\w+) = widgets\.upload_panel\(", source, re.M)
         assert other and re.search(rf"\b{other.group(1)}\.classify\(b\"this is not a photo\"", source)
+
+
+# -- EXIF orientation, images that lie, mixed precision -------------------------------------------------------
+def position_model(size=(32, 32), classes=len(CLASSES)) -> keras.Model:
+    """Pixels in, probabilities out, and very sensitive to where things are (4x4 average colours → Dense): a photo
+    on its side scores quite differently from the upright one."""
+    inputs = keras.Input((*size, 3), name="rgb_0_255")
+    x = keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)
+    x = keras.layers.Flatten()(keras.layers.AveragePooling2D(size[0] // 4)(x))
+    dense = keras.layers.Dense(classes, activation="softmax", dtype="float32",
+                               kernel_initializer=keras.initializers.RandomNormal(0, 0.3, seed=0))
+    return keras.Model(inputs, dense(x), name="position")
+
+
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_a_photo_stored_on_its_side_scores_like_its_upright_copy(orientation, tmp_path):
+    classifier = Classifier.from_model(position_model(), CLASSES)
+    photo = image_cases.asymmetric_photo()
+    upright, turned = image_cases.jpeg(photo), image_cases.jpeg(photo, orientation)
+    expected = classifier.predict_proba([upright])[0]
+    np.testing.assert_allclose(classifier.predict_proba([turned])[0], expected, atol=0.01)  # JPEG noise only
+    as_stored = classifier.model(tf.constant([turned])).numpy()[0]  # the bytes model itself reads no EXIF
+    assert np.abs(as_stored - expected).max() > 0.1, "the control: on its side the photo scores differently"
+    path = tmp_path / "phone.jpg"
+    path.write_bytes(turned)
+    np.testing.assert_allclose(list(classifier.predict_file(path).scores.values()), expected, atol=0.01)
+    mixed = classifier.predict_proba([turned, upright, turned])  # a batch: each photo with its own orientation
+    np.testing.assert_allclose(mixed, [expected] * 3, atol=0.01)
+
+
+def test_an_exported_model_turns_phone_photos_upright_when_loaded(classifier):
+    """predict and serve load the folder with Classifier.load: the same rule as in memory."""
+    photo = image_cases.asymmetric_photo(64, 64)
+    expected = classifier.predict_proba([image_cases.jpeg(photo)])[0]
+    turned = image_cases.jpeg(photo, 6)
+    # a random backbone and a head fitted to four images amplify JPEG noise more than the tiny model above
+    np.testing.assert_allclose(classifier.predict_proba([turned])[0], expected, atol=0.03)
+    assert np.abs(classifier.model(tf.constant([turned])).numpy()[0] - expected).max() > 0.1  # on its side
+
+
+def test_a_jpeg_that_lies_about_its_size_is_refused_not_scored(classifier, tmp_path):
+    lie = image_cases.lying_jpeg()
+    assert np.isfinite(classifier.model(tf.constant([lie])).numpy()).all()  # the graph alone scores the grey filler
+    message = (rf"^image '.*lie\.jpg': the bytes are not a decodable {FORMATS} image \(truncated or corrupt: the "
+               r"header declares 1000x30000 pixels, whose 705,000 blocks take at least 88,125 bytes of compressed data")
+    with pytest.raises(model_io.TruncatedImageError, match=message):
+        classifier.predict_bytes(lie, name="lie.jpg")
+    (tmp_path / "lie.jpg").write_bytes(lie)
+    with pytest.raises(model_io.TruncatedImageError, match=message):
+        classifier.predict_file(tmp_path / "lie.jpg")
+    frame = pd.DataFrame({"image_path": [str(tmp_path / "lie.jpg")]})
+    with pytest.warns(UnscoredImagesWarning, match="1 of 1 images could not be scored"):
+        out = classifier.predict_frame(frame)
+    assert out.loc[0, "predicted"] is None and re.search(message[1:], out.loc[0, "error"])
+
+
+def test_a_mixed_precision_model_is_exported_and_served_in_float32(trained, tmp_path):
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = position_model()
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    assert model_io.uses_mixed_precision(mixed) and mixed.output.dtype == "float32"
+    copy = model_io.float32_model(mixed)
+    assert not model_io.uses_mixed_precision(copy) and copy is not mixed
+    assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), mixed.get_weights()))
+    assert model_io.float32_model(copy) is copy  # nothing to do for a float32 model
+
+    out = export_model(trained, tmp_path / "model", model=mixed)
+    card = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
+    assert card["precision"] == "float32" and card["source"].endswith("exported as its float32 copy")
+    loaded = Classifier.load(out)
+    assert not model_io.uses_mixed_precision(loaded.model) and loaded.model.output.dtype == "float32"
+    blobs = list(varied_images().values())
+    pixels = np.stack([decode_image(tf.constant(b), (32, 32)).numpy() for b in blobs])
+    np.testing.assert_allclose(loaded.predict_proba(blobs), copy(pixels).numpy(), atol=TOL)  # float32 everywhere
+    np.testing.assert_allclose(loaded.predict_proba(blobs), mixed(pixels).numpy(), atol=2e-2)  # float16 rounding
+    served = tf.saved_model.load(str(out / "saved_model")).signatures["serving_default"](image_bytes=tf.constant(blobs))
+    assert served["scores"].dtype == tf.float32
+
+
+def test_a_classifier_scores_a_mixed_precision_model_in_float32():
+    """An in-memory model still in mixed precision (or an export made before exports were float32) is scored as
+    its float32 copy."""
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("mixed_float16")
+    try:
+        mixed = position_model()
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    classifier = Classifier.from_model(mixed, CLASSES)
+    assert not model_io.uses_mixed_precision(classifier.model)
+    blob = image_cases.jpeg(image_cases.asymmetric_photo())
+    pixels = decode_image(tf.constant(blob), (32, 32))[None]
+    np.testing.assert_allclose(classifier.predict_proba([blob]), model_io.float32_model(mixed)(pixels), atol=TOL)

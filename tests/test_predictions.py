@@ -12,6 +12,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
+import image_cases
 from workshop_utils import predictions
 from workshop_utils.predictions import (
     DEFAULT_MAX_PIXELS,
@@ -262,3 +263,149 @@ def test_score_frame_reports_bad_rows(tmp_path):
 def test_score_frame_needs_the_path_column():
     with pytest.raises(KeyError, match=r"no 'image_path' column \(columns: \['path'\]\)"):
         score_frame(pd.DataFrame({"path": []}), lambda b, n: None, ["a"])
+
+
+# -- EXIF orientation, read with the header ----------------------------------------------------------------
+@pytest.mark.parametrize("orientation", [3, 6, 8])
+def test_exif_orientation_is_read_from_the_header(orientation):
+    data = image_cases.jpeg(image_cases.asymmetric_photo(), orientation)
+    info = check_image_bytes(data, complete=True)
+    assert info.orientation == orientation
+    stored = (64, 48) if orientation == 3 else (48, 64)  # a quarter turn is stored with width and height swapped
+    assert (info.width, info.height) == stored
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
+def test_exif_orientation_of_png_and_webp(fmt):
+    exif = Image.Exif()
+    exif[predictions.EXIF_ORIENTATION_TAG] = 6
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 10), "red").save(buffer, format=fmt, exif=exif.tobytes())
+    assert predictions.exif_orientation(Image.open(io.BytesIO(buffer.getvalue()))) == 6
+
+
+def test_no_or_a_meaningless_orientation_means_as_stored():
+    assert check_image_bytes(encoded("JPEG")).orientation == 1  # no EXIF at all
+    for value in (0, 9):  # outside 1..8: ignored, as decoders ignore it
+        exif = Image.Exif()
+        exif[predictions.EXIF_ORIENTATION_TAG] = value
+        buffer = io.BytesIO()
+        Image.new("RGB", (20, 10), "red").save(buffer, format="JPEG", exif=exif.tobytes())
+        assert check_image_bytes(buffer.getvalue()).orientation == 1
+
+
+# -- images that lie: a valid header over data that ends early ----------------------------------------------
+CUT = r"\(truncated or corrupt: "
+REDOWNLOAD = r"\)\. Re-download or re-save the file\.$"
+
+
+def test_a_jpeg_whose_header_claims_more_pixels_than_its_data_holds_is_refused():
+    """1000x30000 declared, 2.6 kB of data and an end marker: TensorFlow fills 29,872 rows with grey and scores it."""
+    lie = image_cases.lying_jpeg()
+    assert check_image_bytes(lie).pixels == 30_000_000  # the header alone looks fine (under the 40 MP limit)
+    with pytest.raises(predictions.TruncatedImageError,
+                       match=rf"^image 'lie\.jpg': the bytes are not a decodable {SUPPORTED_FORMATS} image {CUT}the "
+                             r"header declares 1000x30000 pixels, whose 705,000 blocks take at least 88,125 bytes of "
+                             rf"compressed data, but the file holds \d,\d\d\d{REDOWNLOAD}"):
+        check_image_bytes(lie, name="lie.jpg", complete=True)
+    assert issubclass(predictions.TruncatedImageError, InvalidImageError)
+
+
+@pytest.mark.parametrize("options", [{}, {"progressive": True}, {"optimize": True}, {"subsampling": 0}],
+                         ids=["baseline", "progressive", "optimized", "4:4:4"])
+def test_a_jpeg_cut_short_is_refused_before_any_decoder_sees_it(options):
+    whole = image_cases.jpeg(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8), **options)
+    assert check_image_bytes(whole, complete=True).format == "JPEG"  # complete files of every kind pass
+    for cut in (len(whole) // 2, len(whole) - 2):  # half a download; only the end marker missing
+        with pytest.raises(predictions.TruncatedImageError,
+                           match=rf"^image 'cut\.jpg': .*{CUT}the data stops after {cut:,} bytes, before the JPEG "
+                                 rf"end-of-image marker{REDOWNLOAD}"):
+            check_image_bytes(whole[:cut], name="cut.jpg", complete=True)
+        assert check_image_bytes(whole[:cut]).format == "JPEG"  # the header-only look (serve's first check) passes
+
+
+def test_restart_markers_tell_a_cut_body_even_behind_an_end_marker():
+    photo = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
+    whole = image_cases.jpeg(photo, restart_marker_blocks=4)
+    assert check_image_bytes(whole, complete=True).format == "JPEG"
+    spliced = whole[: len(whole) // 2] + b"\xff\xd9"  # what a recovery tool leaves: cut, then "closed"
+    with pytest.raises(predictions.TruncatedImageError,
+                       match=rf"{CUT}scan 1 of the 128x96 picture holds \d+ of the 11 restart markers its 48 "
+                             rf"coding units need: its data stops early{REDOWNLOAD}"):
+        check_image_bytes(spliced, complete=True)
+
+
+def test_complete_jpegs_of_every_shape_pass_the_walk():
+    """No false alarms: grey, greyscale, tiny, 1-pixel, phone-like (EXIF, restart markers), MPO."""
+    flat = np.full((50, 70, 3), 128, np.uint8)
+    cases = [image_cases.jpeg(flat, optimize=True, progressive=True), image_cases.jpeg(flat[:1, :1]),
+             image_cases.jpeg(image_cases.asymmetric_photo(), 6, restart_marker_rows=1)]
+    buffer = io.BytesIO()
+    Image.fromarray(flat[..., 0]).save(buffer, format="JPEG", quality=1)
+    cases.append(buffer.getvalue())
+    buffer = io.BytesIO()
+    Image.new("RGB", (20, 10), "red").save(buffer, format="MPO", save_all=True,
+                                           append_images=[Image.new("RGB", (20, 10), "blue")])
+    cases.append(buffer.getvalue())
+    for data in cases:
+        assert predictions.jpeg_missing_data(data) is None
+        check_image_bytes(data, complete=True)
+
+
+def test_a_png_cut_short_is_refused():
+    png = encoded("PNG", size=(60, 40))
+    assert check_image_bytes(png, complete=True).format == "PNG"
+    with pytest.raises(predictions.TruncatedImageError,
+                       match=rf"^image 'cut\.png': .*{CUT}the data stops inside the PNG's 'IDAT' chunk \(\d+ of the "
+                             rf"\d+ bytes it needs\), before its IEND end chunk{REDOWNLOAD}"):
+        check_image_bytes(png[:-20], name="cut.png", complete=True)
+    with pytest.raises(predictions.TruncatedImageError, match=r"the data stops after \d+ bytes, before the PNG's IEND"):
+        check_image_bytes(png[:-12], complete=True)  # every chunk whole, only IEND missing
+
+
+def test_a_cut_webp_says_truncated_not_unknown():
+    webp = encoded("WEBP", size=(60, 40))
+    with pytest.raises(InvalidImageError,
+                       match=rf"^image 'cut\.webp': .*{CUT}its RIFF header declares {len(webp):,} bytes but there are "
+                             rf"{len(webp) // 2:,}{REDOWNLOAD}"):
+        check_image_bytes(webp[: len(webp) // 2], name="cut.webp")
+
+
+def test_check_image_file_walks_the_whole_file_when_asked(tmp_path):
+    path = tmp_path / "lie.jpg"
+    path.write_bytes(image_cases.lying_jpeg())
+    assert check_image_file(path).height == 30_000
+    with pytest.raises(predictions.TruncatedImageError, match=r"^image '.*lie\.jpg': .*1000x30000 pixels"):
+        check_image_file(path, complete=True)
+
+
+# -- BMPs: what TensorFlow reads right, or refused as unsupported (never "truncated or corrupt") ------------------
+@pytest.mark.parametrize(("mode", "kind"), [
+    ("1", r"a 1-bit BMP \(black and white\)"),
+    ("P", r"an 8-bit BMP with a colour palette \(TensorFlow would read its colour numbers as grey levels\)"),
+])
+def test_bmps_tensorflow_misreads_are_refused_as_unsupported(mode, kind):
+    with pytest.raises(InvalidImageError, match=(
+            rf"^image 'scan\.bmp': the bytes are {kind}, which TensorFlow's decoder \(and so the model\) cannot read "
+            r"right: it reads uncompressed 24- and 32-bit BMPs and 8-bit grayscale ones\. Convert it to PNG or JPEG, "
+            r"e\.g\. PIL\.Image\.open\(path\)\.convert\('RGB'\)\.save\('photo\.png'\)\.$")) as caught:
+        check_image_bytes(image_cases.bmp(mode), name="scan.bmp")
+    assert "truncated" not in str(caught.value) and "Re-download" not in str(caught.value)
+    assert not isinstance(caught.value, predictions.TruncatedImageError)
+
+
+def test_bmps_tensorflow_reads_pass_and_odd_sizes_are_named():
+    for mode in ("L", "RGB"):
+        assert check_image_bytes(image_cases.bmp(mode), complete=True).format == "BMP"
+    rgb = image_cases.bmp("RGB")
+    with pytest.raises(InvalidImageError, match=r"the bytes are a BMP with 10 bytes after its 40x30 pixels "
+                                                r"\(TensorFlow's decoder wants the exact size\)"):
+        check_image_bytes(rgb + bytes(10))
+    with pytest.raises(predictions.TruncatedImageError,
+                       match=rf"{CUT}the header declares 40x30 pixels at 24 bits, 3,654 bytes, but the file holds "
+                             rf"3,644{REDOWNLOAD}"):
+        check_image_bytes(rgb[:-10], complete=True)
+    rle = bytearray(image_cases.bmp("P"))
+    rle[30:34] = (1).to_bytes(4, "little")  # compression: RLE8
+    with pytest.raises(InvalidImageError, match=r"the bytes are an RLE-compressed 8-bit BMP, which TensorFlow's"):
+        check_image_bytes(bytes(rle))

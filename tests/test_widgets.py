@@ -31,6 +31,7 @@ def test_retrain_panel_trains_with_the_controls_values(capsys):
     assert options.learning_rate == pytest.approx(0.1)
     assert float(options.learning_rate_scheduler.keras_schedule(3, options.learning_rate)(0)) == pytest.approx(0.1)
     assert "best epoch" in summary_line(trained) and "validation accuracy" in summary_line(trained)
+    assert "(the set that chose it; the test set is scored in 04)" in summary_line(trained)
     assert summary_line(trained) in capsys.readouterr().out  # shown in the output area (stdout outside a kernel)
     panel.train(schedule="constant")
     assert panel.current_options().learning_rate_scheduler is None
@@ -59,3 +60,25 @@ def test_upload_panel_classifies_bytes_and_reports_bad_ones(capsys):
     assert panel.classify(b"", name="empty.jpg") is None
     # an upload event goes through the same path
     panel._on_upload({"new": ({"name": "red.png", "content": memoryview(buffer.getvalue())},)})
+
+
+def test_upload_panel_scores_a_phone_photo_upright_and_refuses_one_that_lies(capsys):
+    """The panel scores through the Classifier, so the course's one orientation rule and data checks apply."""
+    import keras
+
+    import image_cases
+    from workshop_utils.model_io import Classifier
+
+    inputs = keras.Input((32, 32, 3))
+    x = keras.layers.Flatten()(keras.layers.AveragePooling2D(8)(keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)))
+    outputs = keras.layers.Dense(2, activation="softmax", kernel_initializer=keras.initializers.RandomNormal(0, 0.3,
+                                                                                                            seed=0))(x)
+    panel = upload_panel(Classifier.from_model(keras.Model(inputs, outputs), ["dent", "scratch"]))
+    photo = image_cases.asymmetric_photo()
+    upright = panel.classify(image_cases.jpeg(photo), name="upright.jpg")
+    turned = panel.classify(image_cases.jpeg(photo, 6), name="phone.jpg")
+    assert turned.scores["dent"] == pytest.approx(upright.scores["dent"], abs=0.01)
+    capsys.readouterr()
+    assert panel.classify(image_cases.lying_jpeg(), name="lie.jpg") is None
+    assert ("Could not classify lie.jpg: image 'lie.jpg': the bytes are not a decodable JPEG/PNG/GIF/BMP/WebP image "
+            "(truncated or corrupt: the header declares 1000x30000 pixels") in capsys.readouterr().out

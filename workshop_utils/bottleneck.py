@@ -3,14 +3,16 @@
 Files stream through a ``tf.data`` pipeline (read → :func:`workshop_utils.images.decode_image` → batch →
 prefetch) into the feature extractor, so memory holds only the feature matrix, never all the pixels.
 The cache ``<workspace>/bottlenecks/<cache_name>/`` (``features.npy``, ``labels.txt``, ``manifest.json``,
-``skipped.csv``) carries a fingerprint of the architecture, its weights, the input size, the pixel limit
-and every image (relative path, size and a hash of its bytes: a replaced file is noticed even when it
-keeps its size and timestamp); ``reuse=True`` trusts it only when the fingerprint matches (ML.NET only
+``skipped.csv``) carries a fingerprint of the architecture, its weights, the input size, the pixel limit,
+the decoding rules (``images.DECODE_VERSION``: EXIF orientation, which files are refused) and every
+image (relative path, size and a hash of its bytes: a replaced file is noticed even when it keeps its
+size and timestamp); ``reuse=True`` trusts it only when the fingerprint matches (ML.NET only
 checks that the files exist). It is written to a temporary folder and renamed into place, so an
 interrupted run never leaves a cache that a later run trusts. Before decoding, each file's header is
-checked as the scorers check uploads (``predictions.check_image_file``: the format table and
-``DEFAULT_MAX_PIXELS``), so a decompression bomb is never decoded; an image that fails the check or
-cannot be decoded is skipped and reported.
+checked as the scorers check uploads (``predictions.check_image_file``: the format table,
+``DEFAULT_MAX_PIXELS``, and data that ends before its pixels do), so a decompression bomb or a cut file is
+never decoded; an image that fails the check or cannot be decoded is skipped and reported. Each photo is
+turned upright by its EXIF orientation (read with the header) before it is resized.
 """
 from __future__ import annotations
 
@@ -33,7 +35,7 @@ import pandas as pd
 
 from .architectures import Architecture, WeightsSpec, feature_extractor, get_architecture
 from .config import import_tensorflow, workspace_dir
-from .images import SUPPORTED_FORMATS, decode_image, quiet_native_stderr
+from .images import DECODE_VERSION, SUPPORTED_FORMATS, decode_image, quiet_native_stderr
 from .predictions import DEFAULT_MAX_PIXELS, InvalidImageError, check_image_file
 from .training_metrics import TRAIN, VALIDATION, BottleneckMetrics, ImageClassificationMetrics
 
@@ -128,35 +130,39 @@ def _content_entries(paths: list[str], progress: bool) -> list[list[Any]]:
     return entries
 
 
-def _header_problems(paths: list[str], max_pixels: int | None) -> dict[int, str]:
-    """By row, why a file cannot be used, from its header only (``predictions.check_image_file``: the format
-    table and the pixel limit the scorers apply), so a bad or over-limit file never reaches the decoder."""
+def _header_problems(paths: list[str], max_pixels: int | None) -> tuple[dict[int, str], np.ndarray]:
+    """(by row, why a file cannot be used; every file's EXIF orientation), from ``predictions.check_image_file``
+    (the format table, the pixel limit the scorers apply, and a JPEG or PNG whose data is cut), so a bad,
+    over-limit or cut file never reaches the decoder. The bodies are walked, not decoded."""
     problems: dict[int, str] = {}
+    orientations = np.ones(len(paths), dtype=np.int32)
     for i, path in enumerate(paths):
         try:
             with open(path, "rb") as fh:
                 if os.fstat(fh.fileno()).st_size == 0:
                     problems[i] = "empty file (0 bytes)"
                 else:
-                    check_image_file(fh, max_pixels, name="")
+                    orientations[i] = check_image_file(fh, max_pixels, name="", complete=True).orientation
         except FileNotFoundError:
             problems[i] = "file not found"
         except InvalidImageError as error:
             problems[i] = str(error)
         except OSError as error:  # a folder, no permission, …
             problems[i] = f"cannot read the file ({error.strerror or type(error).__name__})"
-    return problems
+    return problems, orientations
 
 
 def _fingerprint(entries: list[list[Any]], architecture: Architecture, weights_id: str, size: tuple[int, int],
                  precision: str, max_pixels: int | None) -> dict[str, Any]:
-    """What the features depend on: model identity, input size, pixel limit, and each image's path, size and hash."""
+    """What the features depend on: model identity, input size, pixel limit, decoding rules, and each image's
+    path, size and hash."""
     return {
         "arch": architecture.name,
         "weights_id": weights_id,
         "image_size": [int(size[0]), int(size[1])],
         "precision": precision,
         "max_pixels": max_pixels,
+        "decoding": DECODE_VERSION,
         "images": entries,
     }
 
@@ -176,6 +182,9 @@ def _stale_reason(old: dict[str, Any], new: dict[str, Any]) -> str | None:
         return f"precision changed ({old.get('precision')} → {new['precision']})"
     if old.get("max_pixels") != new["max_pixels"]:
         return f"pixel limit changed (max_pixels {old.get('max_pixels')} → {new['max_pixels']})"
+    if old.get("decoding", 1) != new["decoding"]:
+        return (f"image decoding changed (version {old.get('decoding', 1)} → {new['decoding']}: "
+                "images.DECODE_VERSION, e.g. EXIF orientation now applied)")
     old_images = [tuple(x) for x in old.get("images", [])]
     new_images = [tuple(x) for x in new["images"]]
     if old_images == new_images:
@@ -331,13 +340,13 @@ def _mixed_precision_model(architecture: Architecture, weights: WeightsSpec, siz
         keras.config.set_dtype_policy(previous)
 
 
-def _error_reason(path: str, size: tuple[int, int]) -> str | None:
+def _error_reason(path: str, size: tuple[int, int], orientation: int) -> str | None:
     """Decode one file eagerly to learn why the pipeline dropped it (None if it decodes now)."""
     try:
         if os.path.isfile(path) and os.path.getsize(path) == 0:
             return "empty file (0 bytes)"
         with quiet_native_stderr():  # libjpeg prints its own line about a corrupt file on the C stderr
-            decode_image(tf.io.read_file(path), size)
+            decode_image(tf.io.read_file(path), size, orientation)
         return None
     except tf.errors.OpError as error:
         message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or type(error).__name__)
@@ -429,7 +438,7 @@ def compute_bottlenecks(
             if hit is not None:
                 return hit
 
-    reasons = _header_problems(paths, max_pixels)  # reads headers only; a cache hit above needs none
+    reasons, orientations = _header_problems(paths, max_pixels)  # walks the files; a cache hit above needs none
     candidates = [i for i in range(len(paths)) if i not in reasons]  # header checked: these go to the decoder
     if not candidates:
         _raise_nothing_decodable(paths, reasons)
@@ -438,18 +447,18 @@ def compute_bottlenecks(
     else:
         model = feature_extractor(architecture, weights, size)
     features, ok = _run_pipeline(model, paths, candidates, size, int(batch_size), ds_name, metrics_callback,
-                                 progress)
+                                 progress, orientations)
 
     skipped_rows = [i for i in candidates if not ok[i]]
     retry: list[int] = []
     for i in skipped_rows:
-        reason = _error_reason(paths[i], size)
+        reason = _error_reason(paths[i], size, int(orientations[i]))
         if reason is None:
             retry.append(i)  # decoded on a second try (a file written meanwhile): compute it after all
         else:
             reasons[i] = reason
     if retry:
-        images = tf.stack([decode_image(tf.io.read_file(paths[i]), size) for i in retry])
+        images = tf.stack([decode_image(tf.io.read_file(paths[i]), size, int(orientations[i])) for i in retry])
         features[retry] = np.asarray(_runner(model)(images), dtype=np.float32)
         ok[retry] = True
     keep = np.flatnonzero(ok)
@@ -520,9 +529,9 @@ def _try_reuse(folder: Path, fingerprint: dict[str, Any], paths: list[str], labe
 
 def _run_pipeline(model: keras.Model, paths: list[str], rows: list[int], size: tuple[int, int], batch_size: int,
                   ds_name: str, metrics_callback: Callable[[ImageClassificationMetrics], Any] | None,
-                  progress: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Stream the files of ``rows`` (ascending) through decode → batch → model; (features, decoded-ok mask),
-    both over all ``paths`` (rows not streamed stay unfilled)."""
+                  progress: bool, orientations: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Stream the files of ``rows`` (ascending) through decode → orient → resize → batch → model; (features,
+    decoded-ok mask), both over all ``paths`` (rows not streamed stay unfilled). ``orientations``: EXIF, by path."""
     from tqdm.auto import tqdm
 
     n = len(paths)
@@ -530,8 +539,10 @@ def _run_pipeline(model: keras.Model, paths: list[str], rows: list[int], size: t
     features = np.zeros((n, width), dtype=np.float32)
     ok = np.zeros(n, dtype=bool)
 
-    def load(index: tf.Tensor, path: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-        return index, decode_image(tf.io.read_file(path), size)
+    turns = np.ones(n, dtype=np.int32) if orientations is None else np.asarray(orientations, dtype=np.int32)
+
+    def load(index: tf.Tensor, path: tf.Tensor, orientation: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        return index, decode_image(tf.io.read_file(path), size, orientation)
 
     # Decoding overlaps the model: a fixed number of decode workers and one batch prefetched. tf.data's
     # autotuner is off: on 2 CPU cores its background work intermittently halved the model's speed
@@ -539,7 +550,8 @@ def _run_pipeline(model: keras.Model, paths: list[str], rows: list[int], size: t
     options = tf.data.Options()
     options.autotune.enabled = False
     dataset = (
-        tf.data.Dataset.from_tensor_slices((tf.constant(rows, dtype=tf.int64), tf.constant([paths[i] for i in rows])))
+        tf.data.Dataset.from_tensor_slices((tf.constant(rows, dtype=tf.int64), tf.constant([paths[i] for i in rows]),
+                                            tf.constant(turns[rows], dtype=tf.int32)))
         .map(load, num_parallel_calls=min(8, os.cpu_count() or 1), deterministic=True)
         # A file that fails to read or decode is dropped here; its index is missing from the batches, and
         # the reason is found afterwards by decoding it again on its own (see _error_reason).

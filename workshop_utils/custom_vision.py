@@ -256,7 +256,7 @@ class CustomVisionScorer(FrozenGraphScorer):
         """Bytes → the float32 (H, W, 3) array fed to the graph ("s1": the plain resize of FrozenGraphScorer)."""
         if self.preprocessing == "s1":
             return super().preprocess(data, name)
-        check_image_bytes(data, name=name, max_pixels=self.max_pixels)
+        check_image_bytes(data, name=name, max_pixels=self.max_pixels, complete=True)
         bgr = tutorial_pixels(data, self.image_size, name)[..., ::-1]
         return ((bgr - self.mean) * self.scale).astype(np.float32)
 

@@ -525,7 +525,7 @@ def _image_problem(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> st
         return "file not found"
     try:
         with open(path, "rb") as fh:
-            check_image_file(fh, max_pixels, name="")
+            check_image_file(fh, max_pixels, name="", complete=True)
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit is applied above
                 fh.seek(0)

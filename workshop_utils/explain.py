@@ -5,6 +5,9 @@ gradient of the class score with respect to it, sums the channels and keeps the 
 map (7×7 for a 224² input) of the regions that raised that class's score. Here it works for any model
 :func:`workshop_utils.finetune.compose_model` or ``model_io.build_end_to_end_model`` builds, whatever the
 architecture: the feature map is found as the backbone's last 4-D output by shape, not by a layer name.
+A mixed-precision model (float16 feature maps and gradients) is explained in float32: the map and its
+gradient are cast before they are combined. Photos are read upright (their EXIF orientation applied), as
+everywhere else in the course.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from .config import import_tensorflow
+from .images import read_image, read_photo
 
 tf = import_tensorflow()
 import keras  # noqa: E402
@@ -143,7 +147,7 @@ class GradCAM:
         if pixels.shape.rank != 4 or tuple(pixels.shape[1:]) != (*self.image_size, 3):
             raise ExplainError(
                 f"Grad-CAM needs pixels of shape (N, {self.image_size[0]}, {self.image_size[1]}, 3), got "
-                f"{tuple(pixels.shape)}; decode the photo with workshop_utils.images.decode_image first."
+                f"{tuple(pixels.shape)}; read the photo with workshop_utils.images.read_image first."
             )
         with tf.GradientTape() as tape:
             raw_map, score, probabilities = self.scores(pixels)
@@ -152,7 +156,7 @@ class GradCAM:
             else:
                 chosen = tf.broadcast_to(tf.constant(class_index, tf.int32), [tf.shape(pixels)[0]])
             picked = tf.gather(tf.cast(score, tf.float32), chosen, axis=1, batch_dims=1)
-        grads = tf.cast(tape.gradient(picked, raw_map), tf.float32)
+        grads = tf.cast(tape.gradient(picked, raw_map), tf.float32)  # float16 in a mixed-precision model
         fmap = tf.cast(raw_map, tf.float32)
         weights = tf.reduce_mean(grads, axis=(1, 2), keepdims=True)  # one weight per channel
         cam = tf.nn.relu(tf.reduce_sum(weights * fmap, axis=-1)).numpy()
@@ -175,21 +179,18 @@ def resize_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def load_photo(path: str) -> np.ndarray:
-    """A photo's pixels at its own size (uint8 RGB), for overlays."""
-    contents = tf.io.read_file(str(path))
-    return tf.io.decode_image(contents, channels=3, expand_animations=False).numpy()
+    """A photo's pixels at its own size (uint8 RGB), upright (EXIF orientation applied), for overlays."""
+    return read_photo(path)
 
 
 def explain_files(cam: GradCAM, paths: Sequence[str], true_indices: Sequence[int] | None = None,
                   batch_size: int = 16) -> list[dict[str, Any]]:
     """Grad-CAM for image files: per image its photo, predicted class, probabilities and heatmaps at the
-    photo's own size for the predicted class and (when it differs) the true class."""
-    from .images import decode_image
-
+    photo's own size for the predicted class and (when it differs) the true class. Photos are read upright."""
     results: list[dict[str, Any]] = []
     for start in range(0, len(paths), batch_size):
         chunk = list(paths[start:start + batch_size])
-        pixels = np.stack([decode_image(tf.io.read_file(str(p)), cam.image_size).numpy() for p in chunk])
+        pixels = np.stack([read_image(p, cam.image_size).numpy() for p in chunk])
         predicted_maps, probabilities = cam(pixels)
         predicted = probabilities.argmax(axis=1)
         truth = None if true_indices is None else np.asarray(true_indices[start:start + batch_size])

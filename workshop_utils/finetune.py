@@ -21,7 +21,8 @@ import pandas as pd
 
 from .architectures import get_architecture
 from .config import import_tensorflow
-from .images import decode_image
+from .images import decode_image, file_orientation
+from .model_io import float32_model
 
 tf = import_tensorflow()
 import keras  # noqa: E402
@@ -48,7 +49,7 @@ class FineTuneOptions:
     batch_size: int = 16
     patience: int = 4  # EarlyStopping on the validation log-loss, best weights restored
     augmentation: float = 0.1  # strength: rotation (fraction of a turn), zoom, translation, contrast
-    mixed_precision: bool = False  # float16 compute (GPU only), the head stays float32
+    mixed_precision: bool = False  # float16 compute with loss scaling (the default on a GPU); the head stays float32
     seed: int = 0
     cache_limit_mb: int = 3000  # decoded images are cached in memory up to this size, else re-decoded
 
@@ -140,8 +141,11 @@ def compose_model(trained: Any, augmentation: keras.layers.Layer | None = None, 
                   mixed_precision: bool = False) -> keras.Model:
     """Pixels (RGB 0–255, the head's image size) → [augmentation] → backbone → trained head, one model.
 
-    ``weights="trained"`` uses the weights the head was trained on. With ``mixed_precision`` the backbone
-    computes in float16 (a GPU's fast path) while the head, and so the probabilities, stay float32.
+    ``weights="trained"`` uses the weights the head was trained on. With ``mixed_precision`` the whole model
+    is built under Keras' ``mixed_float16`` policy, as the Keras guide does: the backbone computes in float16
+    (a GPU's fast path) with float32 variables, the head is a float32 layer, so the probabilities are float32,
+    and ``compile`` sees a mixed model and wraps the optimizer in a ``LossScaleOptimizer`` (small float16
+    gradients would otherwise round to zero). The global policy is restored afterwards.
     """
     arch = get_architecture(trained.arch)
     size = arch.resolve_input_size(trained.image_size)
@@ -151,19 +155,19 @@ def compose_model(trained: Any, augmentation: keras.layers.Layer | None = None, 
         keras.mixed_precision.set_global_policy("mixed_float16")
     try:
         features = arch.build(weights, size)  # a new copy: training it must not touch the shared extractor
+        features.name = FEATURES_LAYER
+        width = int(features.output.shape[-1])
+        if np.shape(trained.kernel) != (width, len(trained.label_map.names)):
+            raise FineTuneError(
+                f"The head's kernel has shape {np.shape(trained.kernel)} but {arch.name} gives {width} features for "
+                f"{len(trained.label_map.names)} classes; it was trained with another architecture: retrain it (03)."
+            )
+        inputs = keras.Input(shape=(*size, 3), dtype="float32", name="rgb_0_255")
+        x = augmentation(inputs) if augmentation is not None else inputs
+        outputs = head_layer(trained)(features(x))  # dtype="float32": the softmax and its output stay float32
+        return keras.Model(inputs, outputs, name=f"{arch.name}_fine_tuned")  # its policy decides loss scaling
     finally:
         keras.mixed_precision.set_global_policy(previous)
-    features.name = FEATURES_LAYER
-    width = int(features.output.shape[-1])
-    if np.shape(trained.kernel) != (width, len(trained.label_map.names)):
-        raise FineTuneError(
-            f"The head's kernel has shape {np.shape(trained.kernel)} but {arch.name} gives {width} features for "
-            f"{len(trained.label_map.names)} classes; it was trained with another architecture: retrain it (03)."
-        )
-    inputs = keras.Input(shape=(*size, 3), dtype="float32", name="rgb_0_255")
-    x = augmentation(inputs) if augmentation is not None else inputs
-    outputs = head_layer(trained)(features(x))
-    return keras.Model(inputs, outputs, name=f"{arch.name}_fine_tuned")
 
 
 def inner_backbone(model: keras.Model) -> keras.Model:
@@ -180,10 +184,11 @@ class LayerCounts:
     """How a backbone was split by :func:`unfreeze_top` (InputLayer not counted)."""
 
     layers: int  # layers in the backbone
-    top: int  # layers in the unfrozen top part (BatchNorm included)
-    trainable: int  # layers that now train: the top part minus its BatchNorm layers
+    top: int  # layers in the unfrozen top part (= trainable + batchnorm_frozen + weightless)
+    trainable: int  # layers that now train: those of the top part with weights, BatchNorm excepted
     batchnorm_frozen: int  # BatchNorm layers inside the top part, kept frozen
-    frozen: int  # layers that do not train
+    weightless: int  # layers of the top part without weights (activations, additions, pooling): nothing to train
+    frozen: int  # layers with weights that do not train (below the top part, and its BatchNorm layers)
     trainable_weights: int  # scalar weights that now train (in the backbone)
 
 
@@ -209,11 +214,13 @@ def unfreeze_top(backbone: keras.Model, unfreeze: float) -> LayerCounts:
         layer.trainable = in_top and not isinstance(layer, keras.layers.BatchNormalization)
     if top == 0:
         backbone.trainable = False
-    top_layers = layers[len(layers) - top:]
+    top_layers = layers[len(layers) - top:] if top else []
     bn = sum(isinstance(layer, keras.layers.BatchNormalization) for layer in top_layers)
-    trainable = sum(layer.trainable for layer in layers) if top else 0
+    trainable = sum(bool(layer.trainable_weights) for layer in top_layers)
+    with_weights = sum(bool(layer.weights) for layer in layers)
     return LayerCounts(
-        layers=len(layers), top=top, trainable=trainable, batchnorm_frozen=bn, frozen=len(layers) - trainable,
+        layers=len(layers), top=top, trainable=trainable, batchnorm_frozen=bn,
+        weightless=sum(not layer.weights for layer in top_layers), frozen=with_weights - trainable,
         trainable_weights=int(sum(np.prod(w.shape) for w in backbone.trainable_weights)),
     )
 
@@ -226,8 +233,10 @@ def image_dataset(paths: Sequence[str], labels: Sequence[int], image_size: tuple
                   shuffle: bool = False, seed: int = 0, cache_limit_mb: float = 3000) -> tf.data.Dataset:
     """(pixels, label) batches read from files with :func:`workshop_utils.images.decode_image`.
 
-    Decoded images are cached in memory when they fit in ``cache_limit_mb`` (every epoch after the first
-    then skips JPEG decoding); otherwise the encoded bytes are cached and decoded again each epoch.
+    Each photo is turned upright by its EXIF orientation (read from its header here, once) before the resize,
+    as in the bottleneck pass. Decoded images are cached in memory when they fit in ``cache_limit_mb`` (every
+    epoch after the first then skips JPEG decoding); otherwise the encoded bytes are cached and decoded again
+    each epoch. A file that is no usable image raises ``predictions.InvalidImageError`` naming it.
     """
     if len(paths) == 0:
         raise FineTuneError("No images to fine-tune on: the image list is empty; run the bottleneck phase (02) first.")
@@ -235,9 +244,11 @@ def image_dataset(paths: Sequence[str], labels: Sequence[int], image_size: tuple
         raise FineTuneError(f"{len(paths)} image paths but {len(labels)} labels: they must match row by row.")
     h, w = image_size
     decoded_mb = len(paths) * h * w * 3 * 4 / 1e6
-    data = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), np.asarray(labels, dtype=np.int32)))
-    data = data.map(lambda p, y: (tf.io.read_file(p), y), num_parallel_calls=tf.data.AUTOTUNE)
-    decode = lambda b, y: (decode_image(b, (h, w)), y)  # noqa: E731
+    orientations = np.asarray([file_orientation(p) for p in paths], dtype=np.int32)
+    data = tf.data.Dataset.from_tensor_slices((list(map(str, paths)), orientations,
+                                               np.asarray(labels, dtype=np.int32)))
+    data = data.map(lambda p, o, y: (tf.io.read_file(p), o, y), num_parallel_calls=tf.data.AUTOTUNE)
+    decode = lambda b, o, y: (decode_image(b, (h, w), o), y)  # noqa: E731
     if decoded_mb <= cache_limit_mb:
         data = data.map(decode, num_parallel_calls=tf.data.AUTOTUNE).cache()
     else:
@@ -308,7 +319,11 @@ class TqdmProgress(keras.callbacks.Callback):
 
 @dataclass
 class FineTuned:
-    """A fine-tuned end-to-end model (pixels in, probabilities out) and how it got there."""
+    """A fine-tuned end-to-end model (pixels in, probabilities out) and how it got there.
+
+    ``model`` is the model as trained (augmentation in front; float16 compute in mixed precision);
+    ``scoring_model`` is :func:`inference_model` of it, float32: what validation scores, exports and serves.
+    """
 
     model: keras.Model
     options: FineTuneOptions
@@ -321,12 +336,13 @@ class FineTuned:
     validation_probabilities: np.ndarray = field(repr=False, default=None)
     validation_labels: np.ndarray = field(repr=False, default=None)
     validation_paths: list[str] = field(repr=False, default_factory=list)
+    scoring_model: keras.Model | None = field(repr=False, default=None)
 
     def predict_files(self, paths: Sequence[str], batch_size: int = 32) -> np.ndarray:
-        """Probabilities (N, C) for image files, decoded exactly as in training."""
+        """Probabilities (N, C) for image files, decoded exactly as in training, scored in float32."""
         size = tuple(self.model.input.shape[1:3])
         data = image_dataset(paths, np.zeros(len(paths), np.int32), size, batch_size, cache_limit_mb=0)
-        return predict(self.model, data)
+        return predict(self.scoring_model or inference_model(self.model), data)
 
 
 class EpochTimer(keras.callbacks.Callback):
@@ -382,22 +398,26 @@ def fine_tune(trained: Any, options: FineTuneOptions | None = None, progress: bo
     frame = pd.DataFrame(history.history)
     frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
     frame["seconds"] = timer.seconds
-    probabilities = predict(model, val_data)
+    scoring = inference_model(model)  # float32, without augmentation: what is exported and served
     return FineTuned(
         model=model, options=options, layers=counts, history=frame, best_epoch=int(stopper.best_epoch) + 1,
-        start_loss=float(start_loss), seconds=seconds, seconds_per_epoch=float(np.median(timer.seconds[1:] or timer.seconds)),
-        validation_probabilities=probabilities, validation_labels=val_y, validation_paths=val_paths,
+        start_loss=float(start_loss), seconds=seconds,
+        seconds_per_epoch=float(np.median(timer.seconds[1:] or timer.seconds)),
+        validation_probabilities=predict(scoring, val_data), validation_labels=val_y, validation_paths=val_paths,
+        scoring_model=scoring,
     )
 
 
 def inference_model(model: keras.Model) -> keras.Model:
-    """The same model without its augmentation layer (a no-op at inference anyway), sharing the weights: for export.
+    """The model to export and serve: without its augmentation layer (a no-op at inference anyway), in float32.
 
-    The model must be a chain (each layer feeds the next), as :func:`compose_model` and notebook 07 build it.
+    Without mixed precision it shares the model's weights; a mixed-precision model becomes a float32 copy with
+    the same weights (``model_io.float32_model``), so the exported model scores in float32. The model must be
+    a chain (each layer feeds the next), as :func:`compose_model` and notebook 07 build it.
     """
     layers = [layer for layer in model.layers if not isinstance(layer, keras.layers.InputLayer)]
     if AUGMENT_LAYER not in [layer.name for layer in layers]:
-        return model
+        return float32_model(model)
     inputs = keras.Input(shape=model.input.shape[1:], dtype="float32", name="rgb_0_255")
     x = inputs
     for layer in layers:
@@ -408,7 +428,7 @@ def inference_model(model: keras.Model) -> keras.Model:
             )
         if layer.name != AUGMENT_LAYER:
             x = layer(x)
-    return keras.Model(inputs, x, name=model.name)
+    return float32_model(keras.Model(inputs, x, name=model.name))
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -452,8 +472,10 @@ def run_fine_tune(trained: Any, options: FineTuneOptions, export_dir: Path | Non
           f"{', mixed precision' if options.mixed_precision else ''}.")
     result = fine_tune(trained, options, progress=not quiet)
     after = evaluate(result.validation_labels, result.validation_probabilities, trained.label_map, name="fine-tuned")
-    print(f"Fine-tuned {result.layers.trainable} of {result.layers.layers} backbone layers "
-          f"({result.layers.batchnorm_frozen} BatchNorm kept frozen) in {result.seconds:.0f} s, "
+    counts = result.layers
+    print(f"Fine-tuned the top {counts.top} of {counts.layers} backbone layers: {counts.trainable} with weights "
+          f"train, {counts.batchnorm_frozen} BatchNorm kept frozen, {counts.weightless} without weights; "
+          f"in {result.seconds:.0f} s, "
           f"{result.seconds_per_epoch:.1f} s per epoch; best epoch {result.best_epoch} of {len(result.history)}"
           f"{' (the head-only weights were kept)' if result.best_epoch == 0 else ''}.")
     if not quiet:
@@ -462,7 +484,7 @@ def run_fine_tune(trained: Any, options: FineTuneOptions, export_dir: Path | Non
     if export_dir is not None:
         from .model_io import export_model
 
-        out = export_model(trained, export_dir, metrics=after, model=inference_model(result.model))
+        out = export_model(trained, export_dir, metrics=after, model=result.scoring_model)
         print(f"Fine-tuned model exported to {out} — try: python -m workshop_utils predict {out} IMAGE")
     return result, before, after
 

@@ -228,9 +228,9 @@ class FrozenGraphScorer(ImageScorer):
     # -- scoring ----------------------------------------------------------------------------------------
     def preprocess(self, data: bytes, name: str | Path | None = None) -> np.ndarray:
         """Bytes → the float32 (H, W, 3) array fed to the graph (after resize, channel order, mean, scale)."""
-        check_image_bytes(data, name=name, max_pixels=self.max_pixels)
+        info = check_image_bytes(data, name=name, max_pixels=self.max_pixels, complete=True)
         try:
-            pixels = decode_image(tf.constant(bytes(data)), self.image_size)
+            pixels = decode_image(tf.constant(bytes(data)), self.image_size, info.orientation)
         except tf.errors.InvalidArgumentError as exc:
             raise undecodable(name, exc) from exc
         if self.channel_order == "BGR":
@@ -244,7 +244,7 @@ class FrozenGraphScorer(ImageScorer):
         groups = [list(range(len(images)))] if self.batch_limit is None else [[i] for i in range(len(images))]
         if self.string_input:
             for data, name in zip(images, names):
-                check_image_bytes(data, name=name, max_pixels=self.max_pixels)
+                check_image_bytes(data, name=name, max_pixels=self.max_pixels, complete=True)
             feeds = [tf.constant([bytes(images[i]) for i in g] if self.input_shape != () else bytes(images[g[0]]))
                      for g in groups]
         else:

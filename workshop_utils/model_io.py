@@ -13,6 +13,10 @@
     labels.txt        class names, one per line, in score order
     model_card.json   arch, classes, input/output spec, metrics, training options, date, versions
 
+Every form decodes the bytes as stored and so expects upright images: EXIF orientation is read and applied
+by :class:`Classifier` (and ``predict``/``serve``), not inside the graph. Every form computes in float32: a
+model trained in mixed precision is exported as its float32 copy (:func:`float32_model`).
+
 The ordered class names are also stored inside ``model.keras`` (an extra zip entry, ``workshop_classes.json``,
 that Keras' loader ignores), so an edited ``labels.txt`` cannot silently relabel the scores. With
 ``export_model(..., model=m)`` the model ``m`` is exported as trained (bytes in, or RGB pixels in and wrapped
@@ -45,7 +49,7 @@ import numpy as np
 from .architectures import feature_extractor, get_architecture
 from .config import import_tensorflow
 from .frozen_graph import FrozenGraphError, FrozenGraphScorer, freeze_concrete_function, inspect_graph
-from .images import decode_image
+from .images import decode_image, decode_images
 from .predictions import (
     DEFAULT_MAX_PIXELS,
     SUPPORTED_FORMATS,
@@ -54,6 +58,7 @@ from .predictions import (
     InvalidImageError,
     LabelsFileError,
     Prediction,
+    TruncatedImageError,
     UnscoredImagesWarning,
     check_image_bytes,
     load_labels,
@@ -65,10 +70,12 @@ tf = import_tensorflow()
 import keras  # noqa: E402
 
 __all__ = [
-    "Classifier", "Prediction", "InvalidImageError", "ImageTooLargeError", "LabelsFileError", "ModelFolderError",
+    "Classifier", "Prediction", "InvalidImageError", "ImageTooLargeError", "TruncatedImageError", "LabelsFileError",
+    "ModelFolderError",
     "ExportError", "UnscoredImagesWarning", "FrozenGraphScorer", "FrozenGraphError", "inspect_graph",
     "DecodeImageBytes", "build_end_to_end_model", "export_model", "export_tflite", "check_image_bytes",
     "pixels_model", "model_parts", "ModelParts", "stored_classes", "DEFAULT_MAX_PIXELS", "SUPPORTED_FORMATS",
+    "float32_model", "uses_mixed_precision", "UPRIGHT_NOTE",
     "INPUT_TENSOR", "PIXELS_TENSOR", "SCORES_TENSOR",
     "LABEL_TENSOR",
 ]
@@ -88,6 +95,13 @@ SCORES_TENSOR = "scores:0"
 LABEL_TENSOR = "label:0"
 DECODE_LAYER, HEAD_LAYER = "decode", "head"
 VERIFY_TOLERANCE = 1e-5
+UPRIGHT_NOTE = (
+    "The model expects upright images. Bytes fed straight into model.keras, saved_model/ or model.pb are decoded "
+    "as stored: a phone photo whose EXIF orientation says 'turn me' (often 6: portrait) is scored on its side. "
+    "workshop_utils' Classifier, `python -m workshop_utils predict` and `serve` read the orientation and turn "
+    "the photo upright first; an application feeding the SavedModel or .pb must do the same (e.g. Pillow's "
+    "ImageOps.exif_transpose, then re-encode) before it sends the bytes."
+)
 
 
 class ExportError(RuntimeError):
@@ -103,7 +117,9 @@ class DecodeImageBytes(keras.layers.Layer):
     """Encoded JPEG/PNG/GIF/BMP bytes (string batch [N]) -> float32 RGB 0–255 [N, H, W, 3].
 
     Uses :func:`workshop_utils.images.decode_image`, the same decoding the bottleneck features were made
-    with, so the saved model sees the pixels the head was trained on. Serializable: no Lambda layer, so
+    with, so the saved model sees the pixels the head was trained on. It ignores EXIF orientation (graph
+    ops cannot read it): :class:`Classifier` applies it before this point, and bytes fed straight into
+    the SavedModel or ``.pb`` must be upright. Serializable: no Lambda layer, so
     ``keras.models.load_model(..., safe_mode=True)`` loads it.
     """
 
@@ -114,12 +130,7 @@ class DecodeImageBytes(keras.layers.Layer):
         self.built = True
 
     def call(self, inputs: Any) -> Any:
-        h, w = self.image_size
-        return tf.map_fn(
-            lambda contents: decode_image(contents, (h, w)),
-            inputs,
-            fn_output_signature=tf.TensorSpec((h, w, 3), tf.float32),
-        )
+        return decode_images(inputs, self.image_size)  # as stored: the graph reads no EXIF (Classifier does)
 
     def compute_output_shape(self, input_shape: Any) -> tuple:
         return (input_shape[0], *self.image_size, 3)
@@ -234,6 +245,55 @@ def model_parts(model: keras.Model, error: type[Exception] = ModelFolderError) -
     outputs = model(decode(image_bytes), training=False)
     bytes_model = keras.Model(image_bytes, outputs, name=f"{model.name}_bytes")
     return ModelParts(decode, model, bytes_model, inp, size, int(out_shape[-1]))
+
+
+MIXED_POLICIES = ("mixed_float16", "mixed_bfloat16")
+
+
+def _layers(model: keras.Model) -> list[keras.layers.Layer]:
+    """Every layer of a model, nested models' layers included."""
+    found: list[keras.layers.Layer] = []
+    for layer in model.layers:
+        found.append(layer)
+        if isinstance(layer, keras.Model):
+            found += _layers(layer)
+    return found
+
+
+def uses_mixed_precision(model: keras.Model) -> bool:
+    """True when a layer of the model (or of a model nested in it) computes in float16/bfloat16."""
+    return any(getattr(layer.dtype_policy, "name", "") in MIXED_POLICIES for layer in [model, *_layers(model)])
+
+
+def _float32_config(config: Any) -> Any:
+    """A serialized model's config with every mixed dtype policy replaced by float32."""
+    if isinstance(config, dict):
+        return {k: ("float32" if k == "name" and v in MIXED_POLICIES else
+                    "float32" if k == "dtype" and v in MIXED_POLICIES else _float32_config(v))
+                for k, v in config.items()}
+    if isinstance(config, list):
+        return [_float32_config(v) for v in config]
+    return config
+
+
+def float32_model(model: keras.Model) -> keras.Model:
+    """A float32 copy of a model built under a mixed-precision policy, with the same weights; else the model itself.
+
+    A mixed model keeps its variables in float32 and computes in float16: exact on a GPU's fast path, but an
+    exported or served model has no reason to round. The copy is rebuilt from the model's config with every
+    policy set to float32 and gets the same weights, so it is what the model computes, without rounding.
+    """
+    if not uses_mixed_precision(model):
+        return model
+    config = _float32_config(keras.saving.serialize_keras_object(model))
+    previous = keras.mixed_precision.global_policy()
+    keras.mixed_precision.set_global_policy("float32")
+    try:
+        copy = keras.saving.deserialize_keras_object(config, custom_objects={"DecodeImageBytes": DecodeImageBytes})
+    finally:
+        keras.mixed_precision.set_global_policy(previous)
+    copy.set_weights(model.get_weights())
+    return copy
 
 
 def pixels_model(model: keras.Model) -> keras.Model:
@@ -355,7 +415,8 @@ def _jsonable(value: Any, depth: int = 0) -> Any:
     return repr(value)
 
 
-_METRIC_FIELDS = ("micro_accuracy", "macro_accuracy", "log_loss", "log_loss_reduction", "top_k_accuracy", "top_k")
+_METRIC_FIELDS = ("subset", "role", "n_samples", "micro_accuracy", "macro_accuracy", "log_loss", "log_loss_reduction",
+                  "top_k_accuracy", "top_k")  # subset and role: which set the numbers come from, what it was used for
 
 
 def _metrics_summary(metrics: Any, labels: list[str]) -> dict[str, Any] | None:
@@ -400,6 +461,8 @@ def _model_card(trained: Any, labels: list[str], size: tuple[int, int], metrics:
             f"RGB 0-255 float32 -> x * {arch.scale:g} {'-' if arch.offset < 0 else '+'} {abs(arch.offset):g} "
             "(inside the model)"
         ),
+        "orientation": UPRIGHT_NOTE,
+        "precision": "float32",
         "files": {
             MODEL_FILE: "Keras 3 end-to-end model; keras.models.load_model(path, safe_mode=True) after "
                         "`import workshop_utils.model_io` (registers DecodeImageBytes)",
@@ -409,10 +472,12 @@ def _model_card(trained: Any, labels: list[str], size: tuple[int, int], metrics:
         },
         "inputs": {
             "keras": {"name": "image_bytes", "dtype": "string", "shape": [None],
-                      "description": f"encoded {SUPPORTED_FORMATS} bytes, one string per image"},
+                      "description": f"encoded {SUPPORTED_FORMATS} bytes of an upright image, one string per "
+                                     "image (EXIF orientation is not applied)"},
             "saved_model": {"signature": "serving_default", "name": "image_bytes", "dtype": "string", "shape": [None]},
             "frozen_graph": [
-                {"name": INPUT_TENSOR, "dtype": "string", "shape": [None], "description": "encoded image bytes"},
+                {"name": INPUT_TENSOR, "dtype": "string", "shape": [None],
+                 "description": "encoded bytes of an upright image (EXIF orientation is not applied)"},
                 {"name": PIXELS_TENSOR, "dtype": "float32", "shape": [None, h, w, 3],
                  "description": "alternative input: decoded, resized RGB pixels 0-255 (feed instead of image_bytes)"},
             ],
@@ -427,6 +492,7 @@ def _model_card(trained: Any, labels: list[str], size: tuple[int, int], metrics:
                 {"name": LABEL_TENSOR, "dtype": "string", "shape": [None], "description": "top class name"},
             ],
         },
+        "protocol": _jsonable(getattr(getattr(trained, "options", None), "protocol", None)),
         "metrics": _metrics_summary(metrics, labels),
         "training": {
             "best_epoch": _jsonable(getattr(trained, "best_epoch", None)),
@@ -535,6 +601,7 @@ def _model_to_export(trained: Any, model: keras.Model | None) -> tuple[keras.Mod
     if model is None:
         built = build_end_to_end_model(trained)
         return built, model_parts(built, ExportError)
+    model = float32_model(model)  # a mixed-precision model is exported as its float32 copy
     parts = model_parts(model, ExportError)
     if parts.num_classes != len(labels):
         raise ExportError(
@@ -571,7 +638,8 @@ def _write_export(folder: Path, trained: Any, metrics: Any, verify: bool, model:
     card = _model_card(trained, labels, size, metrics)
     card["source"] = ("built from the trained head on the frozen backbone" if model is None else
                       f"the Keras model {model.name!r} as trained (its own weights), "
-                      f"{'bytes' if parts.bytes_model is model else 'pixels'} in")
+                      f"{'bytes' if parts.bytes_model is source else 'pixels'} in"
+                      + ("; trained in mixed precision, exported as its float32 copy" if source is not model else ""))
     card["files"][MODEL_FILE] += f"; the ordered class names are stored inside it ({CLASSES_ENTRY})"
     (folder / CARD_FILE).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -720,7 +788,12 @@ def _check_labels(folder: Path, labels: list[str], stored: list[str] | None, car
 
 # -- consuming -------------------------------------------------------------------------------------------
 class Classifier(ImageScorer):
-    """A loaded export: score untrusted image bytes, files or a frame of paths without the workshop's trainer."""
+    """A loaded export: score untrusted image bytes, files or a frame of paths without the workshop's trainer.
+
+    Each photo is turned upright by its EXIF orientation before the model's own decoding and resize (the
+    course's one rule, :mod:`workshop_utils.images`); files whose data ends before their pixels do are
+    refused; the model computes in float32.
+    """
 
     def __init__(
         self,
@@ -731,8 +804,9 @@ class Classifier(ImageScorer):
         directory: Path | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
     ) -> None:
-        parts = model_parts(model)
+        parts = model_parts(float32_model(model))  # scored in float32, even a model trained in mixed precision
         self.model = parts.bytes_model  # a pixels-in model is wrapped with DecodeImageBytes
+        self.pixels_model = parts.pixels  # RGB 0-255 -> probabilities: what the bytes reach after decoding
         self.labels = list(labels)
         if len(self.labels) != int(model.output_shape[-1]):
             raise LabelsFileError(
@@ -744,9 +818,10 @@ class Classifier(ImageScorer):
         self.card = card
         self.directory = directory
         self.max_pixels = max_pixels
-        self._serve = tf.function(
-            lambda images: self.model(images, training=False),
-            input_signature=[tf.TensorSpec([None], tf.string)],
+        size = self.image_size
+        self._serve = tf.function(  # the model's own decoding, with each photo turned upright first
+            lambda images, orientations: self.pixels_model(decode_images(images, size, orientations), training=False),
+            input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)],
             reduce_retracing=True,
         )
 
@@ -792,14 +867,18 @@ class Classifier(ImageScorer):
         return cls(build_end_to_end_model(trained), _label_names(trained), max_pixels=max_pixels)
 
     def predict_proba(self, images: Sequence[bytes], names: Sequence[str | Path | None] | None = None) -> np.ndarray:
-        """Probabilities (N, C) for encoded images; bad bytes raise InvalidImageError naming the image."""
+        """Probabilities (N, C) for encoded images, each turned upright by its EXIF orientation first.
+
+        Bad bytes raise InvalidImageError naming the image: not an image of the format table, over the pixel
+        limit, or data that ends before its pixels do (TruncatedImageError), which is never scored.
+        """
         names = list(names) if names is not None else [None] * len(images)
         if not len(images):
             return np.zeros((0, len(self.labels)))
-        for data, name in zip(images, names):
-            check_image_bytes(data, name=name, max_pixels=self.max_pixels)
+        orientations = [check_image_bytes(data, name=name, max_pixels=self.max_pixels, complete=True).orientation
+                        for data, name in zip(images, names)]
         try:
-            scores = self._serve(tf.constant([bytes(b) for b in images]))
+            scores = self._serve(tf.constant([bytes(b) for b in images]), tf.constant(orientations, tf.int32))
         except tf.errors.InvalidArgumentError as exc:  # truncated/corrupt data behind a valid header
             raise undecodable(names[0] if len(names) == 1 else None, exc, len(names)) from exc
         return np.asarray(scores, dtype=np.float64)

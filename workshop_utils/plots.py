@@ -513,8 +513,9 @@ def plot_confusion_pair(before: MulticlassMetrics, after: MulticlassMetrics,
 def plot_grad_cam_gallery(items: Sequence[Mapping[str, Any]], class_names: Sequence[str], ncols: int = 4,
                           alpha: float = 0.45, title: str | None = None) -> Figure:
     """Photos with their Grad-CAM heatmap overlaid: one tile for the predicted class, and for a mistake a second
-    tile for the true class. ``items``: dicts with ``photo``, ``heatmap``, ``predicted``, ``probabilities`` and
-    optionally ``true``, ``true_heatmap``, ``path`` (what ``explain.explain_files`` returns)."""
+    tile for the true class, and a colour bar (0: no evidence, 1: the map's peak). ``items``: dicts with
+    ``photo``, ``heatmap``, ``predicted``, ``probabilities`` and optionally ``true``, ``true_heatmap``, ``path``
+    (what ``explain.explain_files`` returns)."""
     tiles: list[tuple[np.ndarray, np.ndarray, str, str]] = []
     for item in items:
         missing = [key for key in ("photo", "heatmap", "predicted", "probabilities") if key not in item]
@@ -540,9 +541,12 @@ def plot_grad_cam_gallery(items: Sequence[Mapping[str, Any]], class_names: Seque
             raise PlotError(f"a heatmap of shape {heatmap.shape} does not match its photo {photo.shape[:2]}; "
                             "resize it with explain.resize_heatmap(heatmap, photo.shape[:2]).")
         ax.imshow(photo)
-        ax.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0, vmax=1)
+        overlay = ax.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0, vmax=1)
         ax.set_title(label, fontsize=8, color=colour)
         ax.axis("off")
     _hide_unused(axes, len(tiles))
+    bar = fig.colorbar(overlay, ax=axes[:, -1].tolist(), shrink=0.9 if nrows > 1 else 0.8, aspect=25 * nrows)
+    bar.solids.set_alpha(1)  # the scale in full colour, not as faint as the overlay
+    bar.set_label("evidence for the class (1 = the map's peak)", fontsize=8)
     fig.suptitle(title or "Grad-CAM: where the model looked (red = raised the class's score)")
     return fig

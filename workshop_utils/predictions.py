@@ -10,11 +10,14 @@ import html
 import io
 import math
 import os
+import struct
 import warnings
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
+
+from .image_data import BMP_SUPPORTED, bmp_problem, jpeg_missing_data, png_missing_data, webp_missing_data
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image (width × height) accepted by default: 40 MP, checked from the header before decoding."""
@@ -84,21 +87,51 @@ class ImageTooLargeError(InvalidImageError):
     """The image header declares more pixels than the allowed limit (a decompression-bomb guard)."""
 
 
+class TruncatedImageError(InvalidImageError):
+    """The header is valid but the data ends before the pixels it declares (a cut download, a lying header)."""
+
+
 class LabelsFileError(ValueError):
     """A labels file is missing, empty or does not match the model's number of outputs."""
 
 
+EXIF_ORIENTATION_TAG = 0x0112
+"""The EXIF tag saying how a photo must be turned to be seen upright (1 = as stored; 2–8: mirror and/or rotate)."""
+
+
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header says: format (a name of :data:`IMAGE_FORMATS`), width and height in pixels."""
+    """What the header says: format (a name of :data:`IMAGE_FORMATS`), width and height in pixels as stored, and
+    the EXIF orientation (1–8; 1 when absent) that :func:`workshop_utils.images.orient` applies."""
 
     format: str
     width: int
     height: int
+    orientation: int = 1
 
     @property
     def pixels(self) -> int:
         return self.width * self.height
+
+
+def exif_orientation(image: Any) -> int:
+    """The EXIF orientation (1–8) an open Pillow image's header records; 1 when it has none or an invalid one.
+
+    Reads only what Pillow parsed while opening the file (``image.info["exif"]``: a JPEG's APP1, a WebP's or
+    PNG's EXIF chunk before the pixels), never ``getexif()``, which decodes a whole PNG to look further.
+    """
+    from PIL import Image
+
+    raw = image.info.get("exif")
+    if not raw:
+        return 1
+    exif = Image.Exif()
+    try:
+        exif.load(raw)
+        value = int(exif.get(EXIF_ORIENTATION_TAG, 1))
+    except (ValueError, TypeError, SyntaxError, OSError, KeyError, IndexError, struct.error):
+        return 1  # an unreadable EXIF block: decoders ignore it, and so does the orientation rule
+    return value if 1 <= value <= 8 else 1
 
 
 def describe_source(name: str | Path | None) -> str:
@@ -107,14 +140,17 @@ def describe_source(name: str | Path | None) -> str:
 
 
 def check_image_bytes(
-    data: bytes | bytearray | memoryview, name: str | Path | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS
+    data: bytes | bytearray | memoryview, name: str | Path | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    *, complete: bool = False,
 ) -> ImageInfo:
-    """Check untrusted bytes from the header only: a JPEG/PNG/GIF/BMP/WebP within ``max_pixels`` (None = no limit).
+    """Check untrusted bytes from the header: a JPEG/PNG/GIF/BMP/WebP within ``max_pixels`` (None = no limit).
 
-    Raises :class:`InvalidImageError` (or :class:`ImageTooLargeError`) naming the file. Truncated or
-    corrupt pixel data is caught later, when TensorFlow decodes it (the scorers turn that error into
-    :class:`InvalidImageError` too), so nothing is decoded twice. A GIF counts all its frames, since
-    TensorFlow decodes every frame before keeping the first.
+    Raises :class:`InvalidImageError` (or :class:`ImageTooLargeError`) naming the file. A GIF counts all its
+    frames, since TensorFlow decodes every frame before keeping the first. With ``complete`` the body is
+    walked too (not decoded): a JPEG or PNG whose data ends before its pixels do raises
+    :class:`TruncatedImageError` (what every scorer and the bottleneck pass ask for; the header-only check
+    is for a cheap first look, e.g. the web API's before it queues a photo). Other corrupt pixel data is
+    caught when TensorFlow decodes it (the scorers turn that into :class:`InvalidImageError` too).
     """
     what = describe_source(name)
     if isinstance(data, str):
@@ -127,20 +163,22 @@ def check_image_bytes(
     data = bytes(data)
     if not data:
         raise InvalidImageError(f"{what}the bytes are empty (0 bytes): not a decodable {SUPPORTED_FORMATS} image.")
-    return _check_header(io.BytesIO(data), len(data), what, max_pixels)
+    return _check_header(io.BytesIO(data), len(data), what, max_pixels, complete)
 
 
 def check_image_file(
-    file: str | os.PathLike | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | Path | None = None
+    file: str | os.PathLike | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | Path | None = None,
+    *, complete: bool = False,
 ) -> ImageInfo:
-    """:func:`check_image_bytes` for a file (a path, or a binary file open at its start): reads the header only.
+    """:func:`check_image_bytes` for a file (a path, or a binary file open at its start).
 
     ``name`` starts the messages (default: the path; "" for none). A missing file raises FileNotFoundError.
-    The same limit and checks as the scorers, for readers that decode files themselves (training, validation).
+    The same limit and checks as the scorers, for readers that decode files themselves (training, validation);
+    reads the header only, or with ``complete`` the whole file (JPEG, PNG) to refuse one whose data is cut.
     """
     if isinstance(file, (str, os.PathLike)):
         with open(file, "rb") as fh:
-            return check_image_file(fh, max_pixels, name=file if name is None else name)
+            return check_image_file(fh, max_pixels, name=file if name is None else name, complete=complete)
     what = describe_source(name)
     try:
         size = os.fstat(file.fileno()).st_size
@@ -149,10 +187,10 @@ def check_image_file(
         file.seek(0)
     if size == 0:
         raise InvalidImageError(f"{what}the file is empty (0 bytes): not a decodable {SUPPORTED_FORMATS} image.")
-    return _check_header(file, size, what, max_pixels)
+    return _check_header(file, size, what, max_pixels, complete)
 
 
-def _check_header(stream: BinaryIO, size: int, what: str, max_pixels: int | None) -> ImageInfo:
+def _check_header(stream: BinaryIO, size: int, what: str, max_pixels: int | None, complete: bool) -> ImageInfo:
     """The checks of :func:`check_image_bytes` on a seekable stream at its start (Pillow reads the header only)."""
     from PIL import Image, UnidentifiedImageError
 
@@ -163,15 +201,20 @@ def _check_header(stream: BinaryIO, size: int, what: str, max_pixels: int | None
                 pil_format = image.format or "?"
                 width, height = image.size
                 frames = int(getattr(image, "n_frames", 1)) if pil_format == "GIF" else 1
+                orientation = exif_orientation(image)
+                mode = image.mode
     except Image.DecompressionBombError as exc:
         raise ImageTooLargeError(f"{what}the image is too large to decode safely ({exc}); downscale it.") from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
+        stream.seek(0)
+        start = stream.read(12)
+        riff = webp_missing_data(start, size)
+        if riff is not None:
+            raise truncated_image(what, riff) from exc
         # Pillow's own text for unknown bytes names an in-memory object address: of no use to a reader.
         detail = "" if isinstance(exc, UnidentifiedImageError) else f" ({exc})"
-        stream.seek(0)
-        start = stream.read(8)
         raise InvalidImageError(
-            f"{what}the bytes ({size} bytes, starting {start!r}) are not a decodable {SUPPORTED_FORMATS} "
+            f"{what}the bytes ({size} bytes, starting {start[:8]!r}) are not a decodable {SUPPORTED_FORMATS} "
             f"image{detail}. Check that the file is a photo and was fully downloaded."
         ) from exc
     fmt = format_for_pillow(pil_format)
@@ -193,7 +236,37 @@ def _check_header(stream: BinaryIO, size: int, what: str, max_pixels: int | None
             f"{what}the image is {dims} = {total / 1e6:.3g} MP, over the limit of {max_pixels / 1e6:g} MP "
             f"(max_pixels={max_pixels}); downscale it or pass a larger max_pixels."
         )
-    return ImageInfo(fmt.name, width, height)
+    if fmt.name == "BMP":
+        stream.seek(0)
+        unsupported, cut = bmp_problem(stream.read(66), size, mode)
+        if unsupported is not None:
+            raise InvalidImageError(
+                f"{what}the bytes are {unsupported}, which TensorFlow's decoder (and so the model) cannot read "
+                f"right: it reads {BMP_SUPPORTED}. Convert it to PNG or JPEG, e.g. "
+                "PIL.Image.open(path).convert('RGB').save('photo.png')."
+            )
+        if cut is not None and complete:
+            raise truncated_image(what, cut)
+    elif complete and fmt.name == "JPEG":
+        stream.seek(0)
+        problem = jpeg_missing_data(stream.read())
+        if problem is not None:
+            raise truncated_image(what, problem)
+    elif complete and fmt.name == "PNG":
+        problem = png_missing_data(stream, size)
+        if problem is not None:
+            raise truncated_image(what, problem)
+    return ImageInfo(fmt.name, width, height, orientation)
+
+
+def _cut_or_corrupt(what: str, detail: str) -> str:
+    return (f"{what}the bytes are not a decodable {SUPPORTED_FORMATS} image (truncated or corrupt: {detail}). "
+            "Re-download or re-save the file.")
+
+
+def truncated_image(what: str, detail: str) -> TruncatedImageError:
+    """The error for data that ends before its pixels do; ``what`` is :func:`describe_source`'s prefix."""
+    return TruncatedImageError(_cut_or_corrupt(what, detail))
 
 
 def read_image_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
@@ -221,10 +294,7 @@ def undecodable(name: str | Path | None, exc: BaseException, batch_size: int = 1
         what = describe_source(name)
     else:
         what = f"one of {batch_size} images (score them one by one to find it): "
-    return InvalidImageError(
-        f"{what}the bytes are not a decodable {SUPPORTED_FORMATS} image (truncated or corrupt: "
-        f"{tf_decode_reason(exc)}). Re-download or re-save the file."
-    )
+    return InvalidImageError(_cut_or_corrupt(what, tf_decode_reason(exc)))
 
 
 def load_labels(labels: str | Path | Iterable[str]) -> list[str]:

@@ -87,8 +87,9 @@ def summary_line(trained: Any) -> str:
     rows = history[(history["dataset"] == dataset) & (history["epoch"] == trained.best_epoch)]
     accuracy = float(rows["accuracy"].iloc[0]) if len(rows) else float("nan")
     stopped = ", stopped early" if trained.stopped_early else ""
+    role = "the set that chose it" if dataset == "Validation" else "no validation set: training images"
     return (f"{int(history['epoch'].max()) + 1} epochs{stopped}; best epoch {trained.best_epoch}: "
-            f"{dataset.lower()} accuracy {accuracy:.3f}")
+            f"{dataset.lower()} accuracy {accuracy:.3f} ({role}; the test set is scored in 04)")
 
 
 def _schedule_name(scheduler: Any) -> str:
