@@ -102,6 +102,10 @@ def test_bad_unfreeze_values_say_what_is_allowed(value: object) -> None:
 
 @pytest.mark.parametrize("field, value, message", [
     ("epochs", 0, r"epochs=0 must be at least 1"),
+    ("warmup_epochs", 30, r"warmup_epochs=30 must be in \[0, epochs=20\]"),
+    ("final_lr_fraction", 1.5, r"final_lr_fraction=1.5 must be in \[0, 1\]"),
+    ("label_smoothing", 1.0, r"label_smoothing=1.0 must be in \[0, 1\)"),
+    ("class_weight", "equal", r"class_weight='equal' must be 'balanced', a mapping class -> weight or None"),
     ("learning_rate", 0.0, r"learning_rate=0.0 must be above 0"),
     ("augmentation", 0.7, r"augmentation=0.7 must be in \[0, 0.5\)"),
     ("batch_size", 0, r"batch_size=0 must be at least 1"),
@@ -118,8 +122,37 @@ def test_defaults_depend_on_profile_and_device() -> None:
     assert finetune.resolve_unfreeze(quick.unfreeze, 141) < finetune.resolve_unfreeze(cpu.unfreeze, 141)
     assert gpu.mixed_precision and gpu.batch_size > cpu.batch_size and not cpu.mixed_precision
     assert finetune.default_options("full", gpu=False, unfreeze=5, epochs=2).unfreeze == 5
+    assert finetune.default_options("full", gpu=False, unfreeze=None).unfreeze == cpu.unfreeze  # None: the default
+    assert cpu.class_weight == "balanced" and finetune.default_options("full", class_weight=None).class_weight is None
+    assert cpu.label_smoothing == 0.1 and cpu.warmup_epochs == 1 and cpu.final_lr_fraction == 0.01
+    # the budget the README promises: 1,210 training photos at the slow CI machine's 67 s per epoch (validation
+    # included), at most 25 of the 30 minutes, leaving 5 for bottlenecks, head, test scoring and export
+    assert cpu.epochs * 67 <= 25 * 60
     with pytest.raises(finetune.FineTuneError, match="epochs=0"):
         finetune.default_options("full", gpu=False, epochs=0)
+
+
+# -- the schedule: warm-up, then cosine decay (Keras' CosineDecay) -------------------------------------------
+def test_schedule_warms_up_then_decays_along_a_cosine() -> None:
+    options = finetune.FineTuneOptions(epochs=10, learning_rate=2e-4, warmup_epochs=1, final_lr_fraction=0.01)
+    schedule = finetune.learning_rate_schedule(options, steps_per_epoch=100)
+    assert isinstance(schedule, keras.optimizers.schedules.CosineDecay)
+    lr = lambda step: float(schedule(step))  # noqa: E731
+    peak, end = 2e-4, 2e-6
+    assert lr(0) == pytest.approx(end)  # the warm-up starts at 1 % of the peak
+    assert lr(50) == pytest.approx((end + peak) / 2)  # linear warm-up
+    assert lr(100) == pytest.approx(peak)  # the peak at the end of the warm-up epoch
+    assert lr(100 + 450) == pytest.approx(end + (peak - end) / 2)  # cosine midpoint: half way down
+    assert lr(100 + 225) == pytest.approx(end + (peak - end) * (1 + np.cos(np.pi / 4)) / 2)
+    assert lr(1000) == pytest.approx(end) and lr(5000) == pytest.approx(end)  # the end, and it stays there
+
+
+def test_schedule_without_warm_up_and_a_warm_up_longer_than_half_the_run() -> None:
+    plain = finetune.learning_rate_schedule(finetune.FineTuneOptions(epochs=4, warmup_epochs=0), 10)
+    assert float(plain(0)) == pytest.approx(2e-4) and float(plain(40)) == pytest.approx(2e-6)
+    capped = finetune.learning_rate_schedule(finetune.FineTuneOptions(epochs=1, warmup_epochs=1), 10)
+    assert float(capped(5)) == pytest.approx(2e-4)  # half the run warms up, the other half still decays
+    assert float(capped(10)) == pytest.approx(2e-6)
 
 
 # -- the composed model ------------------------------------------------------------------------------------
@@ -244,29 +277,98 @@ def test_missing_bottlenecks_say_how_to_load_them() -> None:
 def trained_tiny(photos: tuple[list[str], list[str]], tmp_path_factory: pytest.TempPathFactory):
     from workshop_utils.trainer import ImageClassificationTrainer, Options
 
+    from workshop_utils.bottleneck import compute_bottlenecks
+
     paths, labels = photos
     frame = pd.DataFrame({"image_path": paths, "label": labels})
+    workspace = str(tmp_path_factory.mktemp("ws"))
     options = Options(arch="EfficientNetLite0", epoch=3, batch_size=4, weights=None, image_size=SIZE,
-                      early_stopping=None, workspace_path=str(tmp_path_factory.mktemp("ws")), progress=False)
-    return ImageClassificationTrainer(options).fit(frame.iloc[:8], frame.iloc[8:])
+                      early_stopping=None, workspace_path=workspace, progress=False)
+    trained = ImageClassificationTrainer(options).fit(frame.iloc[:6], frame.iloc[6:9])
+    trained.test_bottlenecks = compute_bottlenecks(frame.iloc[9:], "EfficientNetLite0", workspace, "test",
+                                                   weights=None, image_size=SIZE, progress=False)
+    return trained
 
 
-def test_fine_tune_trains_compares_and_exports_what_it_trained(trained_tiny, tmp_path, capsys) -> None:
+def test_fine_tune_chooses_on_validation_reports_on_test_and_exports(trained_tiny, tmp_path, capsys) -> None:
+    from workshop_utils.metrics import evaluate
     from workshop_utils.model_io import Classifier
 
     options = finetune.FineTuneOptions(unfreeze=0.2, epochs=2, batch_size=4, patience=5, learning_rate=1e-3)
     result, before, after = finetune.run_fine_tune(trained_tiny, options, export_dir=tmp_path / "model", quiet=True)
     printed = capsys.readouterr().out
     assert "head only" in printed and "fine-tuned" in printed and "MacroAccuracy" in printed
-    assert list(result.history["epoch"]) == [1, 2] and set(result.history) >= {"loss", "val_loss", "seconds"}
+    assert "Before/after on the test set (never used for choosing)" in printed
+    assert "label smoothing 0.1, class weights balanced" in printed
+    assert (before.subset, after.subset) == ("test", "test") and after.role == "never used for choosing"
+    assert list(result.history["epoch"]) == [1, 2] and set(result.history) >= {"loss", "val_log_loss", "seconds"}
     assert 0 <= result.best_epoch <= 2 and result.layers.trainable > 0
-    assert after.log_loss <= result.start_loss + 1e-4  # the start is kept when no epoch beats it
-    np.testing.assert_allclose(before.log_loss, result.start_loss, atol=1e-4)  # composed = head on bottlenecks
+    test = trained_tiny.test_bottlenecks
+    assert result.test_paths == list(test.image_paths) and len(result.test_paths) == 3
+    assert after.log_loss == pytest.approx(evaluate(result.test_labels, result.test_probabilities, CLASSES).log_loss)
+    # validation chose: its log-loss cannot be worse than the head-only start (epoch 0)
+    validation = trained_tiny.validation_bottlenecks
+    head_val = evaluate(validation.label_indices(trained_tiny.label_map),
+                        trained_tiny.predict_proba(validation.features), CLASSES)
+    np.testing.assert_allclose(head_val.log_loss, result.start_loss, atol=1e-4)  # composed = head on bottlenecks
+    fine_val = evaluate(result.validation_labels, result.validation_probabilities, CLASSES)
+    assert fine_val.log_loss <= result.start_loss + 1e-4
     exported = Classifier.load(tmp_path / "model")
-    paths = result.validation_paths
-    scores = exported.predict_proba([open(p, "rb").read() for p in paths])
-    np.testing.assert_allclose(scores, result.validation_probabilities, atol=1e-5)
-    np.testing.assert_allclose(result.predict_files(paths), result.validation_probabilities, atol=1e-5)
+    assert exported.card["metrics"]["subset"] == "test"  # the model card carries the test metrics
+    assert exported.card["metrics"]["macro_accuracy"] == pytest.approx(after.macro_accuracy)
+    scores = exported.predict_proba([open(p, "rb").read() for p in result.test_paths])
+    np.testing.assert_allclose(scores, result.test_probabilities, atol=1e-5)
+    np.testing.assert_allclose(result.predict_files(result.validation_paths), result.validation_probabilities,
+                               atol=1e-5)
+
+
+def constant_head(bias: tuple[float, float], train: list[int], validation: list[int], photos) -> SimpleNamespace:
+    """A classifier whose head ignores the features (kernel 0): every photo gets softmax(bias), so the first
+    training loss is known in closed form; no test set attached (as under the mlnet protocol)."""
+    paths, labels = photos
+    trained = fake_trained()
+    trained.kernel = np.zeros_like(trained.kernel)
+    trained.bias = np.asarray(bias, np.float32)
+    part = lambda rows: SimpleNamespace(image_paths=[paths[i] for i in rows],  # noqa: E731
+                                        labels=[labels[i] for i in rows])
+    trained.train_bottlenecks, trained.validation_bottlenecks = part(train), part(validation)
+    return trained
+
+
+@pytest.mark.parametrize("class_weight, smoothing", [(None, 0.0), ("balanced", 0.0), (None, 0.2),
+                                                     ({"dent": 4.0}, 0.1)])
+def test_class_weights_and_label_smoothing_reach_the_loss(photos, class_weight, smoothing) -> None:
+    """lr ~0 and one batch: the logged loss is the mean over images of weight × smoothed cross-entropy against
+    the constant prediction p, with targets (1 - ε)·onehot + ε/C."""
+    train = [0, 1, 3, 5, 7, 9]  # even = dent: 1 dent, 5 scratches
+    p = np.array([0.8, 0.2])
+    trained = constant_head(tuple(np.log(p)), train, [2, 4, 6, 8], photos)
+    options = finetune.FineTuneOptions(unfreeze=0, epochs=1, batch_size=6, learning_rate=1e-12, warmup_epochs=0,
+                                       augmentation=0, label_smoothing=smoothing, class_weight=class_weight)
+    result = finetune.fine_tune(trained, options, progress=False)
+    y = np.array([0, 1, 1, 1, 1, 1])
+    weights = {None: [1.0, 1.0], "balanced": [6 / (2 * 1), 6 / (2 * 5)]}.get(class_weight if isinstance(
+        class_weight, (str, type(None))) else "mapped", [4.0, 1.0])
+    target = (1 - smoothing) * np.eye(2)[y] + smoothing / 2
+    expected = np.mean(np.asarray(weights)[y] * -(target * np.log(p)).sum(axis=1))
+    assert float(result.history["loss"].iloc[0]) == pytest.approx(expected, rel=1e-4)
+    # the plain validation log-loss (what early stopping watches) has neither weights nor smoothing
+    assert float(result.history["val_log_loss"].iloc[0]) == pytest.approx(-np.mean(np.log(p[[0, 0, 0, 0]])),
+                                                                          rel=1e-4)
+    assert result.reported()[0] == "validation" and result.test_probabilities is None  # no test set attached
+
+
+def test_without_a_test_set_the_validation_set_is_reported_and_named(photos, capsys) -> None:
+    trained = constant_head((0.0, 0.0), [0, 1, 2, 3], [4, 5], photos)
+    trained.test_bottlenecks = None
+    trained.predict_proba = lambda features: np.full((len(features), 2), 0.5, np.float32)
+    trained.validation_bottlenecks.features = np.zeros((2, 1280), np.float32)
+    trained.validation_bottlenecks.label_indices = lambda label_map: np.array([0, 1])
+    options = finetune.FineTuneOptions(unfreeze=0, epochs=1, batch_size=4, augmentation=0)
+    _, before, after = finetune.run_fine_tune(trained, options, quiet=True)
+    assert (before.subset, after.subset) == ("validation", "validation")
+    assert "Before/after on the validation set (no test set: the validation set, which also chose the epoch" \
+        in capsys.readouterr().out
 
 
 def test_cli_flags_parse_and_reject_bad_values(capsys) -> None:
@@ -278,6 +380,19 @@ def test_cli_flags_parse_and_reject_bad_values(capsys) -> None:
     with pytest.raises(SystemExit):
         build_parser().parse_args(["run", "--fine-tune", "--unfreeze", "2.5"])
     assert "whole number of layers >= 0 or a fraction between 0 and 1, got 2.5" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("flags, expected", [([], "balanced"), (["--class-weight", "none"], None),
+                                             (["--protocol", "mlnet"], None),
+                                             (["--protocol", "mlnet", "--class-weight", "balanced"], "balanced")])
+def test_cli_fine_tune_follows_the_class_weight_flag_and_protocol(flags, expected, monkeypatch, tmp_path) -> None:
+    from workshop_utils import cli
+
+    seen = {}
+    monkeypatch.setattr(finetune, "cli_fine_tune", lambda *a, **k: seen.update(k) or 0)
+    args = cli.build_parser().parse_args(["run", "--fine-tune", *flags])
+    assert cli._fine_tune(args, None, "full", tmp_path) == 0
+    assert seen["class_weight"] == expected
 
 
 # -- plots ---------------------------------------------------------------------------------------------------

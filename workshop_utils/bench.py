@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import shutil
@@ -283,8 +284,9 @@ def bench_finetune(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds: fl
 
     from .architectures import get_architecture
     from .data import LabelMap
-    from .finetune import (build_augmentation, compose_model, default_options, image_dataset, inner_backbone,
-                           unfreeze_top)
+    from .finetune import (build_augmentation, compile_for_fine_tuning, compose_model, default_options,
+                           image_dataset, inner_backbone, one_hot, unfreeze_top)
+    from .trainer import class_weights
 
     arch = get_architecture(s.arch)
     size = arch.resolve_input_size(s.image_size)
@@ -296,14 +298,16 @@ def bench_finetune(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds: fl
     keras.utils.set_random_seed(0)
     model = compose_model(fake, build_augmentation(options.augmentation))
     unfreeze_top(inner_backbone(model), options.unfreeze)
-    model.compile(optimizer=keras.optimizers.Adam(options.learning_rate), loss="sparse_categorical_crossentropy")
-    data = image_dataset(list(frame["image_path"]), label_map.encode(frame["label"]), size, options.batch_size,
-                         shuffle=True)
+    y = label_map.encode(frame["label"])
+    compile_for_fine_tuning(model, options, math.ceil(len(frame) / options.batch_size))  # 07's exact recipe
+    data = one_hot(image_dataset(list(frame["image_path"]), y, size, options.batch_size, shuffle=True),
+                   len(label_map))
+    weights = class_weights(options.class_weight, y, label_map)
     started = time.perf_counter()
-    model.fit(data, epochs=1, verbose=0, shuffle=False)  # traces, decodes and caches the images
+    model.fit(data, epochs=1, verbose=0, shuffle=False, class_weight=weights)  # traces, decodes, caches the images
     first_seconds = time.perf_counter() - started
     started = time.perf_counter()
-    model.fit(data, epochs=1, verbose=0, shuffle=False)
+    model.fit(data, epochs=1, verbose=0, shuffle=False, class_weight=weights)
     epoch_seconds = time.perf_counter() - started
     return {
         "finetune_unfreeze": options.unfreeze,
