@@ -211,6 +211,7 @@ def test_model_card(exported):
                                           "saved_model/ or model.pb are decoded as stored")
     assert "upright image" in card["inputs"]["keras"]["description"]
     assert "EXIF orientation is not applied" in card["inputs"]["frozen_graph"][0]["description"]
+    assert card["tta"] is False and "evaluations" not in card  # off by default: it doubles the cost
 
 
 def test_keras_file_has_no_lambda_and_loads_in_safe_mode(exported):
@@ -328,7 +329,7 @@ def test_load_missing_folder_or_files(exported, tmp_path):
         Classifier.load(tmp_path / "nowhere")
     partial = tmp_path / "partial"
     partial.mkdir()
-    with pytest.raises(ModelFolderError, match=r"is missing model\.keras, labels\.txt, model_card\.json \(model_card\.json is written last: without it the export did not finish\)\. Re-export"):
+    with pytest.raises(ModelFolderError, match=r"'.*partial' is missing model\.keras, labels\.txt\. Re-export"):
         Classifier.load(partial)
     shutil.copy(exported / "labels.txt", partial / "labels.txt")
     shutil.copy(exported / "model_card.json", partial / "model_card.json")
@@ -384,13 +385,43 @@ def without_stored_classes(keras_file: Path) -> None:
             archive.writestr(name, data)
 
 
-def test_an_older_export_is_checked_against_the_model_card(exported, tmp_path):
+def test_an_older_export_is_checked_against_the_model_card(exported, tmp_path, recwarn):
+    """No class names inside model.keras (an older export, or a plain model.save with a hand-made card): the card's
+    classes guard labels.txt, without a warning (the folder is valid, there is nothing to re-export)."""
     folder = copy_export(exported, tmp_path / "old")
     without_stored_classes(folder / "model.keras")
-    with pytest.warns(UserWarning, match=r"model\.keras carries no class names \(exported by an older version\): checking labels\.txt against model_card\.json"):
-        assert Classifier.load(folder).labels == CLASSES
+    assert Classifier.load(folder).labels == CLASSES
+    assert not [w for w in recwarn if "labels.txt" in str(w.message) or "class names" in str(w.message)]
     (folder / "labels.txt").write_text("\n".join(CLASSES[::-1]) + "\n", encoding="utf-8")
-    with pytest.warns(UserWarning), pytest.raises(LabelsFileError, match=r"labels\.txt lists the classes as .* but .*model_card\.json says the model \(.*model\.keras\) was trained with"):
+    with pytest.raises(LabelsFileError, match=r"labels\.txt lists the classes as .* but .*model_card\.json says the model \(.*model\.keras\) was trained with"):
+        Classifier.load(folder)
+
+
+def test_the_model_card_is_optional(exported, tmp_path, recwarn):
+    """Without a card (a plain Keras folder) the stored class names still guard labels.txt; a broken card is named."""
+    folder = copy_export(exported, tmp_path / "no_card")
+    (folder / "model_card.json").unlink()
+    loaded = Classifier.load(folder)
+    assert loaded.labels == CLASSES and loaded.card is None and not loaded.tta
+    assert not [w for w in recwarn if "labels.txt" in str(w.message)]
+    (folder / "labels.txt").write_text("\n".join(CLASSES[::-1]) + "\n", encoding="utf-8")
+    with pytest.raises(LabelsFileError, match=r"labels\.txt lists the classes as .* \(in this order, stored inside it\)"):
+        Classifier.load(folder)
+    (folder / "model_card.json").write_text("{not json", encoding="utf-8")
+    with pytest.raises(ModelFolderError, match=r"model_card\.json is not valid JSON \(.*\); fix or delete it\."):
+        Classifier.load(folder)
+
+
+def test_an_older_export_without_classes_anywhere_trusts_labels_txt(exported, tmp_path, recwarn):
+    folder = copy_export(exported, tmp_path / "old")
+    without_stored_classes(folder / "model.keras")
+    card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
+    del card["classes"]
+    (folder / "model_card.json").write_text(json.dumps(card), encoding="utf-8")
+    assert Classifier.load(folder).labels == CLASSES  # nothing to check the order against: trusted
+    assert not [w for w in recwarn if "labels.txt" in str(w.message)]
+    (folder / "labels.txt").write_text("a\nb\n", encoding="utf-8")  # the count still is checked
+    with pytest.raises(LabelsFileError, match=r"2 labels but the model has 4 outputs in .*old; the labels\.txt does not belong"):
         Classifier.load(folder)
 
 
@@ -441,7 +472,7 @@ def test_head_must_fit_the_backbone(trained):
 
 # -- atomic export (stubbed writer: the rules, not TensorFlow) --------------------------------------------
 def fake_writer(content: str, fail: bool = False):
-    def write(folder, trained, metrics, verify):
+    def write(folder, trained, metrics, verify, model=None, scoring=None):
         (folder / "model.keras").write_text(content)
         if fail:
             raise RuntimeError("disk full (simulated)")
@@ -588,6 +619,17 @@ def test_export_wraps_a_pixels_in_model(trained, images, tmp_path):
     np.testing.assert_allclose(graph.predict_proba(blobs), expected, atol=TOL)
     card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
     assert card["image_size"] == [32, 32] and card["source"].endswith("pixels in")
+
+
+def test_export_records_tta_and_evaluations_in_the_card(trained, tmp_path):
+    """export_model(tta=True) makes TTA Classifier.load's default; the evaluations (e.g. of an ensemble) are kept."""
+    record = {"scorer": "average of the 2, flip TTA", "tta": True, "ensemble": ["this run", "/w2/model"],
+              "macro_accuracy": np.float64(0.9), "ms_per_photo": 41.5}
+    folder = export_model(trained, tmp_path / "model", model=tiny_pixels_model(), verify=False, tta=True,
+                          evaluations=[record])
+    card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
+    assert card["tta"] is True and card["evaluations"] == [{**record, "macro_accuracy": 0.9}]
+    assert Classifier.load(folder).tta and not Classifier.load(folder, tta=False).tta
 
 
 def test_export_refuses_a_model_that_does_not_fit(trained, tmp_path):

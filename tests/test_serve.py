@@ -8,6 +8,7 @@ once per session; test_serve_browser.py imports the same fixtures.
 from __future__ import annotations
 
 import io
+import json
 import os
 import re
 import signal
@@ -542,3 +543,29 @@ def test_bench_serve_harness(exported_model, tmp_path):
     assert "| web API, 3 concurrent clients" in table and "Web API vs in-process throughput" in table
     assert re.search(r"/health while a 10 MB form of [\d,]+ fields is posted: p50 \d+ ms, max \d+ ms \(alone: p50 "
                      r"\d+ ms\); the form gets HTTP 400 \(\d+ bytes\)\.", table), table
+
+
+# -- flip TTA and ensembles (issue 19 items 4, 5) ----------------------------------------------------------------
+def test_serve_an_ensemble_with_tta(tmp_path):
+    """/predict answers the average of both members' plain-and-mirrored scores; /health names the members (folder
+    names only) and says TTA is on."""
+    import image_cases
+    from test_tta import CLASSES, plain_folder, png, position_model
+
+    from workshop_utils.model_io import load_scorer
+
+    folders = [plain_folder(tmp_path / "lite0", position_model(0)), plain_folder(tmp_path / "lite2", position_model(1))]
+    scorer = load_scorer(folders[0], folders[1:], tta=True)
+    photo = png(image_cases.asymmetric_photo())
+    expected = scorer.predict_proba([photo])[0]
+    plain = load_scorer(folders[0], folders[1:], tta=False).predict_proba([photo])[0]
+    assert np.abs(expected - plain).max() > 1e-3  # the control: TTA changes these scores
+    with TestClient(serve.create_app(scorer, warm_up=False)) as client:
+        health = client.get("/health").json()
+        assert health["classes"] == CLASSES and health["model"]["tta"] is True
+        assert health["model"]["ensemble"] == [{"folder": "lite0", "arch": "position0", "tta": True},
+                                               {"folder": "lite2", "arch": "position1", "tta": True}]
+        assert str(tmp_path) not in json.dumps(health)
+        answer = client.post("/predict", content=photo).json()
+    np.testing.assert_allclose([answer["scores"][c] for c in CLASSES], expected, atol=TOL)
+    assert answer["model"]["arch"] == "position0 + position1"

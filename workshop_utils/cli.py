@@ -149,6 +149,12 @@ def build_parser() -> argparse.ArgumentParser:
                      "macro accuracy does; none: every image the same (ML.NET, and --protocol mlnet)")
     run.add_argument("--seed", type=_seed, default=0, help="random seed (default 0)")
     run.add_argument("--no-export", action="store_true", help="skip exporting the model")
+    run.add_argument("--tta", action="store_true",
+                     help="also score the reported set end to end with flip test-time augmentation (each photo "
+                     "averaged with its mirror, twice the cost); the export then uses it by default (card: tta)")
+    run.add_argument("--ensemble", type=Path, action="append", default=[], metavar="MODEL2",
+                     help="also score the reported set with this run's model averaged with an exported model "
+                     "folder (same classes); repeat for more; recorded in the model card's evaluations")
     run.add_argument("--quiet", action="store_true", help="no per-image/per-epoch ML.NET lines")
     _add_fine_tune_flags(run)
 
@@ -161,6 +167,7 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("model_dir", type=Path, help="folder written by `run` (workspace/model)")
     predict.add_argument("images", type=Path, nargs="+", help=f"image files ({_formats()})")
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
+    _add_scoring_flags(predict)
     _add_publish(commands)
     _add_serve(commands)
     return parser
@@ -201,14 +208,27 @@ def _add_serve(commands) -> None:
                        help="images waiting for the model; more get HTTP 503 with Retry-After")
     serve.add_argument("--shutdown-timeout", type=_positive_float, default=10.0,
                        help="seconds Ctrl+C or SIGTERM waits for open requests before cancelling them")
+    _add_scoring_flags(serve)
+
+
+def _add_scoring_flags(command: argparse.ArgumentParser) -> None:
+    """--tta/--no-tta and --ensemble, shared by predict and serve."""
+    command.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
+                         help="flip test-time augmentation: average each photo with its mirror (twice the cost); "
+                         "default: the model card's 'tta' (off)")
+    command.add_argument("--ensemble", type=Path, action="append", default=[], metavar="MODEL2",
+                         help="another model folder with the same classes: the probabilities are averaged "
+                         "(repeat for more; the cost adds up)")
 
 
 def _serve(args: argparse.Namespace) -> int:
     from .serve import serve
 
+    for folder in args.ensemble:
+        _check_model_dir(folder)
     return serve(args.model_dir, host=args.host, port=args.port, max_bytes=args.max_bytes,
                  body_timeout=args.body_timeout, max_concurrency=args.max_concurrency, max_queue=args.max_queue,
-                 shutdown_timeout=args.shutdown_timeout)
+                 shutdown_timeout=args.shutdown_timeout, tta=args.tta, ensemble=args.ensemble)
 
 
 def _add_fine_tune_flags(run: argparse.ArgumentParser) -> None:
@@ -219,7 +239,8 @@ def _add_fine_tune_flags(run: argparse.ArgumentParser) -> None:
                      help="with --fine-tune: backbone layers to train, counted from the top (a whole number) or a "
                      "fraction of them (0 < N < 1); default: the profile's (full: 1/3)")
     run.add_argument("--fine-tune-epochs", type=_positive_int, default=None,
-                     help="with --fine-tune: at most this many epochs (early stopping on validation log-loss)")
+                     help="with --fine-tune: at most this many epochs (warm-up, cosine decay; early stopping on "
+                     "the validation log-loss); the class weighting follows --class-weight")
 
 
 def _unfreeze_value(text: str) -> float:
@@ -234,10 +255,16 @@ def _unfreeze_value(text: str) -> float:
 
 
 def _fine_tune(args: argparse.Namespace, trained, profile_name: str, workspace: Path) -> int:
+    """Fine-tune with the head's class weighting: ``--class-weight`` when given, else balanced under the
+    honest protocol and none under mlnet (as ``course.make_options`` decides for the head)."""
+    from .config import get_profile
     from .finetune import cli_fine_tune
 
+    flag = getattr(args, "class_weight", None)
+    protocol = getattr(args, "protocol", None) or get_profile(profile_name).protocol
+    class_weight = None if flag == "none" or (flag is None and protocol == "mlnet") else "balanced"
     return cli_fine_tune(trained, profile_name, args.unfreeze, args.fine_tune_epochs, args.seed,
-                         None if args.no_export else workspace / "model", args.quiet)
+                         None if args.no_export else workspace / "model", args.quiet, class_weight=class_weight)
 
 
 def _formats() -> str:
@@ -297,6 +324,12 @@ def _run(args: argparse.Namespace) -> int:
     if not args.fine_tune and (args.unfreeze is not None or args.fine_tune_epochs is not None):
         raise CommandError("--unfreeze and --fine-tune-epochs only apply with --fine-tune: add --fine-tune, or drop "
                            "them.")
+    if args.fine_tune and (args.tta or args.ensemble):
+        raise CommandError("--tta and --ensemble score the head-only model and do not combine with --fine-tune yet: "
+                           "fine-tune, then score the export with `python -m workshop_utils predict MODEL IMAGES "
+                           "--tta --ensemble MODEL2`.")
+    for folder in args.ensemble:
+        _check_model_dir(folder)
 
     profile = get_profile()
     if (args.dataset or profile.dataset) == "sample" and profile.name != "quick":
@@ -339,6 +372,7 @@ def _run(args: argparse.Namespace) -> int:
     if options.weights is None:
         print(f"Note: {architecture.name} with random weights: the features are untrained, expect low accuracy.")
     reported_name, _ = plan.reported
+    partners = _load_partners(args.ensemble, plan)  # before the bottleneck pass: a wrong folder fails in seconds
     print(
         f"Dataset {plan.dataset}: {len(frame)} images, {frame['label'].nunique()} classes; protocol {plan.protocol}: "
         f"{len(plan.train)} train, {len(plan.validation)} validation (chooses the epoch), "
@@ -369,15 +403,89 @@ def _run(args: argparse.Namespace) -> int:
 
         listing = prediction_listing(reported.image_paths, reported.labels, probabilities, trained.label_map)
         print_prediction_listing(listing, n=10, show_probability=True)
+    evaluations = []
+    if metrics is not None and (args.tta or partners):
+        evaluations = _evaluate_end_to_end(trained, reported, reported_name, partners, args.tta)
 
     if args.fine_tune:  # notebook 07's step: fine-tune, compare before/after, export the fine-tuned model
         return _fine_tune(args, trained, profile.name, workspace)
     if not args.no_export:
         from .model_io import export_model
 
-        out_dir = export_model(trained, workspace / "model", metrics=metrics)
+        out_dir = export_model(trained, workspace / "model", metrics=metrics, tta=args.tta, evaluations=evaluations)
         print(f"Model exported to {out_dir} — try: python -m workshop_utils predict {out_dir} IMAGE")
     return 0
+
+
+def _check_model_dir(folder: Path) -> None:
+    """A model folder given on the command line must be a folder: said in one line before anything loads."""
+    if not folder.is_dir():
+        raise CommandError(f"{folder} is {'a file' if folder.exists() else 'missing'}, not a model folder: pass a "
+                           "folder `run` exported (workspace/model) or one with model.keras and labels.txt.")
+
+
+def _load_partners(folders: list[Path], plan) -> list:
+    """The --ensemble folders' Classifiers, checked against this run's classes (same names, same order)."""
+    if not folders:
+        return []
+    from .data import LabelMap
+    from .model_io import Classifier, LabelsFileError
+
+    classes = LabelMap.from_labels(list(plan.train["label"]) + list(plan.validation["label"])).names
+    partners = [Classifier.load(folder) for folder in folders]
+    for folder, partner in zip(folders, partners):
+        if partner.labels != classes:
+            raise LabelsFileError(f"--ensemble {folder} has the classes {partner.labels}, but this run trains "
+                                  f"{classes}: an ensemble needs the same class names in the same order.")
+    return partners
+
+
+def _evaluate_end_to_end(trained, reported, subset: str, partners: list, tta: bool) -> list[dict]:
+    """Score the reported photos through the exported pipeline (bytes in) without and with flip TTA and/or as an
+    ensemble with ``partners``; print each scorer's macro accuracy, log-loss and time per photo, then the full
+    block of the last one. Returns the records for the model card."""
+    import numpy as np
+
+    from .metrics import evaluate
+    from .model_io import Classifier, Ensemble
+    from .predictions import read_image_file
+
+    own = Classifier.from_trained(trained)
+    ensemble = Ensemble([own, *partners]) if partners else None  # refuses members with other classes
+    paths = list(reported.image_paths)
+
+    def score(scorer, with_tta: bool) -> tuple[np.ndarray, float]:
+        scorer.predict_proba([read_image_file(paths[0], scorer.max_pixels)], tta=with_tta)  # traced: not timed
+        started, rows = time.perf_counter(), []
+        for start in range(0, len(paths), 32):
+            batch = paths[start:start + 32]
+            rows.append(scorer.predict_proba([read_image_file(p, scorer.max_pixels) for p in batch], batch,
+                                             tta=with_tta))
+        return np.concatenate(rows), (time.perf_counter() - started) / len(paths) * 1000
+
+    names = [f"{trained.arch} (this run)", *(f"{m.name} ({m.directory})" for m in partners)]
+    runs = []  # (name, members, probabilities, ms per photo)
+    for with_tta in ([False, True] if tta else [False]):
+        suffix = ", flip TTA" if with_tta else ""
+        scored = [(name + suffix, [str(m.directory or "this run")], *score(m, with_tta))
+                  for name, m in zip(names, [own, *partners])]
+        runs += scored
+        if ensemble is not None:
+            runs.append((f"average of the {len(scored)}{suffix}", [r[1][0] for r in scored],
+                         np.mean([r[2] for r in scored], axis=0), sum(r[3] for r in scored)))
+    print(f"Scored end to end on the {subset} set ({len(paths)} photos, bytes in, as predict and serve do):")
+    width = max(len(r[0]) for r in runs)
+    records = []
+    for name, members, probabilities, ms in runs:
+        result = evaluate(reported.labels, probabilities, trained.label_map, subset=subset, name=name)
+        print(f"  {name:<{width}}  macro accuracy {result.macro_accuracy:.3f}  log-loss {result.log_loss:.3f}  "
+              f"{ms:6.1f} ms per photo")
+        records.append({"scorer": name, "tta": name.endswith("flip TTA"), "ensemble": members if len(members) > 1
+                        else None, "subset": subset, "n_samples": len(paths), "macro_accuracy": result.macro_accuracy,
+                        "micro_accuracy": result.micro_accuracy, "log_loss": result.log_loss,
+                        "ms_per_photo": round(ms, 2)})
+    print(result)
+    return records
 
 
 def _chosen_epoch_scores(trained) -> str:
@@ -405,9 +513,13 @@ def _check_predict_paths(model_dir: Path, images: list[Path]) -> None:
 
 def _predict(args: argparse.Namespace) -> int:
     _check_predict_paths(args.model_dir, args.images)
-    from .model_io import Classifier, InvalidImageError
+    for folder in args.ensemble:
+        _check_model_dir(folder)
+    from .model_io import InvalidImageError, load_scorer
 
-    classifier = Classifier.load(args.model_dir)
+    classifier = load_scorer(args.model_dir, args.ensemble, tta=args.tta)
+    if (classifier.tta or args.ensemble) and not args.json:
+        print(f"Scoring with {classifier.name}{', flip test-time augmentation' if classifier.tta else ''}.")
     failures = 0
     timings: list[float] = []
     for path in args.images:

@@ -11,7 +11,7 @@
                         scores:0       float32 [None, C]       softmax probabilities, classes in labels.txt order
                         label:0        string  [None]          the top class name
     labels.txt        class names, one per line, in score order
-    model_card.json   arch, classes, input/output spec, metrics, training options, date, versions
+    model_card.json   arch, classes, input/output spec, metrics, training options, date, versions, tta
 
 Every form decodes the bytes as stored and so expects upright images: EXIF orientation is read and applied
 by :class:`Classifier` (and ``predict``/``serve``), not inside the graph. Every form computes in float32: a
@@ -22,8 +22,11 @@ that Keras' loader ignores), so an edited ``labels.txt`` cannot silently relabel
 ``export_model(..., model=m)`` the model ``m`` is exported as trained (bytes in, or RGB pixels in and wrapped
 with :class:`DecodeImageBytes`); without it the model is built from the trained head on the frozen backbone.
 
-:class:`Classifier` loads the folder (``model.keras`` with ``safe_mode=True``) and scores untrusted images;
-bad bytes raise :class:`InvalidImageError` (a ``ValueError``). :func:`export_tflite` adds ``model.tflite``.
+:class:`Classifier` loads the folder (``model.keras`` with ``safe_mode=True``; the card is optional, so a plain
+``model.save`` + ``labels.txt`` folder loads too) and scores untrusted images; bad bytes raise
+:class:`InvalidImageError` (a ``ValueError``). ``tta=True`` averages each photo with its horizontal mirror;
+:class:`Ensemble` averages the probabilities of several exports with the same classes (:func:`load_scorer`).
+:func:`export_tflite` adds ``model.tflite``.
 """
 from __future__ import annotations
 
@@ -38,7 +41,6 @@ import platform
 import shutil
 import tempfile
 import uuid
-import warnings
 import zipfile
 from collections.abc import Sequence
 from pathlib import Path
@@ -70,7 +72,8 @@ tf = import_tensorflow()
 import keras  # noqa: E402
 
 __all__ = [
-    "Classifier", "Prediction", "InvalidImageError", "ImageTooLargeError", "TruncatedImageError", "LabelsFileError",
+    "Classifier", "Ensemble", "load_scorer",
+    "Prediction", "InvalidImageError", "ImageTooLargeError", "TruncatedImageError", "LabelsFileError",
     "ModelFolderError",
     "ExportError", "UnscoredImagesWarning", "FrozenGraphScorer", "FrozenGraphError", "inspect_graph",
     "DecodeImageBytes", "build_end_to_end_model", "export_model", "export_tflite", "check_image_bytes",
@@ -86,8 +89,8 @@ FROZEN_GRAPH_FILE = "model.pb"
 LABELS_FILE = "labels.txt"
 CARD_FILE = "model_card.json"
 TFLITE_FILE = "model.tflite"
-REQUIRED_FILES = (MODEL_FILE, LABELS_FILE, CARD_FILE)
-"""What :meth:`Classifier.load` needs (the card is written last: without it the export never finished)."""
+REQUIRED_FILES = (MODEL_FILE, LABELS_FILE)
+"""What :meth:`Classifier.load` needs; ``model_card.json`` is read when present (a plain Keras folder has none)."""
 
 INPUT_TENSOR = "image_bytes:0"
 PIXELS_TENSOR = "pixels:0"
@@ -611,7 +614,8 @@ def _model_to_export(trained: Any, model: keras.Model | None) -> tuple[keras.Mod
     return model, parts
 
 
-def _write_export(folder: Path, trained: Any, metrics: Any, verify: bool, model: keras.Model | None = None) -> None:
+def _write_export(folder: Path, trained: Any, metrics: Any, verify: bool, model: keras.Model | None = None,
+                  scoring: dict[str, Any] | None = None) -> None:
     labels = _label_names(trained)
     source, parts = _model_to_export(trained, model)
     size = parts.image_size
@@ -641,6 +645,7 @@ def _write_export(folder: Path, trained: Any, metrics: Any, verify: bool, model:
                       f"{'bytes' if parts.bytes_model is source else 'pixels'} in"
                       + ("; trained in mixed precision, exported as its float32 copy" if source is not model else ""))
     card["files"][MODEL_FILE] += f"; the ordered class names are stored inside it ({CLASSES_ENTRY})"
+    card.update(_jsonable(scoring or {}))  # "tta" (Classifier.load's default), "evaluations" with TTA or ensembles
     (folder / CARD_FILE).write_text(json.dumps(card, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
 
 
@@ -667,8 +672,14 @@ def export_model(
     verify: bool = True,
     *,
     model: keras.Model | None = None,
+    tta: bool = False,
+    evaluations: Sequence[dict[str, Any]] = (),
 ) -> Path:
     """Write model.keras, saved_model/, model.pb, labels.txt and model_card.json to ``out_dir`` (atomically).
+
+    ``tta`` goes into the card as ``"tta"``: whether :meth:`Classifier.load` averages each photo with its mirror
+    by default (off: it doubles the cost). ``evaluations``: extra metric records for the card (e.g. with TTA or
+    an ensemble, see ``run --tta/--ensemble``), each saying how it was scored.
 
     ``model``: the end-to-end Keras model to export as trained (e.g. composed in notebook 05 or fine-tuned in
     07): bytes in (first layer DecodeImageBytes) or RGB 0–255 pixels in (wrapped with DecodeImageBytes here).
@@ -696,11 +707,11 @@ def export_model(
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     staged = out_dir.with_name(f".{out_dir.name}.partial-{uuid.uuid4().hex[:8]}")
     staged.mkdir()  # (not tempfile.mkdtemp: its 0700 mode would stay on the export)
+    scoring: dict[str, Any] = {"tta": bool(tta)}
+    if evaluations:
+        scoring["evaluations"] = list(evaluations)
     try:
-        if model is None:
-            _write_export(staged, trained, metrics, verify)
-        else:
-            _write_export(staged, trained, metrics, verify, model=model)
+        _write_export(staged, trained, metrics, verify, model=model, scoring=scoring)
         _replace_folder(staged, out_dir)
     except BaseException:
         shutil.rmtree(staged, ignore_errors=True)
@@ -756,7 +767,12 @@ def export_tflite(out_dir: str | Path) -> Path:
 
 
 def _check_labels(folder: Path, labels: list[str], stored: list[str] | None, card: Any, outputs: int, fix: str) -> None:
-    """labels.txt must list the classes in the order stored inside model.keras (or, for an old export, the card's)."""
+    """labels.txt must list the classes in the order stored inside model.keras, else in the card's ``classes``.
+
+    A plain Keras folder (``model.save`` + labels.txt) is checked against its card's classes when it has some;
+    with no card, or a card without classes, there is nothing to check the order against: labels.txt is trusted
+    when its count matches the outputs (Classifier checks the count). Neither case warns: both are valid folders.
+    """
     if len(labels) != outputs:
         return  # Classifier() says "N labels but the model has M outputs"
     if stored is not None:
@@ -769,21 +785,12 @@ def _check_labels(folder: Path, labels: list[str], stored: list[str] | None, car
         return
     classes = card.get("classes") if isinstance(card, dict) else None
     if isinstance(classes, list) and classes:
-        warnings.warn(
-            f"{folder / MODEL_FILE} carries no class names (exported by an older version): checking "
-            f"{LABELS_FILE} against {CARD_FILE} instead. {fix}", UserWarning, stacklevel=3,
-        )
         if [str(c) for c in classes] != labels:
             raise LabelsFileError(
                 f"{folder / LABELS_FILE} lists the classes as {labels}, but {folder / CARD_FILE} says the model "
                 f"({folder / MODEL_FILE}) was trained with {classes}: labels.txt was edited or belongs to another "
                 f"model. Restore labels.txt to that order (one name per line). {fix}"
             )
-    else:
-        warnings.warn(
-            f"{folder / MODEL_FILE} carries no class names and {CARD_FILE} lists none: the order of "
-            f"{LABELS_FILE} cannot be checked. {fix}", UserWarning, stacklevel=3,
-        )
 
 
 # -- consuming -------------------------------------------------------------------------------------------
@@ -792,7 +799,8 @@ class Classifier(ImageScorer):
 
     Each photo is turned upright by its EXIF orientation before the model's own decoding and resize (the
     course's one rule, :mod:`workshop_utils.images`); files whose data ends before their pixels do are
-    refused; the model computes in float32.
+    refused; the model computes in float32. With ``tta`` (test-time augmentation) each photo is scored with its
+    horizontal mirror and the two probability rows are averaged: twice the model's work.
     """
 
     def __init__(
@@ -803,6 +811,7 @@ class Classifier(ImageScorer):
         card: dict[str, Any] | None = None,
         directory: Path | None = None,
         max_pixels: int | None = DEFAULT_MAX_PIXELS,
+        tta: bool = False,
     ) -> None:
         parts = model_parts(float32_model(model))  # scored in float32, even a model trained in mixed precision
         self.model = parts.bytes_model  # a pixels-in model is wrapped with DecodeImageBytes
@@ -818,16 +827,30 @@ class Classifier(ImageScorer):
         self.card = card
         self.directory = directory
         self.max_pixels = max_pixels
-        size = self.image_size
-        self._serve = tf.function(  # the model's own decoding, with each photo turned upright first
-            lambda images, orientations: self.pixels_model(decode_images(images, size, orientations), training=False),
-            input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)],
-            reduce_retracing=True,
-        )
+        self.tta = bool(tta)
+        self._model_name = str(model.name)  # as saved (a pixels-in model's wrapper is called "<name>_bytes")
+        size, signature = self.image_size, [tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)]
+
+        def plain(images: Any, orientations: Any) -> Any:  # the model's own decoding, each photo upright first
+            return self.pixels_model(decode_images(images, size, orientations), training=False)
+
+        def mirrored(images: Any, orientations: Any) -> Any:  # photos and their mirrors in one model call
+            pixels = decode_images(images, size, orientations)
+            both = self.pixels_model(tf.concat([pixels, tf.reverse(pixels, axis=[2])], axis=0), training=False)
+            n = tf.shape(pixels)[0]
+            return (both[:n] + both[n:]) / 2.0
+
+        self._serve = tf.function(plain, input_signature=signature, reduce_retracing=True)
+        self._serve_tta = tf.function(mirrored, input_signature=signature, reduce_retracing=True)
 
     @classmethod
-    def load(cls, model_dir: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Classifier":
-        """Load an :func:`export_model` folder: model.keras (safe_mode=True), labels.txt, model_card.json."""
+    def load(cls, model_dir: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, tta: bool | None = None
+             ) -> "Classifier":
+        """Load a model folder: model.keras (safe_mode=True) and labels.txt, plus model_card.json when present.
+
+        A plain Keras folder (``model.save(...)`` bytes or pixels in, and labels.txt) loads too. ``tta``: average
+        each photo with its mirror; None takes the card's ``"tta"`` (off when absent).
+        """
         folder = Path(model_dir).expanduser()
         fix = (f"Re-export it with workshop_utils.model_io.export_model(trained, {str(folder)!r}) "
                "or `python -m workshop_utils run`.")
@@ -835,10 +858,7 @@ class Classifier(ImageScorer):
             raise ModelFolderError(f"Model folder {str(folder)!r} does not exist. {fix}")
         missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
         if missing:
-            unfinished = ""
-            if CARD_FILE in missing:
-                unfinished = f" ({CARD_FILE} is written last: without it the export did not finish)"
-            raise ModelFolderError(f"Model folder {str(folder)!r} is missing {', '.join(missing)}{unfinished}. {fix}")
+            raise ModelFolderError(f"Model folder {str(folder)!r} is missing {', '.join(missing)}. {fix}")
         _check_keras_file(folder / MODEL_FILE, fix)
         stored = stored_classes(folder / MODEL_FILE)
         try:
@@ -847,38 +867,48 @@ class Classifier(ImageScorer):
             )
         except Exception as exc:
             raise ModelFolderError(f"Could not load {folder / MODEL_FILE}: {exc}. {fix}") from exc
-        try:
-            card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
-        except ValueError as exc:
-            raise ModelFolderError(f"{folder / CARD_FILE} is not valid JSON ({exc}). {fix}") from exc
+        card = None
+        if (folder / CARD_FILE).is_file():
+            try:
+                card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
+            except ValueError as exc:
+                raise ModelFolderError(f"{folder / CARD_FILE} is not valid JSON ({exc}); fix or delete it. {fix}"
+                                       ) from exc
         labels = load_labels(folder / LABELS_FILE)
         _check_labels(folder, labels, stored, card, int(model.output_shape[-1]), fix)
-        return cls(model, labels, card=card, directory=folder, max_pixels=max_pixels)
+        if tta is None:
+            tta = isinstance(card, dict) and card.get("tta") is True
+        return cls(model, labels, card=card if isinstance(card, dict) else None, directory=folder,
+                   max_pixels=max_pixels, tta=tta)
 
     @classmethod
     def from_model(cls, model: keras.Model, labels: Sequence[str],
-                   max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Classifier":
+                   max_pixels: int | None = DEFAULT_MAX_PIXELS, tta: bool = False) -> "Classifier":
         """An in-memory Classifier for any end-to-end model (bytes in, or RGB 0–255 pixels in), no files."""
-        return cls(model, labels, max_pixels=max_pixels)
+        return cls(model, labels, max_pixels=max_pixels, tta=tta)
 
     @classmethod
-    def from_trained(cls, trained: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> "Classifier":
+    def from_trained(cls, trained: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, tta: bool = False
+                     ) -> "Classifier":
         """An in-memory Classifier for a just-trained head (same model export_model saves), no files."""
-        return cls(build_end_to_end_model(trained), _label_names(trained), max_pixels=max_pixels)
+        return cls(build_end_to_end_model(trained), _label_names(trained), max_pixels=max_pixels, tta=tta)
 
-    def predict_proba(self, images: Sequence[bytes], names: Sequence[str | Path | None] | None = None) -> np.ndarray:
+    def predict_proba(self, images: Sequence[bytes], names: Sequence[str | Path | None] | None = None,
+                      *, tta: bool | None = None) -> np.ndarray:
         """Probabilities (N, C) for encoded images, each turned upright by its EXIF orientation first.
 
-        Bad bytes raise InvalidImageError naming the image: not an image of the format table, over the pixel
-        limit, or data that ends before its pixels do (TruncatedImageError), which is never scored.
+        ``tta`` (None: the classifier's own setting) averages each photo with its horizontal mirror. Bad bytes
+        raise InvalidImageError naming the image: not an image of the format table, over the pixel limit, or
+        data that ends before its pixels do (TruncatedImageError), which is never scored.
         """
         names = list(names) if names is not None else [None] * len(images)
         if not len(images):
             return np.zeros((0, len(self.labels)))
         orientations = [check_image_bytes(data, name=name, max_pixels=self.max_pixels, complete=True).orientation
                         for data, name in zip(images, names)]
+        score = self._serve_tta if (self.tta if tta is None else tta) else self._serve
         try:
-            scores = self._serve(tf.constant([bytes(b) for b in images]), tf.constant(orientations, tf.int32))
+            scores = score(tf.constant([bytes(b) for b in images]), tf.constant(orientations, tf.int32))
         except tf.errors.InvalidArgumentError as exc:  # truncated/corrupt data behind a valid header
             raise undecodable(names[0] if len(names) == 1 else None, exc, len(names)) from exc
         return np.asarray(scores, dtype=np.float64)
@@ -887,4 +917,81 @@ class Classifier(ImageScorer):
         where = f" from {str(self.directory)!r}" if self.directory else ""
         arch = (self.card or {}).get("arch", self.model.name)
         h, w = self.image_size
-        return f"Classifier({arch}{where}, {len(self.labels)} classes, image size {h}x{w})"
+        return (f"Classifier({arch}{where}, {len(self.labels)} classes, image size {h}x{w}"
+                f"{', flip TTA' if self.tta else ''})")
+
+    @property
+    def name(self) -> str:
+        """What messages and the web API call the model: the card's architecture, else the Keras model's name."""
+        return str((self.card or {}).get("arch", self._model_name))
+
+
+class Ensemble(ImageScorer):
+    """Several classifiers with the same classes, in the same order: their probabilities averaged.
+
+    Same ``predict_*`` API as :class:`Classifier`; each member decodes and resizes the photo its own way (its
+    own image size), so members with different backbones mix. The cost is the sum of the members'.
+    """
+
+    def __init__(self, members: Sequence[Classifier]) -> None:
+        self.members = list(members)
+        if len(self.members) < 2:
+            raise ValueError(f"An ensemble needs at least two classifiers, got {len(self.members)}.")
+        first = self.members[0]
+        for other in self.members[1:]:
+            if list(other.labels) != list(first.labels):
+                raise LabelsFileError(
+                    f"Cannot average {_where(first)} (classes {first.labels}) with {_where(other)} (classes "
+                    f"{other.labels}): an ensemble needs the same class names in the same order.")
+        self.labels = list(first.labels)
+        self.max_pixels = min((m.max_pixels for m in self.members if m.max_pixels is not None), default=None)
+        self.image_size = first.image_size
+        self.directory = first.directory
+        self.card = {"arch": self.name, "ensemble": self.describe()}
+
+    @classmethod
+    def load(cls, model_dirs: Sequence[str | Path], max_pixels: int | None = DEFAULT_MAX_PIXELS,
+             tta: bool | None = None) -> "Ensemble":
+        """Load each model folder with :meth:`Classifier.load` and average them; ``tta`` (None: the first folder's
+        card says) is the same for all."""
+        first = Classifier.load(model_dirs[0], max_pixels=max_pixels, tta=tta)
+        rest = [Classifier.load(folder, max_pixels=max_pixels, tta=first.tta) for folder in model_dirs[1:]]
+        return cls([first, *rest])
+
+    @property
+    def name(self) -> str:
+        return " + ".join(m.name for m in self.members)
+
+    @property
+    def tta(self) -> bool:
+        return all(m.tta for m in self.members)
+
+    def describe(self) -> list[dict[str, Any]]:
+        """One record per member for cards and /health: folder name (not its path), architecture, tta."""
+        return [{"folder": None if m.directory is None else Path(m.directory).name, "arch": m.name, "tta": m.tta}
+                for m in self.members]
+
+    def member_proba(self, images: Sequence[bytes], names: Sequence[str | Path | None] | None = None,
+                     *, tta: bool | None = None) -> list[np.ndarray]:
+        """Each member's probabilities (N, C), in member order (to compare the members with their average)."""
+        return [m.predict_proba(images, names, tta=tta) for m in self.members]
+
+    def predict_proba(self, images: Sequence[bytes], names: Sequence[str | Path | None] | None = None,
+                      *, tta: bool | None = None) -> np.ndarray:
+        """The members' probabilities (N, C) averaged; bad bytes raise InvalidImageError as Classifier does."""
+        return np.mean(self.member_proba(images, names, tta=tta), axis=0)
+
+    def __repr__(self) -> str:
+        return f"Ensemble({', '.join(repr(m) for m in self.members)})"
+
+
+def _where(classifier: Classifier) -> str:
+    return str(classifier.directory) if classifier.directory is not None else repr(classifier.name)
+
+
+def load_scorer(model_dir: str | Path, ensemble: Sequence[str | Path] = (), *, tta: bool | None = None,
+                max_pixels: int | None = DEFAULT_MAX_PIXELS) -> Classifier | Ensemble:
+    """What ``predict`` and ``serve`` score with: the folder's Classifier, or an Ensemble with the other folders."""
+    if not ensemble:
+        return Classifier.load(model_dir, max_pixels=max_pixels, tta=tta)
+    return Ensemble.load([model_dir, *ensemble], max_pixels=max_pixels, tta=tta)

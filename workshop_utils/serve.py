@@ -22,6 +22,7 @@ import sys
 import threading
 import time
 import weakref
+from collections.abc import Sequence
 from pathlib import Path
 
 try:
@@ -245,22 +246,27 @@ def serve(
     max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
     max_queue: int = DEFAULT_MAX_QUEUE,
     shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+    tta: bool | None = None,
+    ensemble: Sequence[str | Path] = (),
 ) -> int:
     """``python -m workshop_utils serve``: load the export once and serve it until Ctrl+C or SIGTERM; exit 0.
 
     Either signal shuts down gracefully: requests still open after ``shutdown_timeout`` s are cancelled.
+    ``tta``: average each photo with its mirror (None: the card's setting); ``ensemble``: more model folders
+    whose probabilities are averaged with this one's (same classes, same order).
     """
     sock = bind_socket(host, port)  # first: a bad or taken address fails at once, not after loading the model
     try:
-        from .model_io import Classifier
+        from .model_io import load_scorer
 
-        classifier = Classifier.load(model_dir)
+        classifier = load_scorer(model_dir, ensemble, tta=tta)
         app = create_app(classifier, max_bytes=max_bytes, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          body_timeout=body_timeout, max_concurrency=max_concurrency, max_queue=max_queue)
         url = _url(host, sock.getsockname()[1])
         info = model_info(classifier)
         print(f"Serving {info['arch']} ({len(info['classes'])} classes: {', '.join(info['classes'])}) "
-              f"from {model_dir}")
+              f"from {', '.join(str(d) for d in (model_dir, *ensemble))}"
+              + (" with flip test-time augmentation" if info["tta"] else ""))
         print(f"Web page: {url}   API: POST {url}predict   health: {url}health   (Ctrl+C to stop)", flush=True)
         if host in ("0.0.0.0", "::"):
             print("Note: listening on all interfaces, so other machines on the network can reach it.")

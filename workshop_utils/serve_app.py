@@ -36,26 +36,32 @@ from .serve_uploads import (
 )
 
 if TYPE_CHECKING:
-    from .model_io import Classifier
+    from .model_io import Classifier, Ensemble
 
 DEFAULT_TIMEOUT_S = 120.0
 """Seconds a request waits for the model before it gets 503."""
 
 
-def model_info(classifier: "Classifier") -> dict[str, Any]:
-    """What responses say about the model: its name, folder name, architecture, image size and classes.
+def model_info(classifier: "Classifier | Ensemble") -> dict[str, Any]:
+    """What responses say about the model: its name, folder name, architecture, image size, classes, TTA, members.
 
     The folder's name only, never its path: /health is public and the path tells about the machine.
     """
     card = classifier.card or {}
-    return {
-        "name": classifier.model.name,
+    model = getattr(classifier, "model", None)  # an Ensemble has members instead
+    name = model.name if model is not None else classifier.name
+    info = {
+        "name": name,
         "folder": None if classifier.directory is None else Path(classifier.directory).name,
-        "arch": card.get("arch", classifier.model.name),
+        "arch": card.get("arch", name),
         "image_size": list(classifier.image_size),
         "classes": list(classifier.labels),
         "created": card.get("created"),
+        "tta": bool(getattr(classifier, "tta", False)),  # each photo averaged with its mirror
     }
+    if card.get("ensemble"):
+        info["ensemble"] = card["ensemble"]  # the members' folder names and architectures
+    return info
 
 
 def _warm_up(classifier: "Classifier") -> None:
@@ -66,7 +72,7 @@ def _warm_up(classifier: "Classifier") -> None:
 
 
 def create_app(
-    classifier: "Classifier | str | Path",
+    classifier: "Classifier | Ensemble | str | Path",
     *,
     max_bytes: int = DEFAULT_MAX_BYTES,
     max_batch: int = DEFAULT_MAX_BATCH,
