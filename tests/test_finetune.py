@@ -315,6 +315,8 @@ def test_fine_tune_chooses_on_validation_reports_on_test_and_exports(trained_tin
     assert fine_val.log_loss <= result.start_loss + 1e-4
     exported = Classifier.load(tmp_path / "model")
     assert exported.card["metrics"]["subset"] == "test"  # the model card carries the test metrics
+    recipe = exported.card["fine_tuning"]  # ...and the fine-tuning recipe: schedule, class weights, chosen epoch
+    assert {"learning_rate", "warmup_epochs", "label_smoothing", "class_weight", "best_epoch"} <= set(recipe)
     assert exported.card["metrics"]["macro_accuracy"] == pytest.approx(after.macro_accuracy)
     scores = exported.predict_proba([open(p, "rb").read() for p in result.test_paths])
     np.testing.assert_allclose(scores, result.test_probabilities, atol=1e-5)

@@ -713,13 +713,18 @@ def test_a_jpeg_that_lies_about_its_size_is_refused_not_scored(classifier, tmp_p
     assert out.loc[0, "predicted"] is None and re.search(message[1:], out.loc[0, "error"])
 
 
-def test_a_mixed_precision_model_is_exported_and_served_in_float32(trained, tmp_path):
+def mixed_position_model() -> keras.Model:
+    """position_model() built under the mixed_float16 policy (restored afterwards)."""
     previous = keras.mixed_precision.global_policy()
     keras.mixed_precision.set_global_policy("mixed_float16")
     try:
-        mixed = position_model()
+        return position_model()
     finally:
         keras.mixed_precision.set_global_policy(previous)
+
+
+def test_a_mixed_precision_model_is_exported_and_served_in_float32(trained, tmp_path):
+    mixed = mixed_position_model()
     assert model_io.uses_mixed_precision(mixed) and mixed.output.dtype == "float32"
     copy = model_io.float32_model(mixed)
     assert not model_io.uses_mixed_precision(copy) and copy is not mixed
@@ -742,12 +747,7 @@ def test_a_mixed_precision_model_is_exported_and_served_in_float32(trained, tmp_
 def test_a_classifier_scores_a_mixed_precision_model_in_float32():
     """An in-memory model still in mixed precision (or an export made before exports were float32) is scored as
     its float32 copy."""
-    previous = keras.mixed_precision.global_policy()
-    keras.mixed_precision.set_global_policy("mixed_float16")
-    try:
-        mixed = position_model()
-    finally:
-        keras.mixed_precision.set_global_policy(previous)
+    mixed = mixed_position_model()
     classifier = Classifier.from_model(mixed, CLASSES)
     assert not model_io.uses_mixed_precision(classifier.model)
     blob = image_cases.jpeg(image_cases.asymmetric_photo())

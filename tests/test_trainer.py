@@ -154,7 +154,8 @@ def test_keras_fit_matches_a_numpy_reimplementation():
     x, labels = separable(23, d=6, classes=3, spread=2.0)  # 23 rows at batch 5: a final partial batch of 3
     schedule = ExponentialLRDecay(learning_rate=0.5, num_epochs_per_decay=0.5, decay_rate=0.5)  # rate changes mid-epoch
     options = Options(epoch=3, batch_size=5, learning_rate_scheduler=schedule, early_stopping=None,
-                      restore_best_weights=False, shuffle_each_epoch=False, seed=3, progress=False)
+                      restore_best_weights=False, shuffle_each_epoch=False, seed=3, progress=False,
+                      class_weight=None)  # the numpy reference weighs every row the same (class weights: below)
     trained = ImageClassificationTrainer(options).fit_features(make_bottlenecks(x, labels), None)
     y = LabelMap.from_labels(labels).encode(labels)
     kernel, bias, history = numpy_training(x, y, 3, options, 3)

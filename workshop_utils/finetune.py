@@ -603,7 +603,8 @@ def run_fine_tune(trained: Any, options: FineTuneOptions, export_dir: Path | Non
     if export_dir is not None:
         from .model_io import export_model
 
-        out = export_model(trained, export_dir, metrics=after, model=result.scoring_model)
+        out = export_model(trained, export_dir, metrics=after, model=result.scoring_model,
+                           fine_tuning={**options.to_dict(), "best_epoch": result.best_epoch})
         print(f"Fine-tuned model exported to {out} — try: python -m workshop_utils predict {out} IMAGE")
     return result, before, after
 

@@ -674,6 +674,7 @@ def export_model(
     model: keras.Model | None = None,
     tta: bool = False,
     evaluations: Sequence[dict[str, Any]] = (),
+    fine_tuning: dict[str, Any] | None = None,
 ) -> Path:
     """Write model.keras, saved_model/, model.pb, labels.txt and model_card.json to ``out_dir`` (atomically).
 
@@ -710,6 +711,8 @@ def export_model(
     scoring: dict[str, Any] = {"tta": bool(tta)}
     if evaluations:
         scoring["evaluations"] = list(evaluations)
+    if fine_tuning:  # the fine-tuning recipe (schedule, epochs, class weights, …) of a fine-tuned model
+        scoring["fine_tuning"] = dict(fine_tuning)
     try:
         _write_export(staged, trained, metrics, verify, model=model, scoring=scoring)
         _replace_folder(staged, out_dir)
