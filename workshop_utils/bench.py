@@ -325,7 +325,7 @@ def bench_fingerprint(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds:
     thread, files in the page cache; also as a share of the whole bottleneck pass over them."""
     tf = import_tensorflow()
     from .architectures import get_architecture
-    from .bottleneck import _content_hash
+    from .quality import sha1_of_file
     from .images import decode_image
     from .predictions import DEFAULT_MAX_PIXELS, check_image_file
 
@@ -336,8 +336,7 @@ def bench_fingerprint(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds:
 
     def hash_all() -> None:
         for path in paths:
-            with open(path, "rb") as fh:
-                _content_hash(fh)
+            sha1_of_file(path)
 
     def check_all() -> None:
         for path in paths:

@@ -16,7 +16,6 @@ turned upright by its EXIF orientation (read with the header) before it is resiz
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -37,6 +36,7 @@ from .architectures import Architecture, WeightsSpec, feature_extractor, get_arc
 from .config import import_tensorflow, workspace_dir
 from .images import DECODE_VERSION, SUPPORTED_FORMATS, decode_image, quiet_native_stderr
 from .predictions import DEFAULT_MAX_PIXELS, InvalidImageError, check_image_file
+from .quality import file_digest
 from .training_metrics import TRAIN, VALIDATION, BottleneckMetrics, ImageClassificationMetrics
 
 tf = import_tensorflow()
@@ -99,18 +99,6 @@ def _relative(path: str, root: str) -> str:
     return Path(os.path.relpath(path, root) if root else path).as_posix()
 
 
-_HASH_CHUNK = 1 << 20
-
-
-def _content_hash(fh: Any) -> str:
-    """SHA-1 of a file's bytes from its start (change detection, not security: fast, hardware-assisted)."""
-    fh.seek(0)
-    digest = hashlib.sha1(usedforsecurity=False)
-    while chunk := fh.read(_HASH_CHUNK):
-        digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _content_entries(paths: list[str], progress: bool) -> list[list[Any]]:
     """Each image's fingerprint entry: [path relative to the common folder, size, SHA-1 of its bytes].
 
@@ -123,8 +111,7 @@ def _content_entries(paths: list[str], progress: bool) -> list[list[Any]]:
     for path in tqdm(paths, desc="Fingerprinting images", unit="img", leave=False,
                      disable=not progress or len(paths) < 500):
         try:
-            with open(path, "rb") as fh:
-                entries.append([_relative(path, root), os.fstat(fh.fileno()).st_size, _content_hash(fh)])
+            entries.append([_relative(path, root), os.stat(path).st_size, file_digest(path)])
         except OSError:
             entries.append([_relative(path, root), -1, ""])
     return entries

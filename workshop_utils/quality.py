@@ -39,8 +39,8 @@ class DataQualityWarning(UserWarning):
     """The images hold duplicates, images under two classes, copies shared between sets, or near-duplicates."""
 
 
-@lru_cache(maxsize=None)
-def _digest(path: str, size: int, mtime_ns: int) -> str:  # size/mtime in the key: a changed file is hashed anew
+def sha1_of_file(path: str | os.PathLike) -> str:
+    """SHA-1 of a file's bytes: identity of content, not security (fast, hardware-assisted)."""
     digest = hashlib.sha1(usedforsecurity=False)
     with open(path, "rb") as fh:
         while chunk := fh.read(1 << 20):
@@ -48,10 +48,16 @@ def _digest(path: str, size: int, mtime_ns: int) -> str:  # size/mtime in the ke
     return digest.hexdigest()
 
 
+@lru_cache(maxsize=None)
+def _digest(path: str, size: int, mtime_ns: int, ctime_ns: int, inode: int) -> str:
+    return sha1_of_file(path)
+
+
 def file_digest(path: str | os.PathLike) -> str:
-    """SHA-1 of a file's bytes (identity of content, not security), remembered while the file is unchanged."""
+    """:func:`sha1_of_file`, remembered while the file is unchanged: a rewritten or replaced file is hashed anew
+    even with its old size and timestamp (its ctime or inode changes; a program cannot set those back)."""
     stat = os.stat(path)
-    return _digest(os.fspath(path), stat.st_size, stat.st_mtime_ns)
+    return _digest(os.fspath(path), stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
 
 
 def thumbnail_signature(path: str | os.PathLike) -> np.ndarray:
