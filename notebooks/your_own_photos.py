@@ -21,9 +21,9 @@ from sklearn.metrics import balanced_accuracy_score, classification_report
 from sklearn.model_selection import train_test_split
 from sklearn.utils.class_weight import compute_class_weight
 
-from workshop_utils.config import import_tensorflow  # silences TensorFlow's logs, then imports it
+from workshop_utils.core.runtime import import_tensorflow  # silences TensorFlow's logs, then imports it
 from workshop_utils.data import load_images_from_directory, validate_images
-from workshop_utils.efficientnet_lite import build_efficientnet_lite0  # keras.applications-style, offline weights
+from workshop_utils.backbones.efficientnet_lite import build_efficientnet_lite0  # keras.applications-style, offline weights
 from workshop_utils.quality import check_dataset
 
 tf = import_tensorflow()

@@ -1,7 +1,7 @@
 """The benchmark harness runs end to end on tiny settings and writes a well-formed result (no timing asserted)."""
 import json
 
-from workshop_utils import bench
+from workshop_utils.tooling import bench
 
 KEYS = {"pipeline_vs_raw", "cache_speedup", "head_train_seconds", "head_train_vs_sklearn", "naive_vs_cached_speedup",
         "naive_accuracy", "cached_accuracy", "rss_growth_explained", "machine"}

@@ -13,13 +13,8 @@ from PIL import Image
 import image_cases
 from workshop_utils import bottleneck
 from workshop_utils.architectures import Architecture
-from workshop_utils.bottleneck import (
-    BottleneckError,
-    Bottlenecks,
-    SkippedImagesWarning,
-    compute_bottlenecks,
-    load_bottlenecks,
-)
+from workshop_utils.core.errors import DatasetError as BottleneckError, SkippedImagesWarning
+from workshop_utils.bottleneck import Bottlenecks, compute_bottlenecks, load_bottlenecks
 
 keras = pytest.importorskip("keras")
 
@@ -361,7 +356,7 @@ def test_mixed_precision_is_a_noop_on_cpu(images, tmp_path, capsys):
 
 
 def test_label_indices(images, tmp_path):
-    from workshop_utils.data import LabelMap
+    from workshop_utils.core.labels import LabelMap
 
     result = compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False)
     np.testing.assert_array_equal(result.label_indices(LabelMap(["a", "b"])), [0, 1, 0, 1, 0, 1])

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from workshop_utils.cli import main
+from workshop_utils.apps.cli import main
 
 SMALL = ["--arch", "MobilenetV2", "--weights", "none", "--image-size", "64", "--epochs", "2", "--quiet"]
 

@@ -3,9 +3,10 @@ import math
 
 import pytest
 
-from workshop_utils import course, data
+from workshop_utils import course
+from workshop_utils import data
 from workshop_utils.config import setup
-from workshop_utils.trainer import ExponentialLRDecay
+from workshop_utils.schedules import ExponentialLRDecay
 
 
 @pytest.fixture

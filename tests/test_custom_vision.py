@@ -15,23 +15,24 @@ import pytest
 from PIL import Image
 
 from workshop_utils.architectures import feature_extractor
-from workshop_utils.config import import_tensorflow
-from workshop_utils.custom_vision import (
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.interop.custom_vision import (
     INPUT_TENSOR,
     MEAN_BGR,
     MODEL_OUTPUTS_TENSOR,
     OUTPUT_TENSOR,
-    CustomVisionExportError,
     detect_preprocessing,
     export_custom_vision_style,
     load_export,
     tutorial_pixels,
 )
-from workshop_utils.data import LabelMap
-from workshop_utils.frozen_graph import FrozenGraphScorer, inspect_graph
-from workshop_utils.images import decode_image
-from workshop_utils.model_io import Classifier, DecodeImageBytes
-from workshop_utils.trainer import Options, TrainedClassifier
+from workshop_utils.core.errors import InteropError as CustomVisionExportError
+from workshop_utils.core.labels import LabelMap
+from workshop_utils.interop.frozen_graph import FrozenGraphScorer, inspect_graph
+from workshop_utils.core.images import decode_image
+from workshop_utils.scoring import Classifier
+from workshop_utils.export.graph import DecodeImageBytes
+from workshop_utils.head import Options, TrainedClassifier
 
 tf = import_tensorflow()
 import keras  # noqa: E402

@@ -12,23 +12,23 @@ import pytest
 from PIL import Image
 
 from workshop_utils import data
-from workshop_utils.data import (
+from workshop_utils.core.errors import (
     DatasetError,
     DatasetNotFoundError,
-    EmptyDatasetError,
-    EmptyLabelError,
-    IndexFormatError,
-    LabelFileError,
+    DatasetError as EmptyDatasetError,
+    DatasetError as EmptyLabelError,
+    DatasetError as IndexFormatError,
+    LabelsFileError as LabelFileError,
     LeftOutFilesWarning,
-    LabelMap,
-    MissingColumnsError,
+    DatasetError as MissingColumnsError,
     MissingImagesError,
-    NoImagesFoundError,
+    DatasetError as NoImagesFoundError,
     StratifyFallbackWarning,
-    UnknownLabelError,
-    UnknownSubsetError,
+    DatasetError as UnknownLabelError,
+    DatasetError as UnknownSubsetError,
     UnseenClassWarning,
 )
+from workshop_utils.core.labels import LabelMap
 
 
 def make_image(path: Path, color=None, size=(8, 8), fmt: str | None = None) -> Path:
@@ -501,7 +501,7 @@ def test_validate_images_agrees_with_the_scorers_on_formats(tmp_path: Path):
 
 def test_validate_images_applies_the_scorers_pixel_limit(tmp_path: Path):
     """One limit for every reader: predictions.DEFAULT_MAX_PIXELS (40 MP), from the header, not Pillow's ~179 MP."""
-    from workshop_utils.predictions import DEFAULT_MAX_PIXELS
+    from workshop_utils.core.formats import DEFAULT_MAX_PIXELS
 
     big = tmp_path / "big.png"
     Image.new("1", (9000, 5000)).save(big)  # 45 MP, a 6 kB file

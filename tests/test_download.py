@@ -15,18 +15,11 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from workshop_utils import config, download
-from workshop_utils.data import DatasetError, LeftOutFilesWarning
-from workshop_utils.download import (
-    DATASETS,
-    DownloadError,
-    UnknownDatasetError,
-    UnsafeArchiveError,
-    fetch_dataset,
-    find_data_root,
-    resolve_dataset,
-    safe_extract,
-)
+from workshop_utils import config
+from workshop_utils import download
+from workshop_utils.core.errors import DatasetError, LeftOutFilesWarning
+from workshop_utils.download import DATASETS, fetch_dataset, find_data_root, resolve_dataset, safe_extract
+from workshop_utils.core.errors import DownloadError, DatasetError as UnknownDatasetError, UnsafeArchiveError
 
 
 def jpeg_bytes(color=(10, 120, 200)) -> bytes:

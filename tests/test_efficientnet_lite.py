@@ -16,10 +16,12 @@ import pytest
 from PIL import Image
 from sklearn.datasets import load_sample_images
 
-from workshop_utils import efficientnet_lite as lite
-from workshop_utils import torch_weights
-from workshop_utils.architectures import ARCHITECTURES, WeightsUnavailableError, get_architecture
-from workshop_utils.torch_weights import TorchFileError, load_legacy_state_dict
+from workshop_utils.backbones import efficientnet_lite as lite
+from workshop_utils.backbones import torch_weights
+from workshop_utils.architectures import ARCHITECTURES, get_architecture
+from workshop_utils.core.errors import WeightsUnavailableError
+from workshop_utils.core.errors import WeightsUnavailableError as TorchFileError
+from workshop_utils.backbones.torch_weights import load_legacy_state_dict
 
 import keras  # noqa: E402  (after workshop_utils, which silences TensorFlow's logs first)
 

@@ -7,15 +7,17 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 
-from workshop_utils.config import import_tensorflow
+from workshop_utils.core.runtime import import_tensorflow
 
 tf = import_tensorflow()
 import keras  # noqa: E402
 
 import image_cases  # noqa: E402
-from workshop_utils import explain, finetune, model_io  # noqa: E402
+from workshop_utils import explain  # noqa: E402
+from workshop_utils import finetune
+from workshop_utils.export import writer as model_io
 from workshop_utils.architectures import ARCHITECTURES, get_architecture  # noqa: E402
-from workshop_utils.data import LabelMap  # noqa: E402
+from workshop_utils.core.labels import LabelMap  # noqa: E402
 
 
 def fake_trained(arch: str, size: tuple[int, int]) -> SimpleNamespace:
@@ -100,7 +102,7 @@ def test_explain_files_gives_predicted_and_true_maps_at_each_photo_size(tmp_path
 
 
 def test_bytes_in_export_model_is_explained_from_pixels() -> None:
-    from workshop_utils.model_io import DecodeImageBytes
+    from workshop_utils.export.graph import DecodeImageBytes
 
     inner = finetune.compose_model(fake_trained("EfficientNetLite0", (32, 32)))
     image_bytes = keras.Input(shape=(), dtype="string")

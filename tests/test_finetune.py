@@ -8,16 +8,17 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from workshop_utils.config import import_tensorflow
+from workshop_utils.core.runtime import import_tensorflow
 
 tf = import_tensorflow()
 import keras  # noqa: E402
 
 import image_cases  # noqa: E402
-from workshop_utils import finetune, model_io  # noqa: E402
+from workshop_utils import finetune  # noqa: E402
+from workshop_utils.export import writer as model_io
 from workshop_utils.architectures import get_architecture  # noqa: E402
-from workshop_utils.data import LabelMap  # noqa: E402
-from workshop_utils.images import decode_image  # noqa: E402
+from workshop_utils.core.labels import LabelMap  # noqa: E402
+from workshop_utils.core.images import decode_image  # noqa: E402
 
 SIZE = (32, 32)
 CLASSES = ["dent", "scratch"]
@@ -275,7 +276,8 @@ def test_missing_bottlenecks_say_how_to_load_them() -> None:
 # -- end to end: fine-tune, compare, export -----------------------------------------------------------------
 @pytest.fixture(scope="module")
 def trained_tiny(photos: tuple[list[str], list[str]], tmp_path_factory: pytest.TempPathFactory):
-    from workshop_utils.trainer import ImageClassificationTrainer, Options
+    from workshop_utils.trainer import ImageClassificationTrainer
+    from workshop_utils.head import Options
 
     from workshop_utils.bottleneck import compute_bottlenecks
 
@@ -292,7 +294,7 @@ def trained_tiny(photos: tuple[list[str], list[str]], tmp_path_factory: pytest.T
 
 def test_fine_tune_chooses_on_validation_reports_on_test_and_exports(trained_tiny, tmp_path, capsys) -> None:
     from workshop_utils.metrics import evaluate
-    from workshop_utils.model_io import Classifier
+    from workshop_utils.scoring import Classifier
 
     options = finetune.FineTuneOptions(unfreeze=0.2, epochs=2, batch_size=4, patience=5, learning_rate=1e-3)
     result, before, after = finetune.run_fine_tune(trained_tiny, options, export_dir=tmp_path / "model", quiet=True)
@@ -374,7 +376,7 @@ def test_without_a_test_set_the_validation_set_is_reported_and_named(photos, cap
 
 
 def test_cli_flags_parse_and_reject_bad_values(capsys) -> None:
-    from workshop_utils.cli import build_parser
+    from workshop_utils.apps.cli import build_parser
 
     args = build_parser().parse_args(["run", "--fine-tune", "--unfreeze", "0.25", "--fine-tune-epochs", "4"])
     assert args.fine_tune and args.unfreeze == 0.25 and args.fine_tune_epochs == 4
@@ -388,7 +390,7 @@ def test_cli_flags_parse_and_reject_bad_values(capsys) -> None:
                                              (["--protocol", "mlnet"], None),
                                              (["--protocol", "mlnet", "--class-weight", "balanced"], "balanced")])
 def test_cli_fine_tune_follows_the_class_weight_flag_and_protocol(flags, expected, monkeypatch, tmp_path) -> None:
-    from workshop_utils import cli
+    from workshop_utils.apps import cli
 
     seen = {}
     monkeypatch.setattr(finetune, "cli_fine_tune", lambda *a, **k: seen.update(k) or 0)
@@ -471,7 +473,8 @@ def test_a_mixed_precision_model_is_exported_and_scored_in_float32(tmp_path) -> 
 @pytest.fixture(scope="module")
 def trained_lite0(photos: tuple[list[str], list[str]], tmp_path_factory: pytest.TempPathFactory):
     """As trained_tiny, on ImageNet's EfficientNet-Lite0 (features worth rounding to float16)."""
-    from workshop_utils.trainer import ImageClassificationTrainer, Options
+    from workshop_utils.trainer import ImageClassificationTrainer
+    from workshop_utils.head import Options
 
     paths, labels = photos
     frame = pd.DataFrame({"image_path": paths, "label": labels})

@@ -14,15 +14,12 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workshop_utils.config import import_tensorflow
-from workshop_utils.frozen_graph import FrozenGraphError, FrozenGraphScorer, inspect_graph
-from workshop_utils.predictions import (
-    SUPPORTED_FORMATS,
-    InvalidImageError,
-    LabelsFileError,
-    Prediction,
-    UnscoredImagesWarning,
-)
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.core.errors import InteropError as FrozenGraphError
+from workshop_utils.interop.frozen_graph import FrozenGraphScorer, inspect_graph
+from workshop_utils.core.formats import SUPPORTED_FORMATS
+from workshop_utils.core.errors import InvalidImageError, LabelsFileError, UnscoredImagesWarning
+from workshop_utils.core.scorer import Prediction
 
 tf = import_tensorflow()
 

@@ -16,13 +16,14 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from workshop_utils.metrics import EPSILON, MetricsError, evaluate, predictions_frame
+from workshop_utils.metrics import EPSILON, evaluate, predictions_frame
+from workshop_utils.core.errors import ConfigError as MetricsError
 
 NAMES = ["bumper_dent", "bumper_scratch", "door_dent", "door_scratch", "glass_shatter"]
 
 
 class StubLabelMap:
-    """What evaluate needs from workshop_utils.data.LabelMap: the ordered ``names``."""
+    """What evaluate needs from workshop_utils.core.labels.LabelMap: the ordered ``names``."""
 
     def __init__(self, names):
         self.names = list(names)
@@ -172,7 +173,7 @@ def test_names_indices_and_label_map_agree():
 def test_real_label_map_if_available():
     data = pytest.importorskip("workshop_utils.data")
     if not hasattr(data, "LabelMap"):
-        pytest.skip("workshop_utils.data.LabelMap not written yet")
+        pytest.skip("workshop_utils.core.labels.LabelMap not written yet")
     label_map = data.LabelMap(["b", "a"])  # LabelMap sorts: columns are a, b
     m = evaluate(["a", "b"], [[0.9, 0.1], [0.2, 0.8]], label_map)
     assert m.class_names == ["a", "b"] and m.micro_accuracy == 1.0

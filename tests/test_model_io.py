@@ -24,27 +24,23 @@ import pytest
 from PIL import Image
 
 import image_cases
-from workshop_utils import model_io
+from workshop_utils.export import writer as model_io
 from workshop_utils.architectures import feature_extractor, get_architecture
-from workshop_utils.config import import_tensorflow
-from workshop_utils.images import decode_image
-from workshop_utils.predictions import SUPPORTED_FORMATS
-from workshop_utils.model_io import (
-    INPUT_TENSOR,
-    LABEL_TENSOR,
-    PIXELS_TENSOR,
-    SCORES_TENSOR,
-    Classifier,
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.core.images import decode_image
+from workshop_utils.core.formats import SUPPORTED_FORMATS
+from workshop_utils.export.graph import INPUT_TENSOR, LABEL_TENSOR, PIXELS_TENSOR, SCORES_TENSOR
+from workshop_utils.scoring import Classifier
+from workshop_utils.core.errors import (
     ExportError,
-    FrozenGraphScorer,
     ImageTooLargeError,
     InvalidImageError,
     LabelsFileError,
     ModelFolderError,
     UnscoredImagesWarning,
-    export_model,
-    inspect_graph,
 )
+from workshop_utils.interop.frozen_graph import FrozenGraphScorer, inspect_graph
+from workshop_utils.export.writer import export_model
 
 tf = import_tensorflow()
 import keras  # noqa: E402
@@ -452,7 +448,7 @@ def test_garbage_model_keras_is_named_as_such(exported, tmp_path, content, detai
     message = str(caught.value)
     assert "File not found" not in message
     assert re.search(r"model\.keras is not a valid \.keras file: a Keras 3 model file is a zip archive, but this one " + detail, message), message
-    assert "Re-export it with workshop_utils.model_io.export_model(trained, " in message
+    assert "Re-export it with workshop_utils.export.writer.export_model(trained, " in message
 
 
 def test_a_zip_that_is_not_a_keras_file(exported, tmp_path):

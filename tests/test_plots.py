@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from workshop_utils import plots  # noqa: E402
 from workshop_utils.metrics import evaluate  # noqa: E402
-from workshop_utils.plots import PlotError  # noqa: E402
+from workshop_utils.core.errors import ConfigError as PlotError  # noqa: E402
 
 CLASSES = ["bumper_dent", "door_scratch", "glass_shatter"]
 COLORS = {"bumper_dent": (200, 60, 60), "door_scratch": (60, 160, 60), "glass_shatter": (60, 90, 200)}

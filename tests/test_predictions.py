@@ -13,24 +13,24 @@ import pytest
 from PIL import Image
 
 import image_cases
-from workshop_utils import predictions
-from workshop_utils.predictions import (
+from workshop_utils.core import formats as predictions
+from workshop_utils.core.formats import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     IMAGE_FORMATS,
     SUPPORTED_FORMATS,
+    check_image_bytes,
+    check_image_file,
+    read_image_file,
+)
+from workshop_utils.core.errors import (
     ImageTooLargeError,
     InvalidImageError,
     LabelsFileError,
-    Prediction,
     UnscoredImagesWarning,
-    check_image_bytes,
-    check_image_file,
-    load_labels,
-    read_image_file,
-    score_frame,
-    write_labels,
 )
+from workshop_utils.core.scorer import Prediction, score_frame
+from workshop_utils.core.labels import load_labels, write_labels
 
 
 def encoded(fmt: str, size=(20, 10), mode="RGB", color=(200, 30, 60)) -> bytes:
@@ -54,7 +54,7 @@ def test_module_does_not_import_tensorflow():
     # the module itself never imports TF (other test modules may have loaded it, so check the source)
     import inspect
 
-    import workshop_utils.predictions as mod
+    import workshop_utils.core.formats as mod
 
     assert "tensorflow" not in inspect.getsource(mod).split('"""', 2)[2]
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from workshop_utils import course
-from workshop_utils.cli import main
+from workshop_utils.apps.cli import main
 from workshop_utils.config import set_seeds
 from workshop_utils.metrics import evaluate
 from workshop_utils.trainer import ImageClassificationTrainer

@@ -8,7 +8,8 @@ import types
 import nbformat
 import pytest
 
-from workshop_utils import cli, publish
+from workshop_utils.apps import cli
+from workshop_utils.tooling import publish
 from workshop_utils.config import REPO_ROOT
 
 URL = "https://github.com/acme/car-damage-course"

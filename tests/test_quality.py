@@ -11,9 +11,11 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workshop_utils import course, data, quality
+from workshop_utils import course
+from workshop_utils import data
+from workshop_utils import quality
 from workshop_utils.config import sample_dir
-from workshop_utils.quality import DataQualityWarning
+from workshop_utils.core.errors import DataQualityWarning
 
 SAMPLE = sample_dir()
 

@@ -14,7 +14,7 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from workshop_utils import sample
+from workshop_utils.tooling import sample
 from workshop_utils.config import sample_dir
 from workshop_utils.data import load_index
 
@@ -52,7 +52,7 @@ def test_committed_sample_matches_a_fresh_generation(fresh):
     assert problems == [], (
         f"data/sample differs from a fresh generation ({sample.pillow_build()}; committed with "
         f"{sample.REFERENCE_BUILD}): {problems[:5]}. If the generator changed on purpose, run "
-        "`python -m workshop_utils.sample`."
+        "`python -m workshop_utils sample`."
     )
 
 
@@ -206,7 +206,7 @@ def test_check_names_the_differing_files(tmp_path, fresh, monkeypatch, capsys):
     err = capsys.readouterr().err
     assert "3 difference(s)" in err
     assert "image/3.jpeg (not a readable image)" in err and "image/5.jpeg (missing)" in err
-    assert "image/999.jpeg (unexpected)" in err and "python -m workshop_utils.sample" in err
+    assert "image/999.jpeg (unexpected)" in err and "python -m workshop_utils sample" in err
 
 
 def test_sample_module_does_not_import_tensorflow():

@@ -8,11 +8,11 @@ from workshop_utils.schedules import (
     EarlyStopping,
     ExponentialLRDecay,
     PolynomialLRDecay,
-    ScheduleError,
     decay_steps,
     early_stopping_from_dict,
     schedule_from_dict,
 )
+from workshop_utils.core.errors import ConfigError as ScheduleError
 
 
 def rate(schedule, step):

@@ -28,10 +28,11 @@ import requests
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from workshop_utils import serve
+from workshop_utils.apps.serve import server as serve
 from workshop_utils.config import sample_dir
 from workshop_utils.data import by_subset, load_dataset
-from workshop_utils.predictions import SUPPORTED_FORMATS, InvalidImageError
+from workshop_utils.core.formats import SUPPORTED_FORMATS
+from workshop_utils.core.errors import InvalidImageError
 
 TOL = 1e-5
 PHOTOS = 16
@@ -62,11 +63,11 @@ def _export_stand_in(tmp_path_factory, sample_frames):
     import pandas as pd
 
     from workshop_utils.architectures import feature_extractor
-    from workshop_utils.config import import_tensorflow
-    from workshop_utils.data import LabelMap
-    from workshop_utils.images import decode_image
-    from workshop_utils.model_io import export_model
-    from workshop_utils.trainer import Options, TrainedClassifier
+    from workshop_utils.core.runtime import import_tensorflow
+    from workshop_utils.core.labels import LabelMap
+    from workshop_utils.core.images import decode_image
+    from workshop_utils.export.writer import export_model
+    from workshop_utils.head import Options, TrainedClassifier
 
     tf = import_tensorflow()
     train, validation = sample_frames
@@ -92,7 +93,7 @@ def exported_model(tmp_path_factory, sample_frames):
 
 @pytest.fixture(scope="session")
 def classifier(exported_model):
-    from workshop_utils.model_io import Classifier
+    from workshop_utils.scoring import Classifier
 
     return _once("classifier", lambda: Classifier.load(exported_model))
 
@@ -287,7 +288,7 @@ def test_create_app_loads_a_folder_and_checks_its_arguments(exported_model, tmp_
         serve.create_app(app.state.classifier, max_fields=-1)
     with pytest.raises(ValueError, match="max_queue must be at least 1, got 0"):
         serve.create_app(app.state.classifier, max_queue=0)
-    from workshop_utils.model_io import ModelFolderError
+    from workshop_utils.core.errors import ModelFolderError
 
     with pytest.raises(ModelFolderError, match=r"Model folder '.*nowhere' does not exist"):
         serve.create_app(tmp_path / "nowhere")
@@ -471,7 +472,7 @@ def test_serve_command_line(exported_model, classifier, photos, expected, tmp_pa
 
 
 def test_serve_command_line_reports_bad_arguments_in_one_line(exported_model, tmp_path, capsys):
-    from workshop_utils import cli
+    from workshop_utils.apps import cli
 
     assert cli.main(["serve", str(tmp_path / "nope"), "--port", "0"]) == 2
     assert re.fullmatch(r"error: Model folder '.*nope' does not exist\. Re-export it .*\n", capsys.readouterr().err)
@@ -507,7 +508,7 @@ def test_serve_command_line_reports_bad_arguments_in_one_line(exported_model, tm
 
 def test_serve_command_line_defaults_are_the_servers(capsys):
     """The CLI's defaults (shown in --help) are serve's own, so the two cannot drift apart."""
-    from workshop_utils import cli
+    from workshop_utils.apps import cli
 
     args = cli.build_parser().parse_args(["serve", "model"])
     assert (args.max_bytes, args.body_timeout, args.max_concurrency, args.max_queue, args.shutdown_timeout) == (
@@ -522,8 +523,8 @@ def test_serve_command_line_defaults_are_the_servers(capsys):
 
 
 def test_bench_serve_harness(exported_model, tmp_path):
-    """`python -m workshop_utils.bench --serve` end to end on tiny settings (no timing asserted)."""
-    from workshop_utils import bench
+    """`python -m workshop_utils bench --serve` end to end on tiny settings (no timing asserted)."""
+    from workshop_utils.tooling import bench
 
     result = bench.run_serve_benchmark(tmp_path, model_dir=exported_model, clients=3, requests_total=12, photos=6,
                                        rounds=1)
@@ -552,7 +553,7 @@ def test_serve_an_ensemble_with_tta(tmp_path):
     import image_cases
     from test_tta import CLASSES, plain_folder, png, position_model
 
-    from workshop_utils.model_io import load_scorer
+    from workshop_utils.scoring import load_scorer
 
     folders = [plain_folder(tmp_path / "lite0", position_model(0)), plain_folder(tmp_path / "lite2", position_model(1))]
     scorer = load_scorer(folders[0], folders[1:], tta=True)

@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 from test_serve import classifier, expected, exported_model, photos, sample_frames  # noqa: F401 (shared fixtures)
 
-from workshop_utils import serve
+from workshop_utils.apps.serve import server as serve
 
 CHROMIUM_FLAGS = (  # root in a container, no GPU, no network: nothing but the page
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

@@ -4,7 +4,7 @@ as that part arrives, error bodies stay within 1 KB, /health names the model wit
 ``BackgroundServer.stop()`` and SIGTERM end within the shutdown timeout while a client holds a half-sent body.
 
 Every socket has a timeout: a server that waited for a body that never comes fails the test, it does not hang.
-No timing is asserted (``python -m workshop_utils.bench --serve`` measures /health under a many-field form).
+No timing is asserted (``python -m workshop_utils bench --serve`` measures /health under a many-field form).
 """
 from __future__ import annotations
 
@@ -31,8 +31,8 @@ from test_serve import (  # noqa: F401 (shared fixtures and helpers)
     sample_frames,
 )
 
-from workshop_utils import serve
-from workshop_utils.serve_uploads import MAX_ERROR_BYTES, clip_message
+from workshop_utils.apps.serve import server as serve
+from workshop_utils.apps.serve.uploads import MAX_ERROR_BYTES, clip_message
 
 HOST = "127.0.0.1"
 SOCKET_TIMEOUT = 30.0  # seconds a test waits for an answer; the servers' body timeouts below are longer

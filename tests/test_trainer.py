@@ -8,23 +8,21 @@ from PIL import Image
 
 from workshop_utils import trainer as trainer_module
 from workshop_utils.bottleneck import Bottlenecks
-from workshop_utils.data import LabelMap
-from workshop_utils.trainer import (
-    class_weights,
-    ClassifierFileError,
-    EarlyStopping,
-    ExponentialLRDecay,
+from workshop_utils.core.labels import LabelMap
+from workshop_utils.trainer import class_weights, ImageClassificationTrainer
+from workshop_utils.core.errors import (
+    ModelFolderError as ClassifierFileError,
+    ConfigError as OptionsError,
+    DatasetError as TrainingDataError,
+)
+from workshop_utils.schedules import EarlyStopping, ExponentialLRDecay, PolynomialLRDecay
+from workshop_utils.training_metrics import (
     ImageClassificationMetrics,
-    ImageClassificationTrainer,
-    Options,
-    OptionsError,
-    PolynomialLRDecay,
-    TrainedClassifier,
-    TrainingDataError,
     TrainMetrics,
     BottleneckMetrics,
     format_dotnet_float,
 )
+from workshop_utils.head import Options, TrainedClassifier
 
 
 def make_bottlenecks(x, labels, arch="MobilenetV2"):

@@ -16,9 +16,10 @@ import pytest
 from PIL import Image
 
 import image_cases
-from workshop_utils import cli
-from workshop_utils.config import import_tensorflow
-from workshop_utils.model_io import Classifier, Ensemble, LabelsFileError, load_scorer
+from workshop_utils.apps import cli
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.scoring import Classifier, Ensemble, load_scorer
+from workshop_utils.core.errors import LabelsFileError
 
 tf = import_tensorflow()
 import keras  # noqa: E402
@@ -183,7 +184,7 @@ def test_run_checks_its_scoring_flags_first(argv, message, tmp_path, capsys):
 
 
 def test_serve_passes_tta_and_ensemble_on(folders, monkeypatch):
-    from workshop_utils import serve
+    from workshop_utils.apps.serve import server as serve
 
     calls = []
     monkeypatch.setattr(serve, "serve", lambda model_dir, **kwargs: calls.append((model_dir, kwargs)) or 0)

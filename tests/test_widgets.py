@@ -7,9 +7,11 @@ import pytest
 from PIL import Image
 
 from workshop_utils.bottleneck import Bottlenecks
-from workshop_utils.predictions import InvalidImageError, Prediction
-from workshop_utils.trainer import ExponentialLRDecay, Options, PolynomialLRDecay
-from workshop_utils.widgets import RetrainPanel, retrain_panel, summary_line, upload_panel
+from workshop_utils.core.errors import InvalidImageError
+from workshop_utils.core.scorer import Prediction
+from workshop_utils.schedules import ExponentialLRDecay, PolynomialLRDecay
+from workshop_utils.head import Options
+from workshop_utils.apps.widgets import RetrainPanel, retrain_panel, summary_line, upload_panel
 
 
 def _bottlenecks(n, seed):
@@ -67,7 +69,7 @@ def test_upload_panel_scores_a_phone_photo_upright_and_refuses_one_that_lies(cap
     import keras
 
     import image_cases
-    from workshop_utils.model_io import Classifier
+    from workshop_utils.scoring import Classifier
 
     inputs = keras.Input((32, 32, 3))
     x = keras.layers.Flatten()(keras.layers.AveragePooling2D(8)(keras.layers.Rescaling(1 / 127.5, offset=-1)(inputs)))

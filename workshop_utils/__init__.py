@@ -6,4 +6,6 @@ Modules by phase: ``config`` (paths, profile), ``data`` and ``download`` (the im
 scoring), ``widgets`` and ``cli`` (``python -m workshop_utils``). Importing the package itself is cheap:
 TensorFlow loads only with the modules that need it.
 """
+from __future__ import annotations
+
 __version__ = "0.1.0"

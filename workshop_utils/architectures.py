@@ -13,26 +13,16 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
-from .config import import_tensorflow
 
-tf = import_tensorflow()
+from workshop_utils.backbones import efficientnet_lite
+from workshop_utils.core.errors import UnknownArchitectureError, WeightsUnavailableError
+from workshop_utils.core.runtime import import_tensorflow
+
+import_tensorflow()  # quiet TensorFlow's start-up before Keras loads it
 import keras  # noqa: E402
-
-from . import efficientnet_lite  # noqa: E402  (imports architectures only lazily, so no import cycle)
 
 WeightsSpec = str | Path | None
 """``"imagenet"`` (pretrained), ``None`` (random init, seeded) or a path to a weights file."""
-
-
-class UnknownArchitectureError(KeyError):
-    """The architecture name is not in the registry."""
-
-    def __str__(self) -> str:  # KeyError would quote the whole message
-        return str(self.args[0])
-
-
-class WeightsUnavailableError(RuntimeError):
-    """Pretrained weights could not be obtained (offline, missing package or file)."""
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """The bottleneck phase: every image once through the frozen CNN, the pooled vectors cached on disk.
 
-Files stream through a ``tf.data`` pipeline (read → :func:`workshop_utils.images.decode_image` → batch →
+Files stream through a ``tf.data`` pipeline (read → :func:`workshop_utils.core.images.decode_image` → batch →
 prefetch) into the feature extractor, so memory holds only the feature matrix, never all the pixels.
 The cache ``<workspace>/bottlenecks/<cache_name>/`` (``features.npy``, ``labels.txt``, ``manifest.json``,
 ``skipped.csv``) carries a fingerprint of the architecture, its weights, the input size, the pixel limit,
@@ -19,12 +19,9 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import time
-import uuid
 import warnings
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NoReturn
@@ -32,27 +29,31 @@ from typing import Any, NoReturn
 import numpy as np
 import pandas as pd
 
-from .architectures import Architecture, WeightsSpec, feature_extractor, get_architecture
-from .config import import_tensorflow, workspace_dir
-from .images import DECODE_VERSION, SUPPORTED_FORMATS, decode_image, quiet_native_stderr
-from .predictions import DEFAULT_MAX_PIXELS, InvalidImageError, check_image_file
-from .quality import file_digest
-from .training_metrics import TRAIN, VALIDATION, BottleneckMetrics, ImageClassificationMetrics
+from workshop_utils.architectures import Architecture, WeightsSpec, feature_extractor, get_architecture
+from workshop_utils.config import workspace_dir
+from workshop_utils.core.errors import (
+    DatasetError,
+    InvalidImageError,
+    SkippedImagesWarning,
+)
+from workshop_utils.core.formats import (
+    DEFAULT_MAX_PIXELS,
+    SUPPORTED_FORMATS,
+    check_image_file,
+)
+from workshop_utils.core.fsutil import atomic_folder
+from workshop_utils.core.images import DECODE_VERSION, decode_image
+from workshop_utils.core.runtime import import_tensorflow, quiet_native_stderr
+from workshop_utils.quality import file_digest
+from workshop_utils.training_metrics import TRAIN, VALIDATION, BottleneckMetrics, ImageClassificationMetrics
 
 tf = import_tensorflow()
 import keras  # noqa: E402
 
 CACHE_FORMAT = 2  # 2: content hashes instead of mtimes, the pixel limit, skipped.csv
+
+
 CACHE_FOLDER = "bottlenecks"
-_LEFTOVER_AGE_SECONDS = 3600  # temp/old folders of interrupted writes older than this are removed
-
-
-class BottleneckError(ValueError):
-    """The bottleneck phase cannot run on this input (no images, no image column, nothing decodable)."""
-
-
-class SkippedImagesWarning(UserWarning):
-    """Some images could not be used and were left out of the features (``Bottlenecks.skipped``, skipped.csv)."""
 
 
 @dataclass
@@ -75,16 +76,12 @@ class Bottlenecks:
         return int(self.features.shape[0])
 
     def label_indices(self, label_map: Any) -> np.ndarray:
-        """The labels as class indices of ``label_map`` (a :class:`workshop_utils.data.LabelMap`)."""
+        """The labels as class indices of ``label_map`` (a :class:`workshop_utils.core.labels.LabelMap`)."""
         return np.asarray(label_map.encode(self.labels), dtype=np.int64)
 
 
 def _empty_skipped() -> pd.DataFrame:
     return pd.DataFrame({"path": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
-
-
-# ---------------------------------------------------------------------------------------------------
-# Fingerprint and cache files
 
 
 def _image_root(paths: list[str]) -> str:
@@ -192,35 +189,6 @@ def _stale_reason(old: dict[str, Any], new: dict[str, Any]) -> str | None:
     return f"{len(changed)} image{'s' if len(changed) != 1 else ''} changed content (first: {changed[0]})"
 
 
-@contextmanager
-def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces ``folder`` in one rename.
-
-    An existing ``folder`` is renamed away first and deleted after the new one is in place, so a crash at
-    any point leaves either the old complete folder, the new complete one, or none — never a partial one
-    under the final name. On an exception the temporary folder is deleted and the exception propagates.
-    """
-    folder = Path(folder)
-    parent = folder.parent
-    parent.mkdir(parents=True, exist_ok=True)
-    _remove_leftovers(parent, folder.name)
-    token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp = parent / f".tmp-{folder.name}-{token}"
-    tmp.mkdir()
-    try:
-        yield tmp
-        old = None
-        if folder.exists():
-            old = parent / f".old-{folder.name}-{token}"
-            os.replace(folder, old)
-        os.replace(tmp, folder)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
 SKIPPED_FILE = "skipped.csv"
 
 
@@ -236,18 +204,6 @@ def _write_cache(folder: Path, features: np.ndarray, labels: list[str], manifest
             json.dump(manifest, fh)
             fh.flush()
             os.fsync(fh.fileno())
-
-
-def _remove_leftovers(parent: Path, name: str) -> None:
-    """Delete temp/old folders that interrupted writes of this cache left behind (older than an hour)."""
-    now = time.time()
-    for pattern in (f".tmp-{name}-*", f".old-{name}-*"):
-        for leftover in parent.glob(pattern):
-            try:
-                if now - leftover.stat().st_mtime > _LEFTOVER_AGE_SECONDS:
-                    shutil.rmtree(leftover, ignore_errors=True)
-            except OSError:
-                pass
 
 
 def _read_manifest(folder: Path) -> dict[str, Any] | None:
@@ -276,7 +232,7 @@ def load_bottlenecks(folder: str | os.PathLike) -> Bottlenecks:
     manifest = _read_manifest(folder)
     features = None if manifest is None else _load_features(folder, manifest)
     if manifest is None or features is None:
-        raise BottleneckError(
+        raise DatasetError(
             f"{folder} is not a complete bottleneck cache (manifest.json and features.npy must match); "
             "compute it again with compute_bottlenecks()."
         )
@@ -291,10 +247,6 @@ def load_bottlenecks(folder: str | os.PathLike) -> Bottlenecks:
     return Bottlenecks(features=features, labels=labels, image_paths=paths,
                        skipped=skipped if len(skipped) else _empty_skipped(), from_cache=True, arch=fp["arch"],
                        weights_id=fp["weights_id"], image_size=tuple(fp["image_size"]), cache_dir=folder)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Computing
 
 
 _RUNNERS: dict[int, tuple[keras.Model, Callable[[tf.Tensor], tf.Tensor]]] = {}
@@ -393,14 +345,14 @@ def compute_bottlenecks(
     started = time.perf_counter()
     if not isinstance(df, pd.DataFrame) or "image_path" not in df.columns:
         got = list(df.columns) if isinstance(df, pd.DataFrame) else type(df).__name__
-        raise BottleneckError(
+        raise DatasetError(
             f"compute_bottlenecks needs a DataFrame with an 'image_path' column (got {got}); "
             "load it with workshop_utils.data.load_dataset()."
         )
     if len(df) == 0:
-        raise BottleneckError(f"No images to compute bottlenecks for (cache {cache_name!r} got an empty table).")
+        raise DatasetError(f"No images to compute bottlenecks for (cache {cache_name!r} got an empty table).")
     if int(batch_size) < 1:
-        raise BottleneckError(f"batch_size must be at least 1, got {batch_size}.")
+        raise DatasetError(f"batch_size must be at least 1, got {batch_size}.")
     architecture = get_architecture(arch)
     size = architecture.resolve_input_size(image_size)
     weights_id = architecture.weights_id(weights)
@@ -480,7 +432,7 @@ def compute_bottlenecks(
 def _raise_nothing_decodable(paths: list[str], reasons: dict[int, str]) -> NoReturn:
     """Every image failed (its header check or its decoding): one error naming the first and why."""
     first = min(reasons)
-    raise BottleneckError(
+    raise DatasetError(
         f"None of the {len(paths)} images could be decoded (first: {paths[first]}: {reasons[first]}); "
         f"check the image paths and that the files are {SUPPORTED_FORMATS} images."
     )

@@ -18,19 +18,30 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+from workshop_utils.core.errors import ConfigError
+from workshop_utils.core.runtime import import_tensorflow, in_colab
+
+tf = import_tensorflow()
+
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 """The repository folder (the package is installed editable from it)."""
 
+
 PROFILE_ENV = "WORKSHOP_PROFILE"
+
+
 DATA_DIR_ENV = "WORKSHOP_DATA_DIR"
+
+
 WORKSPACE_ENV = "WORKSHOP_WORKSPACE"
+
+
 ARCH_ENV = "WORKSHOP_ARCH"
+
+
 PROFILE_RECORD = "profile.json"
 """The file in the workspace naming the profile the last notebook (or ``setup``) ran with."""
-
-
-class ConfigError(ValueError):
-    """A setting (environment variable or argument) has a value the workshop cannot use."""
 
 
 @dataclass(frozen=True)
@@ -146,47 +157,6 @@ def check_workspace(path: str | Path | None = None, setting: str = WORKSPACE_ENV
             "(caches, trained heads and exported models go there)."
         ) from error
     return folder
-
-
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ and Python log noise; call before ``import tensorflow``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        sys.modules["tensorflow"].get_logger().setLevel("ERROR")
-    try:
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.ERROR)
-    except ImportError:  # absl comes with TensorFlow; without it there is nothing to quiet
-        pass
-
-
-def import_tensorflow():
-    """Import TensorFlow (and Keras) without its start-up banner reaching notebook cells or the terminal.
-
-    TF 2.21 writes oneDNN/CUDA notices straight to file descriptor 2 before its logging is set up, so
-    ``TF_CPP_MIN_LOG_LEVEL`` alone does not hide them: stderr is pointed at /dev/null for the import only.
-    """
-    if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        sys.stderr.flush()
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        try:
-            import keras  # noqa: F401  (imports TensorFlow as its backend)
-            import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
-    quiet_tensorflow()
-    return sys.modules["tensorflow"]
-
-
-def in_colab() -> bool:
-    """True when running inside Google Colab."""
-    return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
 def environment_report() -> dict[str, Any]:

@@ -15,12 +15,24 @@ from typing import Any
 
 import pandas as pd
 
-from .config import Profile, Settings, get_profile, workspace_dir
-from .data import PROTOCOLS, SET_ROLES, DatasetError, by_subset, carve_validation, load_dataset, split
-from .quality import DatasetCheck, check_dataset
+from workshop_utils.bottleneck import compute_bottlenecks
+from workshop_utils.config import Profile, Settings, get_profile, workspace_dir
+from workshop_utils.core.errors import DatasetError
+from workshop_utils.data import PROTOCOLS, SET_ROLES, by_subset, carve_validation, load_dataset, split
+from workshop_utils.download import resolve_dataset
+from workshop_utils.export.writer import export_model
+from workshop_utils.head import Options, TrainedClassifier
+from workshop_utils.quality import DatasetCheck, check_dataset
+from workshop_utils.schedules import EarlyStopping, ExponentialLRDecay
+from workshop_utils.scoring import Classifier
+from workshop_utils.trainer import ImageClassificationTrainer
 
 TRAINED_DIR = "trained"
+
+
 MODEL_DIR = "model"
+
+
 FINE_TUNED_DIR = "model_fine_tuned"  # where 07_fine_tune exports
 
 
@@ -83,7 +95,6 @@ def make_options(profile: Profile, workspace: str | Path, seed: int = 0, **overr
     ``learning_rate_scheduler=None`` for a constant rate). Bottleneck caches are reused when their
     fingerprint still matches.
     """
-    from .trainer import EarlyStopping, ExponentialLRDecay, Options
 
     values: dict[str, Any] = dict(
         arch=profile.arch, epoch=profile.epochs, batch_size=profile.batch_size, learning_rate=profile.learning_rate,
@@ -109,7 +120,6 @@ def plan_run(profile: Profile | str | None = None, dataset: str | None = None, *
     check (:func:`quality.check_dataset`) runs first and writes ``<workspace>/duplicates.csv``; under the
     honest protocol it leaves copies out, under mlnet it only reports.
     """
-    from .download import resolve_dataset
 
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     protocol = protocol or profile.protocol
@@ -126,7 +136,6 @@ def plan_run(profile: Profile | str | None = None, dataset: str | None = None, *
 
 def dataset_folder(settings: Settings) -> Path:
     """The profile's dataset folder (the bundled sample, or the real photos, downloaded on first use)."""
-    from .download import resolve_dataset
 
     return resolve_dataset(settings.profile.dataset, settings.data_dir)
 
@@ -145,7 +154,6 @@ def course_options(settings: Settings, **overrides: Any):  # -> trainer.Options
 def course_bottlenecks(settings: Settings, reuse: bool = True, metrics_callback: Any = None) -> tuple[Any, Any, Any]:
     """(train, validation, test) bottlenecks from the workspace cache, computed when missing or stale; test is
     None when the protocol leaves no test set (mlnet on a T/V dataset)."""
-    from .bottleneck import compute_bottlenecks
 
     _, train, validation, test = course_data(settings)
     p = settings.profile
@@ -159,7 +167,6 @@ def course_bottlenecks(settings: Settings, reuse: bool = True, metrics_callback:
 def attach_test_bottlenecks(plan: RunPlan, trained: Any, reuse: bool = True) -> Any:
     """Compute (or reuse) the test set's bottlenecks with the trained head's settings and attach them to
     ``trained``; None when the plan has no test images."""
-    from .bottleneck import compute_bottlenecks
 
     if plan.test.empty:
         return None
@@ -190,7 +197,6 @@ def model_dir(settings: Settings | None = None) -> Path:
 
 def load_trained(settings: Settings):  # -> trainer.TrainedClassifier
     """The head 03_train saved, with its bottlenecks attached; trained now when it is missing."""
-    from .trainer import ImageClassificationTrainer, TrainedClassifier
 
     folder = trained_dir(settings)
     train_b, validation_b, test_b = course_bottlenecks(settings)
@@ -208,7 +214,6 @@ def load_trained(settings: Settings):  # -> trainer.TrainedClassifier
 def load_exported(settings: Settings, prefer_fine_tuned: bool = False):  # -> model_io.Classifier
     """The model 05_save_model exported (exported now when it is missing), or with ``prefer_fine_tuned`` the
     fine-tuned one of 07_fine_tune when it exists; one line says which."""
-    from .model_io import Classifier, export_model
 
     fine_tuned = (settings.workspace if settings else workspace_dir()) / FINE_TUNED_DIR
     if prefer_fine_tuned:

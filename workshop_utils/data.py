@@ -12,99 +12,61 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 import warnings
 from collections.abc import Iterable, Sequence
 from pathlib import Path, PurePosixPath
 
-import numpy as np
 import pandas as pd
 
-from .predictions import (
+from workshop_utils.core.errors import (
+    DatasetError,
+    DatasetNotFoundError,
+    InvalidImageError,
+    LeftOutFilesWarning,
+    MissingImagesError,
+    StratifyFallbackWarning,
+    UnseenClassWarning,
+)
+from workshop_utils.core.formats import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     SUPPORTED_FORMATS,
-    InvalidImageError,
     check_image_file,
     decodable,
     format_for_file_name,
     not_decodable_reason,
 )
-from .quality import warn_exact_duplicates
+from workshop_utils.quality import warn_exact_duplicates
 
 COLUMNS = ["image_path", "label", "subset"]
+
+
 INDEX_HEADER = ("image", "class", "subset")
+
+
 COLUMN_ALIASES = {"label": "class"}  # accepted in index.csv headers
+
+
 SUBSET_NAMES = {
     "t": "train", "train": "train", "training": "train",
     "v": "validation", "val": "validation", "valid": "validation", "validation": "validation",
     "test": "test", "testing": "test",
 }
+
+
 SHOW_AT_MOST = 10  # offending rows/values quoted in a message
+
+
 PROTOCOLS = ("honest", "mlnet")
 """How the sets are used. honest: train fits, validation chooses (epochs, early stopping), test is reported and
 never used for choosing. mlnet: ML.NET's lab, which chooses and reports on the same validation set."""
+
+
 SET_ROLES = {
     "train": "fitted the weights",
     "validation": "chose the epoch",
     "test": "never used for choosing",
 }
-
-
-class DatasetError(ValueError):
-    """The dataset (index file, image folder or table) cannot be used as it is."""
-
-
-class DatasetNotFoundError(DatasetError, FileNotFoundError):
-    """The index file or image folder does not exist."""
-
-
-class IndexFormatError(DatasetError):
-    """index.csv cannot be parsed, or a row lacks its image path."""
-
-
-class MissingColumnsError(DatasetError):
-    """index.csv (or a table) lacks a required column."""
-
-
-class MissingImagesError(DatasetError):
-    """Rows point at image files that do not exist."""
-
-
-class UnknownSubsetError(DatasetError):
-    """A subset value is none of T/V/train/validation/val/test."""
-
-
-class EmptyLabelError(DatasetError):
-    """A row or file has no class name."""
-
-
-class EmptyDatasetError(DatasetError):
-    """No rows at all (or none in a subset that is needed)."""
-
-
-class NoImagesFoundError(DatasetError):
-    """A folder holds no image files (extensions of ``predictions.IMAGE_FORMATS``)."""
-
-
-class UnknownLabelError(DatasetError):
-    """A class name that the LabelMap does not know."""
-
-
-class LabelFileError(DatasetError):
-    """labels.txt is empty, unsorted or has duplicate/blank lines."""
-
-
-class UnseenClassWarning(UserWarning):
-    """A class is in validation/test but never in train: the model cannot learn it."""
-
-
-class StratifyFallbackWarning(UserWarning):
-    """split() could not keep class proportions and split at random instead."""
-
-
-class LeftOutFilesWarning(UserWarning):
-    """A folder reader left files out (not images by their extension, or a format TensorFlow cannot decode)."""
 
 
 def _some(items: Sequence, what: str) -> str:
@@ -123,7 +85,7 @@ def _source(df: pd.DataFrame) -> str:
 def _require_columns(df: pd.DataFrame, needed: Sequence[str], fix: str) -> None:
     missing = [c for c in needed if c not in df.columns]
     if missing:
-        raise MissingColumnsError(
+        raise DatasetError(
             f"{_source(df)}: missing column(s) {', '.join(missing)}; expected {', '.join(needed)}, "
             f"found {', '.join(map(str, df.columns)) or 'none'}. {fix}"
         )
@@ -166,10 +128,10 @@ def load_index(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None 
         raw = pd.read_csv(csv_path, dtype=str, keep_default_na=False, skip_blank_lines=False,
                           encoding="utf-8-sig")
     except pd.errors.EmptyDataError:
-        raise EmptyDatasetError(f"{csv_path}: the file is empty; expected the header image,class,subset "
+        raise DatasetError(f"{csv_path}: the file is empty; expected the header image,class,subset "
                                 "followed by one line per image.") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as error:
-        raise IndexFormatError(f"{csv_path}: not a readable CSV file ({error}). Save it as UTF-8 CSV with "
+        raise DatasetError(f"{csv_path}: not a readable CSV file ({error}). Save it as UTF-8 CSV with "
                                "the header image,class,subset and three comma-separated values a line.") from None
     raw.attrs["source"] = str(csv_path)
     raw.columns = [COLUMN_ALIASES.get(c.strip().lower(), c.strip().lower()) for c in raw.columns]
@@ -181,22 +143,22 @@ def load_index(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None 
         return i + 2
 
     if raw.empty:
-        raise EmptyDatasetError(f"{csv_path}: the index has a header but no data rows; add one line per "
+        raise DatasetError(f"{csv_path}: the index has a header but no data rows; add one line per "
                                 "image (image,class,subset).")
 
     def check(mask: pd.Series, error: type[DatasetError], problem: str, fix: str) -> None:
         if mask.any():
             raise error(f"{csv_path}: {problem} on {_some([line_of(i) for i in raw.index[mask]], 'lines')}. {fix}")
 
-    check(raw["image"] == "", IndexFormatError, "empty 'image' value",
+    check(raw["image"] == "", DatasetError, "empty 'image' value",
           "Every line needs the image's path, e.g. image/12.jpeg.")
-    check(raw["class"] == "", EmptyLabelError, "empty 'class' value",
+    check(raw["class"] == "", DatasetError, "empty 'class' value",
           "Every line needs a class name; fill it in or delete the line.")
     subset = raw["subset"].str.lower().map(SUBSET_NAMES)
     bad = subset.isna()
     if bad.any():
         values = ", ".join(repr(v) for v in sorted(set(raw.loc[bad, "subset"]))[:SHOW_AT_MOST])
-        check(bad, UnknownSubsetError, f"unknown subset value(s) {values}",
+        check(bad, DatasetError, f"unknown subset value(s) {values}",
               "Use T (train) or V (validation); train/validation/val/test are also accepted.")
 
     relative = raw["image"].str.replace("\\", "/", regex=False)
@@ -280,7 +242,7 @@ def load_images_from_directory(folder: str | os.PathLike, use_folder_name_as_lab
     if not paths:
         names = [Path(os.path.relpath(p, folder)).as_posix() for p, _ in left_out]
         seen = f"; left out {len(names)} other file(s): {_first_names(names)}" if names else ""
-        raise NoImagesFoundError(
+        raise DatasetError(
             f"{folder}: no images found ({', '.join(IMAGE_EXTENSIONS)} in any case, searched recursively{seen}). "
             "Point at the folder whose sub-folders hold the images, one sub-folder per class."
         )
@@ -291,7 +253,7 @@ def load_images_from_directory(folder: str | os.PathLike, use_folder_name_as_lab
         labels = [re.match(r"[^\W\d_]*", Path(p).name).group(0) for p in paths]
         empty = [Path(p).name for p, label in zip(paths, labels) if not label]
         if empty:
-            raise EmptyLabelError(
+            raise DatasetError(
                 f"{folder}: {_some(empty, 'files')} do not start with letters, so they have no class name "
                 "(use_folder_name_as_label=False takes the leading letters, e.g. UD7001-220.jpg -> UD). "
                 "Rename them or use use_folder_name_as_label=True."
@@ -355,7 +317,7 @@ def split(df: pd.DataFrame, test_fraction: float = 0.3, validation_fraction: flo
     if not 0 < validation_fraction <= 1:
         raise DatasetError(f"split(): validation_fraction must be in (0, 1], got {validation_fraction}.")
     if len(df) < 2:
-        raise EmptyDatasetError(f"{_source(df)}: split() needs at least 2 images, got {len(df)}.")
+        raise DatasetError(f"{_source(df)}: split() needs at least 2 images, got {len(df)}.")
     n_held = min(max(math.ceil(len(df) * test_fraction), 1), len(df) - 1)
     train, held = _stratified_or_random(df, n_held, seed, stratify, f"the {test_fraction:.0%} hold-out")
     n_test = math.ceil(len(held) * (1 - validation_fraction)) if len(held) > 1 else 0
@@ -386,7 +348,7 @@ def carve_validation(train: pd.DataFrame, fraction: float = 0.15, seed: int = 0)
     if not 0 < fraction < 1:
         raise DatasetError(f"carve_validation(): fraction must be between 0 and 1 (exclusive), got {fraction}.")
     if len(train) < 2:
-        raise EmptyDatasetError(f"{_source(train)}: carving a validation set needs at least 2 training images, "
+        raise DatasetError(f"{_source(train)}: carving a validation set needs at least 2 training images, "
                                 f"got {len(train)}.")
     n = min(max(math.ceil(len(train) * fraction), 1), len(train) - 1)
     kept, carved = _stratified_or_random(train, n, seed, True, f"the {fraction:.0%} validation carve")
@@ -406,7 +368,7 @@ def by_subset(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     for part, name in [(train, "train"), (validation, "validation")]:
         if part.empty:
             found = ", ".join(sorted(repr(s) for s in set(df["subset"]))) or "no rows at all"
-            raise EmptyDatasetError(
+            raise DatasetError(
                 f"{_source(df)}: no {name} rows (subset values found: {found}). Mark rows T/V in index.csv, "
                 "or make the parts with split(df)."
             )
@@ -414,106 +376,6 @@ def by_subset(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     if unseen and unseen != df.attrs.get("unseen_classes"):  # load_index already warned about these
         _warn_unseen(df[df["subset"] != "test"])
     return train, validation
-
-
-class LabelMap:
-    """Class names <-> indices, names sorted by value (so index i is the i-th output of the model)."""
-
-    def __init__(self, names: Iterable[str]):
-        names = sorted({str(n) for n in names})
-        bad = [n for n in names if not n.strip() or "\n" in n or "\r" in n]
-        if bad:
-            raise EmptyLabelError(f"LabelMap: class names must be non-blank single lines, got {bad!r}.")
-        self._names = names
-        self._index = {n: i for i, n in enumerate(names)}
-
-    @classmethod
-    def from_labels(cls, labels: Iterable[str]) -> LabelMap:
-        """The map of the distinct labels in a column or list."""
-        return cls(labels)
-
-    @property
-    def names(self) -> list[str]:
-        """Class names in index order."""
-        return list(self._names)
-
-    def index(self, name: str) -> int:
-        """The index of a class name."""
-        try:
-            return self._index[name]
-        except KeyError:
-            raise UnknownLabelError(
-                f"Unknown class {name!r}; this label map knows {len(self)}: {', '.join(self._names)}."
-            ) from None
-
-    def name(self, index: int) -> str:
-        """The class name at an index."""
-        if not 0 <= int(index) < len(self):
-            raise IndexError(f"Class index {index} is out of range: this label map has {len(self)} classes.")
-        return self._names[int(index)]
-
-    def encode(self, labels: Iterable[str]) -> np.ndarray:
-        """Class names -> int64 indices; all unknown names are reported at once."""
-        labels = list(labels)
-        unknown = sorted({str(x) for x in labels} - set(self._index))
-        if unknown:
-            raise UnknownLabelError(
-                f"{_some([repr(u) for u in unknown], 'unknown classes')}; this label map knows "
-                f"{', '.join(self._names)}. Was the model trained on another dataset?"
-            )
-        return np.array([self._index[x] for x in labels], dtype=np.int64)
-
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``labels.txt`` (one name a line, UTF-8) atomically; ``path`` is the file or its folder."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "labels.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write("".join(f"{n}\n" for n in self._names))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        return path
-
-    @classmethod
-    def load(cls, path: str | os.PathLike) -> LabelMap:
-        """Read a ``labels.txt`` written by save(); order must be as saved (sorted, unique)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "labels.txt"
-        if not path.is_file():
-            raise DatasetNotFoundError(f"Label file {path} does not exist; it is written next to a saved model.")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
-        if not lines or blank:
-            raise LabelFileError(f"{path}: {'empty file' if not lines else _some(blank, 'blank lines')}; "
-                                 "expected one class name a line.")
-        if lines != sorted(set(lines)):
-            raise LabelFileError(
-                f"{path}: class names are not sorted and unique, so the model's outputs could be matched to "
-                "the wrong names. Re-save it with LabelMap.save() instead of editing it by hand."
-            )
-        return cls(lines)
-
-    def __len__(self) -> int:
-        return len(self._names)
-
-    def __iter__(self):
-        return iter(self._names)
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, LabelMap) and self._names == other._names
-
-    def __hash__(self) -> int:
-        return hash(tuple(self._names))
-
-    def __repr__(self) -> str:
-        return f"LabelMap({self._names!r})"
 
 
 def _image_problem(path: str, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> str | None:

@@ -21,11 +21,18 @@ import zlib
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from . import config
-from .data import DatasetError, load_images_from_directory, load_index
-from .predictions import IMAGE_EXTENSIONS
+from workshop_utils import config
+from workshop_utils.core.errors import DatasetError, DownloadError, UnsafeArchiveError
+from workshop_utils.core.formats import IMAGE_EXTENSIONS
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.data import load_images_from_directory, load_index
+
+tf = import_tensorflow()
+
 
 DOWNLOAD_TIMEOUT = 15.0  # seconds without any byte before a download gives up
+
+
 SAMPLE_ADVICE = (
     "Work offline with the bundled sample instead: `python -m workshop_utils run --dataset sample` "
     "(or set WORKSHOP_PROFILE=quick)."
@@ -90,22 +97,6 @@ DATASETS: dict[str, RemoteDataset] = {
 }
 
 
-class DownloadError(RuntimeError):
-    """A dataset could not be downloaded, unpacked or recognised."""
-
-
-class UnsafeArchiveError(DownloadError):
-    """An archive member would be written outside the target folder."""
-
-
-class NotAnArchiveError(DownloadError):
-    """The file is neither a zip nor a tar archive (e.g. an HTML error page saved under the archive's name)."""
-
-
-class UnknownDatasetError(DatasetError):
-    """Neither a known dataset name nor an existing file or folder."""
-
-
 def _member_problem(name: str) -> str | None:
     """Why an archive member name is unsafe (absolute, drive letter, '..'), or None."""
     posix = name.replace("\\", "/")
@@ -167,7 +158,7 @@ def safe_extract(archive: str | os.PathLike, destination: str | os.PathLike) -> 
             tf.extractall(destination, members=tqdm(members, desc="Unpacking", unit="file", leave=False,
                                                     disable=len(members) < 500), **extra)
     else:
-        raise NotAnArchiveError(
+        raise DownloadError(
             f"{archive} is neither a zip nor a tar archive ({_what_it_looks_like(archive)}). "
             "Delete it and try again, or download the archive by hand."
         )
@@ -260,7 +251,7 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
     """Download and unpack a known dataset into ``<data_dir>/<name>`` (once); return its data folder."""
     source = _lookup(name)
     if source is None:
-        raise UnknownDatasetError(f"Unknown dataset {name!r}; the downloadable ones are {', '.join(DATASETS)}.")
+        raise DatasetError(f"Unknown dataset {name!r}; the downloadable ones are {', '.join(DATASETS)}.")
     data_dir = Path(data_dir).expanduser().absolute() if data_dir is not None else config.data_dir()
     target = data_dir / source.name
     if not target.exists():
@@ -270,10 +261,10 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
         try:
             try:
                 safe_extract(archive, partial)
-            except NotAnArchiveError as error:  # kept, every later run would find it again: delete it
+            except DownloadError as error:  # kept, every later run would find it again: delete it
                 looks = _what_it_looks_like(archive)
                 archive.unlink(missing_ok=True)
-                raise NotAnArchiveError(
+                raise DownloadError(
                     f"{archive}, downloaded from {source.current_url()}, is neither a zip nor a tar archive "
                     f"({looks}); it has been deleted. Check the URL (or set "
                     f"{source.url_env} to a mirror or a file:// copy) and run again. " + SAMPLE_ADVICE
@@ -315,14 +306,14 @@ def resolve_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike
         folder = config.sample_dir()
         if not (folder / "index.csv").is_file():
             raise DatasetError(f"The bundled sample is missing from {folder}; regenerate it with "
-                               "`python -m workshop_utils.sample`.")
+                               "`python -m workshop_utils sample`.")
         return folder
     if _lookup(text) is not None:
         return fetch_dataset(text, data_dir)
     path = Path(text).expanduser()
     if path.exists():
         return path.absolute()
-    raise UnknownDatasetError(
+    raise DatasetError(
         f"Unknown dataset {text!r}: not one of sample, {', '.join(DATASETS)}, and no file or folder "
         f"{path.absolute()} exists. Give one of those names or the path of an index.csv / image folder."
     )

@@ -16,15 +16,13 @@ from typing import Any
 
 import numpy as np
 
-from .config import import_tensorflow
-from .images import read_image, read_photo
+from workshop_utils.core.errors import ConfigError
+from workshop_utils.core.images import read_image, read_photo
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.export.graph import DecodeImageBytes
 
 tf = import_tensorflow()
 import keras  # noqa: E402
-
-
-class ExplainError(ValueError):
-    """The model has no convolutional feature map to explain, or the inputs do not fit it."""
 
 
 def last_feature_map_layer(backbone: keras.Model) -> keras.layers.Layer:
@@ -36,7 +34,7 @@ def last_feature_map_layer(backbone: keras.Model) -> keras.layers.Layer:
             continue
         if len(shape) == 4 and not isinstance(layer, keras.layers.InputLayer):
             return layer
-    raise ExplainError(
+    raise ConfigError(
         f"Backbone {backbone.name!r} has no layer with a 4-D (batch, height, width, channels) output: Grad-CAM "
         "needs a convolutional feature map."
     )
@@ -66,7 +64,7 @@ def _find_backbone(model: keras.Model) -> tuple[list[keras.Model], keras.Model]:
         path.append(current)
         current = nested[-1]
     if not path:
-        raise ExplainError(
+        raise ConfigError(
             f"Model {model.name!r} has no nested backbone with a convolutional feature map; build it as in 07 "
             "(keras.Input → backbone → Dense head)."
         )
@@ -99,7 +97,6 @@ class GradCAM:
 
         ``last``: the container's output is the model's; then a final softmax Dense yields ("logits", tensor).
         """
-        from .model_io import DecodeImageBytes
 
         fmap = None
         target = self.containers[depth + 1] if depth + 1 < len(self.containers) else self.backbone
@@ -145,9 +142,9 @@ class GradCAM:
         if pixels.shape.rank == 3:
             pixels = pixels[None]
         if pixels.shape.rank != 4 or tuple(pixels.shape[1:]) != (*self.image_size, 3):
-            raise ExplainError(
+            raise ConfigError(
                 f"Grad-CAM needs pixels of shape (N, {self.image_size[0]}, {self.image_size[1]}, 3), got "
-                f"{tuple(pixels.shape)}; read the photo with workshop_utils.images.read_image first."
+                f"{tuple(pixels.shape)}; read the photo with workshop_utils.core.images.read_image first."
             )
         with tf.GradientTape() as tape:
             raw_map, score, probabilities = self.scores(pixels)
@@ -173,7 +170,7 @@ def resize_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A coarse heatmap (h, w) resized to (height, width), e.g. a photo's own size, values kept in [0, 1]."""
     heatmap = np.asarray(heatmap, dtype=np.float32)
     if heatmap.ndim != 2:
-        raise ExplainError(f"A heatmap must be 2-D (height, width), got shape {heatmap.shape}.")
+        raise ConfigError(f"A heatmap must be 2-D (height, width), got shape {heatmap.shape}.")
     resized = tf.image.resize(heatmap[..., None], size, method="bilinear").numpy()[..., 0]
     return np.clip(resized, 0.0, 1.0)
 

@@ -20,24 +20,19 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .architectures import get_architecture
-from .config import import_tensorflow
-from .images import decode_image, file_orientation
-from .model_io import float32_model
-from .trainer import class_weights
+from workshop_utils.architectures import get_architecture
+from workshop_utils.core.errors import ConfigError
+from workshop_utils.core.images import decode_image, file_orientation
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.export.writer import export_model
+from workshop_utils.export.graph import float32_model
+from workshop_utils.metrics import evaluate
+from workshop_utils.trainer import class_weights
 
 tf = import_tensorflow()
 import keras  # noqa: E402
 
 AUGMENT_LAYER, FEATURES_LAYER, HEAD_LAYER = "augmentation", "features", "head"
-
-
-class FineTuneError(ValueError):
-    """A fine-tuning setting or input the user can fix (unfreeze depth, epochs, missing images)."""
-
-
-# ---------------------------------------------------------------------------------------------------
-# Options and device-dependent defaults
 
 
 @dataclass(frozen=True)
@@ -81,32 +76,32 @@ class FineTuneOptions:
     cache_limit_mb: int = 3000  # decoded images are cached in memory up to this size, else re-decoded
 
     def check(self) -> None:
-        """Raise :class:`FineTuneError` naming the bad value and its valid range."""
+        """Raise :class:`ConfigError` naming the bad value and its valid range."""
         u = self.unfreeze
         if isinstance(u, bool) or not isinstance(u, (int, float, np.integer, np.floating)) or not math.isfinite(u) \
                 or u < 0 or (u >= 1 and float(u) != int(u)):
-            raise FineTuneError(
+            raise ConfigError(
                 f"unfreeze={u!r} is not a layer count or a fraction: use a whole number >= 0 (layers from the top "
                 "of the backbone) or a fraction between 0 and 1 (e.g. 0.33 for the top third)."
             )
         if int(self.epochs) < 1:
-            raise FineTuneError(f"epochs={self.epochs} must be at least 1 (--fine-tune-epochs).")
+            raise ConfigError(f"epochs={self.epochs} must be at least 1 (--fine-tune-epochs).")
         if int(self.batch_size) < 1:
-            raise FineTuneError(f"batch_size={self.batch_size} must be at least 1.")
+            raise ConfigError(f"batch_size={self.batch_size} must be at least 1.")
         if not self.learning_rate > 0:
-            raise FineTuneError(f"learning_rate={self.learning_rate} must be above 0 (fine-tuning uses ~1e-4).")
+            raise ConfigError(f"learning_rate={self.learning_rate} must be above 0 (fine-tuning uses ~1e-4).")
         if not 0 <= self.augmentation < 0.5:
-            raise FineTuneError(f"augmentation={self.augmentation} must be in [0, 0.5) (0 = no augmentation).")
+            raise ConfigError(f"augmentation={self.augmentation} must be in [0, 0.5) (0 = no augmentation).")
         if not 0 <= self.warmup_epochs <= self.epochs:
-            raise FineTuneError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}] "
+            raise ConfigError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}] "
                                 "(0 = no warm-up).")
         if not 0 <= self.final_lr_fraction <= 1:
-            raise FineTuneError(f"final_lr_fraction={self.final_lr_fraction} must be in [0, 1] (the cosine's end "
+            raise ConfigError(f"final_lr_fraction={self.final_lr_fraction} must be in [0, 1] (the cosine's end "
                                 "as a fraction of the peak learning rate; 1 = constant).")
         if not 0 <= self.label_smoothing < 1:
-            raise FineTuneError(f"label_smoothing={self.label_smoothing} must be in [0, 1) (0 = none, 0.1 usual).")
+            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1) (0 = none, 0.1 usual).")
         if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, dict)):
-            raise FineTuneError(f"class_weight={self.class_weight!r} must be 'balanced', a mapping class -> weight "
+            raise ConfigError(f"class_weight={self.class_weight!r} must be 'balanced', a mapping class -> weight "
                                 "or None (every image weighs the same).")
 
     def to_dict(self) -> dict[str, Any]:
@@ -118,7 +113,7 @@ def gpu_available() -> bool:
     return bool(tf.config.list_physical_devices("GPU"))
 
 
-# Measured on the 2-core CI CPU (`python -m workshop_utils.bench`): one fine-tuning epoch of EfficientNet-Lite0
+# Measured on the 2-core CI CPU (`python -m workshop_utils bench`): one fine-tuning epoch of EfficientNet-Lite0
 # at 224² (top third unfrozen, batch 16) costs 1.6x the frozen bottleneck pass over the same images. With that
 # pass at 44-100 images/s (two machines of the CI class), ~1,210 training photos take 46-67 s per epoch with
 # the validation pass on the slower machine, so 20 epochs (at most: early stopping usually ends sooner) are at
@@ -169,10 +164,6 @@ def learning_rate_schedule(options: FineTuneOptions,
                                                   warmup_target=peak, warmup_steps=warmup)
 
 
-# ---------------------------------------------------------------------------------------------------
-# The model: augmentation -> backbone (pretrained) -> head (trained in 03)
-
-
 def build_augmentation(strength: float = 0.1, seed: int = 0) -> keras.Sequential:
     """Keras preprocessing layers that change a photo a little at every training step; off at inference."""
     layers: list[keras.layers.Layer] = [keras.layers.RandomFlip("horizontal", seed=seed)]
@@ -217,7 +208,7 @@ def compose_model(trained: Any, augmentation: keras.layers.Layer | None = None, 
         features.name = FEATURES_LAYER
         width = int(features.output.shape[-1])
         if np.shape(trained.kernel) != (width, len(trained.label_map.names)):
-            raise FineTuneError(
+            raise ConfigError(
                 f"The head's kernel has shape {np.shape(trained.kernel)} but {arch.name} gives {width} features for "
                 f"{len(trained.label_map.names)} classes; it was trained with another architecture: retrain it (03)."
             )
@@ -235,7 +226,7 @@ def inner_backbone(model: keras.Model) -> keras.Model:
         if isinstance(layer, keras.Model) and layer.name != AUGMENT_LAYER:
             nested = [sub for sub in layer.layers if isinstance(sub, keras.Model)]
             return inner_backbone(layer) if nested else layer
-    raise FineTuneError(f"Model {model.name!r} has no nested backbone model; build it with compose_model().")
+    raise ConfigError(f"Model {model.name!r} has no nested backbone model; build it with compose_model().")
 
 
 @dataclass(frozen=True)
@@ -284,13 +275,9 @@ def unfreeze_top(backbone: keras.Model, unfreeze: float) -> LayerCounts:
     )
 
 
-# ---------------------------------------------------------------------------------------------------
-# Data: files -> decoded pixels (the same decoding as the bottlenecks) -> batches
-
-
 def image_dataset(paths: Sequence[str], labels: Sequence[int], image_size: tuple[int, int], batch_size: int,
                   shuffle: bool = False, seed: int = 0, cache_limit_mb: float = 3000) -> tf.data.Dataset:
-    """(pixels, label) batches read from files with :func:`workshop_utils.images.decode_image`.
+    """(pixels, label) batches read from files with :func:`workshop_utils.core.images.decode_image`.
 
     Each photo is turned upright by its EXIF orientation (read from its header here, once) before the resize,
     as in the bottleneck pass. Decoded images are cached in memory when they fit in ``cache_limit_mb`` (every
@@ -298,9 +285,9 @@ def image_dataset(paths: Sequence[str], labels: Sequence[int], image_size: tuple
     each epoch. A file that is no usable image raises ``predictions.InvalidImageError`` naming it.
     """
     if len(paths) == 0:
-        raise FineTuneError("No images to fine-tune on: the image list is empty; run the bottleneck phase (02) first.")
+        raise ConfigError("No images to fine-tune on: the image list is empty; run the bottleneck phase (02) first.")
     if len(paths) != len(labels):
-        raise FineTuneError(f"{len(paths)} image paths but {len(labels)} labels: they must match row by row.")
+        raise ConfigError(f"{len(paths)} image paths but {len(labels)} labels: they must match row by row.")
     h, w = image_size
     decoded_mb = len(paths) * h * w * 3 * 4 / 1e6
     orientations = np.asarray([file_orientation(p) for p in paths], dtype=np.int32)
@@ -321,7 +308,7 @@ def image_dataset(paths: Sequence[str], labels: Sequence[int], image_size: tuple
 
 def _paths_and_labels(bottlenecks: Any, label_map: Any) -> tuple[list[str], np.ndarray]:
     if bottlenecks is None or len(bottlenecks.image_paths) == 0:
-        raise FineTuneError(
+        raise ConfigError(
             "The trained classifier has no bottlenecks attached (train/validation image lists): load it with "
             "course.load_trained(settings), which attaches them."
         )
@@ -341,10 +328,6 @@ def one_hot(data: tf.data.Dataset, n_classes: int) -> tf.data.Dataset:
     """(pixels, class index) batches → (pixels, one-hot) batches, as ``CategoricalCrossentropy`` with label
     smoothing needs (Keras 3's sparse cross-entropy has no ``label_smoothing``)."""
     return data.map(lambda x, y: (x, tf.one_hot(y, n_classes)), num_parallel_calls=tf.data.AUTOTUNE)
-
-
-# ---------------------------------------------------------------------------------------------------
-# Training
 
 
 class EarlyStoppingFromStart(keras.callbacks.EarlyStopping):
@@ -526,17 +509,13 @@ def inference_model(model: keras.Model) -> keras.Model:
     x = inputs
     for layer in layers:
         if isinstance(layer.input, (list, tuple)):
-            raise FineTuneError(
+            raise ConfigError(
                 f"Layer {layer.name!r} of {model.name!r} takes several inputs: inference_model() handles chains "
                 "only (augmentation → backbone → head); export the model as it is instead."
             )
         if layer.name != AUGMENT_LAYER:
             x = layer(x)
     return float32_model(keras.Model(inputs, x, name=model.name))
-
-
-# ---------------------------------------------------------------------------------------------------
-# Before / after
 
 
 def compare(before: Any, after: Any) -> pd.DataFrame:
@@ -578,7 +557,6 @@ def run_fine_tune(trained: Any, options: FineTuneOptions, export_dir: Path | Non
                   quiet: bool = False) -> tuple[FineTuned, Any, Any]:
     """The command line's fine-tuning step: fine-tune (validation chooses), print before/after metrics on the
     test set (the validation set, named, when there is none), export with those metrics; (result, before, after)."""
-    from .metrics import evaluate
 
     subset, reported = reported_set(trained)
     before = evaluate(reported.label_indices(trained.label_map), trained.predict_proba(reported.features),
@@ -601,7 +579,6 @@ def run_fine_tune(trained: Any, options: FineTuneOptions, export_dir: Path | Non
     print(f"Before/after on the {name} set ({note}):")
     print(compare(before, after).round(4).to_string())
     if export_dir is not None:
-        from .model_io import export_model
 
         out = export_model(trained, export_dir, metrics=after, model=result.scoring_model,
                            fine_tuning={**options.to_dict(), "best_epoch": result.best_epoch})

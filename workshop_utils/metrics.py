@@ -27,16 +27,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .data import SET_ROLES
+from workshop_utils.core.errors import ConfigError
+from workshop_utils.data import SET_ROLES
 
 EPSILON = 1e-15
 """ML.NET's clamp for the true-class probability before taking the logarithm."""
 
+
 _PROBABILITY_TOLERANCE = 1e-6  # float32 softmax outputs may exceed 1 by a rounding error
-
-
-class MetricsError(ValueError):
-    """The labels, probabilities or label map given to :func:`evaluate` cannot be evaluated."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -45,24 +43,24 @@ class MetricsError(ValueError):
 def class_names(label_map: Any) -> list[str]:
     """The class names of a ``LabelMap`` (its ``.names``) or of a plain list of names, in column order."""
     if isinstance(label_map, str):
-        raise MetricsError(
+        raise ConfigError(
             f"label_map must be a LabelMap or a list of class names, not the string {label_map!r}; "
             "pass e.g. LabelMap.load('labels.txt') or ['bumper_dent', 'bumper_scratch', ...]."
         )
     names = getattr(label_map, "names", label_map)
     if names is None:
-        raise MetricsError("label_map is None; pass the LabelMap the model was trained with.")
+        raise ConfigError("label_map is None; pass the LabelMap the model was trained with.")
     try:
         names = [str(name) for name in names]
     except TypeError:
-        raise MetricsError(
+        raise ConfigError(
             f"label_map must be a LabelMap or a list of class names, got {type(label_map).__name__}."
         ) from None
     if not names:
-        raise MetricsError("label_map has no classes; pass the LabelMap the model was trained with.")
+        raise ConfigError("label_map has no classes; pass the LabelMap the model was trained with.")
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:
-        raise MetricsError(
+        raise ConfigError(
             f"label_map lists the class(es) {duplicates} more than once; each class needs one column."
         )
     return names
@@ -71,7 +69,7 @@ def class_names(label_map: Any) -> list[str]:
 def _encode_labels(y_true: Any, names: list[str]) -> np.ndarray:
     """Class indices (int64) from indices or names; errors name the offending row and value."""
     if isinstance(y_true, (str, bytes)) or np.ndim(y_true) == 0 and not hasattr(y_true, "__iter__"):
-        raise MetricsError(
+        raise ConfigError(
             f"y_true must be a sequence with one label per row, got {type(y_true).__name__} {y_true!r}."
         )
     if not hasattr(y_true, "__len__") and not hasattr(y_true, "__array__"):
@@ -82,7 +80,7 @@ def _encode_labels(y_true: Any, names: list[str]) -> np.ndarray:
         indices = raw.astype(np.int64)
         bad = np.flatnonzero((indices < 0) | (indices >= n_classes))
         if bad.size:
-            raise MetricsError(
+            raise ConfigError(
                 f"y_true[{bad[0]}] = {indices[bad[0]]} is not a class index ({bad.size} row(s) out of "
                 f"range); the label map has {n_classes} classes, indices 0..{n_classes - 1}: "
                 f"{', '.join(names)}."
@@ -90,7 +88,7 @@ def _encode_labels(y_true: Any, names: list[str]) -> np.ndarray:
         return indices
     values = np.asarray(y_true, dtype=object)
     if values.ndim != 1:
-        raise MetricsError(
+        raise ConfigError(
             f"y_true must be one label per row (1-D), got an array of shape {values.shape}; "
             "pass class indices or class names, not one-hot rows (use argmax first)."
         )
@@ -100,7 +98,7 @@ def _encode_labels(y_true: Any, names: list[str]) -> np.ndarray:
         unknown_rows = [i for i, v in enumerate(values) if str(v) not in lookup]
         if unknown_rows:
             unknown = sorted({str(values[i]) for i in unknown_rows})
-            raise MetricsError(
+            raise ConfigError(
                 f"y_true has label(s) {unknown} that are not classes of the label map (first at row "
                 f"{unknown_rows[0]}); valid classes: {', '.join(names)}. Evaluate with the LabelMap the "
                 "model was trained with, or drop rows of classes the model does not know."
@@ -108,25 +106,25 @@ def _encode_labels(y_true: Any, names: list[str]) -> np.ndarray:
         return np.array([lookup[str(v)] for v in values], dtype=np.int64)
     if is_name.any():
         row = int(np.flatnonzero(~is_name)[0]) if is_name[0] else int(np.flatnonzero(is_name)[0])
-        raise MetricsError(
+        raise ConfigError(
             f"y_true mixes class names and numbers (row {row} is {values[row]!r}); "
             "use all class names or all class indices."
         )
     indices = np.empty(len(values), dtype=np.int64)
     for i, v in enumerate(values):
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise MetricsError(
+            raise ConfigError(
                 f"y_true[{i}] = {v!r} is neither a class index nor a class name; "
                 f"valid classes: {', '.join(names)}."
             )
         if not (math.isfinite(float(v)) and float(v) == int(v)):
-            raise MetricsError(
+            raise ConfigError(
                 f"y_true[{i}] = {v!r} is not a whole number; class indices are 0..{n_classes - 1}."
             )
         indices[i] = int(v)
     bad = np.flatnonzero((indices < 0) | (indices >= n_classes))
     if bad.size:
-        raise MetricsError(
+        raise ConfigError(
             f"y_true[{bad[0]}] = {indices[bad[0]]} is not a class index ({bad.size} row(s) out of range); "
             f"the label map has {n_classes} classes, indices 0..{n_classes - 1}: {', '.join(names)}."
         )
@@ -138,29 +136,29 @@ def _check_probabilities(probabilities: Any, n_rows: int, names: list[str]) -> n
     try:
         probs = np.asarray(probabilities, dtype=np.float64)
     except (TypeError, ValueError) as exc:
-        raise MetricsError(f"probabilities must be an N×C array of numbers: {exc}") from None
+        raise ConfigError(f"probabilities must be an N×C array of numbers: {exc}") from None
     n_classes = len(names)
     if probs.ndim != 2:
-        raise MetricsError(
+        raise ConfigError(
             f"probabilities must be a 2-D array (one row per image, one column per class), "
             f"got shape {probs.shape}."
         )
     if probs.shape[1] != n_classes:
-        raise MetricsError(
+        raise ConfigError(
             f"probabilities have {probs.shape[1]} columns but the label map has {n_classes} classes "
             f"({', '.join(names)}); use the LabelMap the model was trained with."
         )
     if probs.shape[0] != n_rows:
-        raise MetricsError(
+        raise ConfigError(
             f"y_true has {n_rows} rows but probabilities have {probs.shape[0]}; they must describe "
             "the same images in the same order."
         )
     if n_rows == 0:
-        raise MetricsError("nothing to evaluate: y_true and probabilities have no rows (N = 0).")
+        raise ConfigError("nothing to evaluate: y_true and probabilities have no rows (N = 0).")
     bad_rows = np.flatnonzero(~np.isfinite(probs).all(axis=1))
     if bad_rows.size:
         shown = ", ".join(str(r) for r in bad_rows[:5]) + (" ..." if bad_rows.size > 5 else "")
-        raise MetricsError(
+        raise ConfigError(
             f"probabilities contain NaN or infinite values in {bad_rows.size} row(s): {shown}; "
             "the model produced invalid scores for these images (check their features/inputs)."
         )
@@ -170,7 +168,7 @@ def _check_probabilities(probabilities: Any, n_rows: int, names: list[str]) -> n
         row, col = np.unravel_index(
             np.argmin(probs) if low < -_PROBABILITY_TOLERANCE else np.argmax(probs), probs.shape
         )
-        raise MetricsError(
+        raise ConfigError(
             f"probabilities must lie in [0, 1], but row {row}, class {names[col]!r} has "
             f"{probs[row, col]:.6g}; these look like logits or raw scores, apply a softmax first."
         )
@@ -351,9 +349,9 @@ def evaluate(
     y = _encode_labels(y_true, names)
     probs = _check_probabilities(probabilities, len(y), names)
     if isinstance(top_k, bool) or not isinstance(top_k, (int, np.integer)) or top_k < 0:
-        raise MetricsError(f"top_k must be a whole number >= 0 (0 = not computed), got {top_k!r}.")
+        raise ConfigError(f"top_k must be a whole number >= 0 (0 = not computed), got {top_k!r}.")
     if top_k > len(names):
-        raise MetricsError(f"top_k={top_k} exceeds the number of classes ({len(names)}); use 1..{len(names)}.")
+        raise ConfigError(f"top_k={top_k} exceeds the number of classes ({len(names)}); use 1..{len(names)}.")
 
     n, n_classes = probs.shape
     predicted = np.argmax(probs, axis=1)  # first maximum: ties go to the lower class index, as in ML.NET
@@ -438,7 +436,7 @@ def predictions_frame(
     else:
         paths = [str(p) for p in image_paths]
         if len(paths) != len(y):
-            raise MetricsError(
+            raise ConfigError(
                 f"image_paths has {len(paths)} entries but y_true has {len(y)} rows; they must describe "
                 "the same images in the same order."
             )

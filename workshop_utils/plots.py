@@ -21,15 +21,12 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import MaxNLocator
 
-from .metrics import MulticlassMetrics, predictions_frame
-from .metrics import class_names as _names_of
+from workshop_utils.core.errors import ConfigError
+from workshop_utils.head import HISTORY_COLUMNS
+from workshop_utils.metrics import MulticlassMetrics, predictions_frame
+from workshop_utils.metrics import class_names as _names_of
 
 SUBSET_ORDER = ("train", "validation", "test")
-HISTORY_COLUMNS = ("epoch", "dataset", "accuracy", "cross_entropy", "learning_rate")
-
-
-class PlotError(ValueError):
-    """The data given to a plot function lacks what the plot needs (columns, rows, matching lengths)."""
 
 
 # --------------------------------------------------------------------------------------------------
@@ -44,10 +41,10 @@ def _figure(nrows: int = 1, ncols: int = 1, figsize: tuple[float, float] = (6.4,
 
 def _require_columns(df: pd.DataFrame, columns: Iterable[str], what: str) -> None:
     if not isinstance(df, pd.DataFrame):
-        raise PlotError(f"{what} must be a pandas DataFrame, got {type(df).__name__}.")
+        raise ConfigError(f"{what} must be a pandas DataFrame, got {type(df).__name__}.")
     missing = [c for c in columns if c not in df.columns]
     if missing:
-        raise PlotError(
+        raise ConfigError(
             f"{what} lacks the column(s) {missing}; it has {list(df.columns)}. "
             f"Expected columns: {', '.join(columns)}."
         )
@@ -98,7 +95,7 @@ def plot_class_balance(df: pd.DataFrame, ax: Axes | None = None, title: str = "I
     """Grouped bar chart of images per class, one bar colour per subset (train/validation/test)."""
     _require_columns(df, ["label"], "the image index")
     if df.empty:
-        raise PlotError("the image index has no rows; load a dataset first (data.load_dataset).")
+        raise ConfigError("the image index has no rows; load a dataset first (data.load_dataset).")
     subsets = df["subset"].fillna("").astype(str) if "subset" in df.columns else pd.Series("", index=df.index)
     subsets = subsets.replace("", "all (no subset)")
     counts = pd.crosstab(df["label"].astype(str), subsets)
@@ -137,18 +134,18 @@ def plot_sample_grid(
     """A grid of sample images titled with their labels: ``per_class`` per class (one row each), or ``n`` random."""
     _require_columns(df, ["image_path", "label"], "the image index")
     if df.empty:
-        raise PlotError("the image index has no rows; load a dataset first (data.load_dataset).")
+        raise ConfigError("the image index has no rows; load a dataset first (data.load_dataset).")
     rng = np.random.default_rng(seed)
     if n is not None:
         if n < 1:
-            raise PlotError(f"n must be at least 1, got {n}.")
+            raise ConfigError(f"n must be at least 1, got {n}.")
         rows = df.iloc[rng.permutation(len(df))[: min(n, len(df))]]
         ncols = ncols or min(len(rows), 6)
         nrows = math.ceil(len(rows) / ncols)
         cells = list(range(len(rows)))
     else:
         if per_class is None or per_class < 1:
-            raise PlotError(f"per_class must be at least 1 (or pass n), got {per_class}.")
+            raise ConfigError(f"per_class must be at least 1 (or pass n), got {per_class}.")
         picked, cells = [], []
         labels = sorted(df["label"].astype(str).unique())
         ncols = per_class
@@ -180,7 +177,7 @@ def plot_training_curves(history: pd.DataFrame, best_epoch: int | None = None, t
     """Accuracy and cross-entropy (train vs validation) and the learning rate per epoch, from ``history``."""
     _require_columns(history, HISTORY_COLUMNS, "the training history")
     if history.empty:
-        raise PlotError("the training history has no rows; train first (trainer.fit) or load a trained model.")
+        raise ConfigError("the training history has no rows; train first (trainer.fit) or load a trained model.")
     fig, axes = _figure(1, 3, figsize=(14, 4))
     ax_acc, ax_loss, ax_lr = axes[0]
     datasets = [d for d in ("Train", "Validation") if d in set(history["dataset"])]
@@ -231,10 +228,10 @@ def _matrix_and_names(
         names = [str(c) for c in metrics_or_matrix.index]
     matrix = np.asarray(metrics_or_matrix, dtype=np.float64)
     if matrix.ndim != 2 or matrix.shape[0] != matrix.shape[1]:
-        raise PlotError(f"a confusion matrix must be square (C×C), got shape {matrix.shape}.")
+        raise ConfigError(f"a confusion matrix must be square (C×C), got shape {matrix.shape}.")
     names = _names_of(names) if names is not None else [str(i) for i in range(len(matrix))]
     if len(names) != len(matrix):
-        raise PlotError(f"the confusion matrix is {len(matrix)}×{len(matrix)} but {len(names)} class names were given.")
+        raise ConfigError(f"the confusion matrix is {len(matrix)}×{len(matrix)} but {len(names)} class names were given.")
     return matrix, names
 
 
@@ -279,7 +276,7 @@ def plot_confusion_matrix(
 def plot_per_class_accuracy(metrics: MulticlassMetrics, ax: Axes | None = None, title: str | None = None) -> Figure:
     """Horizontal bars of per-class accuracy (recall), with the macro and micro accuracy as reference lines."""
     if not isinstance(metrics, MulticlassMetrics):
-        raise PlotError(f"expected the MulticlassMetrics returned by metrics.evaluate, got {type(metrics).__name__}.")
+        raise ConfigError(f"expected the MulticlassMetrics returned by metrics.evaluate, got {type(metrics).__name__}.")
     names = metrics.class_names
     c = len(names)
     if ax is None:
@@ -375,7 +372,7 @@ def plot_prediction_probabilities(
     """Horizontal bar chart of one prediction's class probabilities, highest first (``scores`` dict or Prediction)."""
     scores = getattr(scores, "scores", scores)
     if not isinstance(scores, Mapping) or not scores:
-        raise PlotError(f"scores must be a non-empty dict of class -> probability, got {type(scores).__name__}.")
+        raise ConfigError(f"scores must be a non-empty dict of class -> probability, got {type(scores).__name__}.")
     items = sorted(((str(k), float(v)) for k, v in scores.items()), key=lambda kv: -kv[1])
     if top is not None:
         items = items[:top]
@@ -418,17 +415,17 @@ def plot_projection(
     features = getattr(features, "features", features)
     x = np.asarray(features, dtype=np.float64)
     if x.ndim != 2:
-        raise PlotError(f"features must be an N×d array, got shape {x.shape}.")
+        raise ConfigError(f"features must be an N×d array, got shape {x.shape}.")
     if len(x) < 3:
-        raise PlotError(f"a projection needs at least 3 feature vectors, got {len(x)}.")
+        raise ConfigError(f"a projection needs at least 3 feature vectors, got {len(x)}.")
     if labels is None:
-        raise PlotError("labels are required (one per feature row) to colour the points by class.")
+        raise ConfigError("labels are required (one per feature row) to colour the points by class.")
     labels = list(labels)
     if len(labels) != len(x):
-        raise PlotError(f"features have {len(x)} rows but labels have {len(labels)}; they must match row for row.")
+        raise ConfigError(f"features have {len(x)} rows but labels have {len(labels)}; they must match row for row.")
     bad = np.flatnonzero(~np.isfinite(x).all(axis=1))
     if bad.size:
-        raise PlotError(f"features contain NaN or infinite values in {bad.size} row(s), first row {bad[0]}.")
+        raise ConfigError(f"features contain NaN or infinite values in {bad.size} row(s), first row {bad[0]}.")
     if label_map is not None:
         names = _names_of(label_map)
         labels = [names[int(v)] if not isinstance(v, str) else v for v in labels]
@@ -449,7 +446,7 @@ def plot_projection(
         axis_labels = ["t-SNE 1", "t-SNE 2"]
         method_name = f"t-SNE (perplexity {perplexity:g})"
     else:
-        raise PlotError(f"method must be 'pca' or 'tsne', got {method!r}.")
+        raise ConfigError(f"method must be 'pca' or 'tsne', got {method!r}.")
     classes = sorted(set(labels))
     if ax is None:
         fig, axes = _figure(figsize=(7.5, 5.5))
@@ -472,7 +469,7 @@ def _as_image(pixels: Any) -> np.ndarray:
     """RGB pixels (0–255 floats or uint8) as uint8 for imshow."""
     array = np.asarray(pixels)
     if array.ndim != 3 or array.shape[-1] != 3:
-        raise PlotError(f"an image must be (height, width, 3) RGB, got shape {array.shape}.")
+        raise ConfigError(f"an image must be (height, width, 3) RGB, got shape {array.shape}.")
     return np.clip(array, 0, 255).astype(np.uint8)
 
 
@@ -480,7 +477,7 @@ def plot_augmentation_grid(original: Any, versions: Sequence[Any], ncols: int = 
                            title: str = "One photo, augmented as in training") -> Figure:
     """The original photo followed by its augmented versions (what the model sees at each training step)."""
     if len(versions) == 0:
-        raise PlotError("versions is empty: pass at least one augmented image.")
+        raise ConfigError("versions is empty: pass at least one augmented image.")
     images = [_as_image(original)] + [_as_image(v) for v in versions]
     nrows = math.ceil(len(images) / ncols)
     fig, axes = _figure(nrows, ncols, figsize=(2.6 * ncols, 2.4 * nrows))
@@ -498,9 +495,9 @@ def plot_confusion_pair(before: MulticlassMetrics, after: MulticlassMetrics,
                         normalize: bool = False) -> Figure:
     """Two confusion matrices side by side (same colour scale), e.g. before and after fine-tuning."""
     if not isinstance(before, MulticlassMetrics) or not isinstance(after, MulticlassMetrics):
-        raise PlotError("plot_confusion_pair needs two MulticlassMetrics (from metrics.evaluate).")
+        raise ConfigError("plot_confusion_pair needs two MulticlassMetrics (from metrics.evaluate).")
     if list(before.class_names) != list(after.class_names):
-        raise PlotError(f"the two evaluations have different classes: {before.class_names} vs {after.class_names}.")
+        raise ConfigError(f"the two evaluations have different classes: {before.class_names} vs {after.class_names}.")
     c = len(before.class_names)
     side = max(4.5, 0.75 * c + 2.5)
     fig, axes = _figure(1, 2, figsize=(2 * side + 2.4, side))
@@ -520,7 +517,7 @@ def plot_grad_cam_gallery(items: Sequence[Mapping[str, Any]], class_names: Seque
     for item in items:
         missing = [key for key in ("photo", "heatmap", "predicted", "probabilities") if key not in item]
         if missing:
-            raise PlotError(f"a gallery item lacks {missing}; build the items with explain.explain_files().")
+            raise ConfigError(f"a gallery item lacks {missing}; build the items with explain.explain_files().")
         photo, predicted, true = _as_image(item["photo"]), int(item["predicted"]), item.get("true")
         probability = float(np.asarray(item["probabilities"])[predicted])
         name = Path(str(item.get("path", ""))).name
@@ -533,12 +530,12 @@ def plot_grad_cam_gallery(items: Sequence[Mapping[str, Any]], class_names: Seque
             tiles.append((photo, np.asarray(item["true_heatmap"]), f"{head}looks for true {class_names[int(true)]}",
                           "darkorange"))
     if not tiles:
-        raise PlotError("items is empty: nothing to show.")
+        raise ConfigError("items is empty: nothing to show.")
     nrows = math.ceil(len(tiles) / ncols)
     fig, axes = _figure(nrows, ncols, figsize=(3.0 * ncols, 2.9 * nrows))
     for ax, (photo, heatmap, label, colour) in zip(axes.flat, tiles):
         if heatmap.shape != photo.shape[:2]:
-            raise PlotError(f"a heatmap of shape {heatmap.shape} does not match its photo {photo.shape[:2]}; "
+            raise ConfigError(f"a heatmap of shape {heatmap.shape} does not match its photo {photo.shape[:2]}; "
                             "resize it with explain.resize_heatmap(heatmap, photo.shape[:2]).")
         ax.imshow(photo)
         overlay = ax.imshow(heatmap, cmap="jet", alpha=alpha, vmin=0, vmax=1)

@@ -25,18 +25,28 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from workshop_utils.core.errors import DataQualityWarning
+
 DUPLICATES_CSV = "duplicates.csv"
+
+
 FINDING_COLUMNS = ["group", "kind", "image_path", "label", "subset", "kept", "sha1", "similarity"]
+
+
 # Which copy of an image survives: the one in the set that matters most for honest numbers.
 SUBSET_PRIORITY = {"test": 3, "validation": 2, "train": 1, "": 0}
+
+
 THUMBNAIL = 16  # side of the grey thumbnail compared for near-duplicates
+
+
 NEAR_SIMILARITY = 0.99  # cosine of two thumbnails at or above which they are near-duplicates (see the module doc)
+
+
 NEAR_BLOCK = 1024  # signatures compared at once (memory: NEAR_BLOCK x N x 4 bytes)
+
+
 SHOW = 3  # file names quoted in a warning
-
-
-class DataQualityWarning(UserWarning):
-    """The images hold duplicates, images under two classes, copies shared between sets, or near-duplicates."""
 
 
 def sha1_of_file(path: str | os.PathLike) -> str:

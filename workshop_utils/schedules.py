@@ -17,20 +17,17 @@ from typing import Any
 
 import numpy as np
 
-from .config import import_tensorflow
+from workshop_utils.core.errors import ConfigError
+from workshop_utils.core.runtime import import_tensorflow
 
-import_tensorflow()
+import_tensorflow()  # quiet TensorFlow's start-up before Keras loads it
 import keras  # noqa: E402
-
-
-class ScheduleError(ValueError):
-    """A schedule or early-stopping setting has a value that cannot be used."""
 
 
 def decay_steps(num_epochs_per_decay: float, batches_per_epoch: int) -> int:
     """ML.NET's ``(int)(num_epochs_per_decay · B)``, at least 1 (ML.NET divides by zero for tiny sets)."""
     if int(batches_per_epoch) < 0:
-        raise ScheduleError(f"batches_per_epoch must be >= 0, got {batches_per_epoch}.")
+        raise ConfigError(f"batches_per_epoch must be >= 0, got {batches_per_epoch}.")
     return max(1, int(np.float32(batches_per_epoch) * np.float32(num_epochs_per_decay)))
 
 
@@ -45,7 +42,7 @@ class LearningRateScheduler:
 
     def __init__(self, learning_rate: float | None = None) -> None:
         if learning_rate is not None and not float(learning_rate) > 0:
-            raise ScheduleError(f"The learning rate must be above 0, got {learning_rate}.")
+            raise ConfigError(f"The learning rate must be above 0, got {learning_rate}.")
         self.initial_learning_rate = None if learning_rate is None else float(learning_rate)
 
     def keras_schedule(self, batches_per_epoch: int,
@@ -56,7 +53,7 @@ class LearningRateScheduler:
     def _start(self, learning_rate: float | None) -> float:
         rate = self.initial_learning_rate if self.initial_learning_rate is not None else learning_rate
         if rate is None:
-            raise ScheduleError(f"{type(self).__name__} has no learning rate: pass learning_rate=... to it or to Options.")
+            raise ConfigError(f"{type(self).__name__} has no learning rate: pass learning_rate=... to it or to Options.")
         return float(rate)
 
     def to_dict(self) -> dict[str, Any]:
@@ -86,7 +83,7 @@ class ExponentialLRDecay(LearningRateScheduler):
         self.decay_rate = float(decay_rate)
         self.staircase = bool(staircase)
         if not self.num_epochs_per_decay > 0:
-            raise ScheduleError(f"num_epochs_per_decay must be above 0, got {num_epochs_per_decay}.")
+            raise ConfigError(f"num_epochs_per_decay must be above 0, got {num_epochs_per_decay}.")
 
     def keras_schedule(self, batches_per_epoch: int,
                        learning_rate: float | None = None) -> keras.optimizers.schedules.ExponentialDecay:
@@ -109,7 +106,7 @@ class PolynomialLRDecay(LearningRateScheduler):
         self.power = float(power)
         self.cycle = bool(cycle)
         if not self.num_epochs_per_decay > 0:
-            raise ScheduleError(f"num_epochs_per_decay must be above 0, got {num_epochs_per_decay}.")
+            raise ConfigError(f"num_epochs_per_decay must be above 0, got {num_epochs_per_decay}.")
 
     def keras_schedule(self, batches_per_epoch: int,
                        learning_rate: float | None = None) -> keras.optimizers.schedules.PolynomialDecay:
@@ -180,14 +177,14 @@ class EarlyStopping:
                    "cross_entropy": "loss", "cross-entropy": "loss"}
         name = str(metric).strip().lower()
         if name not in aliases:
-            raise ScheduleError(
+            raise ConfigError(
                 f"EarlyStopping metric {metric!r} is not known; use 'accuracy' (watch an increase) "
                 "or 'loss' (watch the cross-entropy decrease)."
             )
         if int(patience) < 1:
-            raise ScheduleError(f"EarlyStopping patience must be at least 1 epoch, got {patience}.")
+            raise ConfigError(f"EarlyStopping patience must be at least 1 epoch, got {patience}.")
         if float(min_delta) < 0:
-            raise ScheduleError(f"EarlyStopping min_delta must be >= 0, got {min_delta}.")
+            raise ConfigError(f"EarlyStopping min_delta must be >= 0, got {min_delta}.")
         self.min_delta, self.patience, self.metric = float(min_delta), int(patience), aliases[name]
 
     def keras_callback(self, validation: bool = True, restore_best_weights: bool = True) -> BestEpochEarlyStopping:
@@ -221,7 +218,7 @@ def schedule_from_dict(data: dict[str, Any] | None) -> LearningRateScheduler | N
     params = dict(data)
     kind = params.pop("type", None)
     if kind not in kinds:
-        raise ScheduleError(f"Unknown learning-rate schedule type {kind!r}; expected one of {', '.join(kinds)}.")
+        raise ConfigError(f"Unknown learning-rate schedule type {kind!r}; expected one of {', '.join(kinds)}.")
     return kinds[kind](**params)
 
 

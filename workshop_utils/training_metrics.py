@@ -12,6 +12,8 @@ from dataclasses import dataclass
 import numpy as np
 
 TRAIN = "Train"
+
+
 VALIDATION = "Validation"
 
 

@@ -11,20 +11,16 @@ images. Also what the installed TensorFlow can decode (asked at run time, once p
 from __future__ import annotations
 
 import functools
-import io
 import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-from .config import import_tensorflow
-from .predictions import DEFAULT_MAX_PIXELS, check_image_file
-from .predictions import SUPPORTED_FORMATS  # noqa: F401  (what decode_image reads, re-exported)
+from workshop_utils.core.formats import DEFAULT_MAX_PIXELS, check_image_file
+from workshop_utils.core.runtime import import_tensorflow
 
 tf = import_tensorflow()
+
 
 DECODE_VERSION = 2
 """Bump when decoding or the image checks change the pixels a file gives or which files are refused: the
@@ -102,54 +98,3 @@ def read_photo(path: str | os.PathLike) -> np.ndarray:
     """A photo's pixels at its own size (uint8 RGB), upright as it is meant to be seen (for overlays)."""
     image = tf.io.decode_image(tf.io.read_file(str(Path(path))), channels=3, expand_animations=False)
     return orient(image, file_orientation(path)).numpy()
-
-
-def tf_version() -> str:
-    """The installed TensorFlow's version string (for messages about what it can decode)."""
-    return str(tf.__version__)
-
-
-@functools.lru_cache(maxsize=None)
-def tf_decodes(pillow_format: str) -> bool:
-    """Whether this TensorFlow's ``decode_image`` reads a format (Pillow's name, e.g. "WEBP"): decode a tiny one.
-
-    Decided by trying, not by version numbers: a 4×4 image written by Pillow must decode to the right size
-    and colour. False when Pillow cannot write the format either (then it cannot be identified anyway).
-    """
-    from PIL import Image
-
-    buffer = io.BytesIO()
-    try:
-        Image.new("RGB", (4, 4), (200, 30, 60)).save(buffer, format=pillow_format, lossless=True)
-    except (KeyError, OSError, ValueError):
-        return False
-    try:
-        with quiet_native_stderr():
-            pixels = tf.io.decode_image(buffer.getvalue(), channels=3, expand_animations=False).numpy()
-    except (tf.errors.OpError, ValueError):
-        return False
-    return pixels.shape == (4, 4, 3) and abs(int(pixels[0, 0, 0]) - 200) <= 8
-
-
-@contextmanager
-def quiet_native_stderr() -> Iterator[None]:
-    """Silence what C libraries print on file descriptor 2 meanwhile (libjpeg's "Improper call to JPEG library").
-
-    Python's own ``sys.stderr`` is flushed first; use it only around a short native call (a single decode),
-    since anything else written to the process's stderr meanwhile is dropped too.
-    """
-    try:
-        sys.stderr.flush()
-        saved = os.dup(2)
-    except (OSError, ValueError, AttributeError):  # no real fd 2 (some embedded interpreters): nothing to silence
-        yield
-        return
-    try:
-        with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(saved, 2)
-    finally:
-        os.close(saved)

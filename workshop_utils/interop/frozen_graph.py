@@ -13,36 +13,40 @@ from typing import Any
 
 import numpy as np
 
-from .config import import_tensorflow
-from .images import decode_image
-from .predictions import DEFAULT_MAX_PIXELS, ImageScorer, check_image_bytes, load_labels, undecodable
+from workshop_utils.core.errors import InteropError
+from workshop_utils.core.formats import (
+    DEFAULT_MAX_PIXELS,
+    check_image_bytes,
+    undecodable,
+)
+from workshop_utils.core.images import decode_image
+from workshop_utils.core.labels import load_labels
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.core.scorer import ImageScorer
 
 tf = import_tensorflow()
+
 
 # Ops that never carry a model's result, even when nothing consumes them.
 _NOT_OUTPUTS = {"NoOp", "Const", "Assert", "Placeholder", "PlaceholderWithDefault", "SaveV2", "RestoreV2",
                 "VarHandleOp", "VariableV2", "Print", "PrintV2", "ControlTrigger"}
 
 
-class FrozenGraphError(ValueError):
-    """A .pb file is missing or unreadable, or a tensor name / setting does not fit the graph."""
-
-
 def load_graph_def(pb_path: str | Path) -> "tf.compat.v1.GraphDef":
     """Parse a frozen GraphDef file; a clear error when it is missing or is another kind of .pb."""
     path = Path(pb_path).expanduser()
     if not path.is_file():
-        raise FrozenGraphError(f"Frozen graph {str(path)!r} does not exist; pass the path of a .pb GraphDef file.")
+        raise InteropError(f"Frozen graph {str(path)!r} does not exist; pass the path of a .pb GraphDef file.")
     graph_def = tf.compat.v1.GraphDef()
     try:
         graph_def.ParseFromString(path.read_bytes())
     except Exception as exc:  # protobuf's DecodeError; its module path differs between protobuf builds
-        raise FrozenGraphError(
+        raise InteropError(
             f"{str(path)!r} is not a frozen TensorFlow GraphDef ({exc}). A SavedModel folder's saved_model.pb is a "
             "different format: load that folder with tf.saved_model.load instead."
         ) from exc
     if not graph_def.node:
-        raise FrozenGraphError(f"{str(path)!r} parsed as a GraphDef with no nodes; it is not a frozen model.")
+        raise InteropError(f"{str(path)!r} parsed as a GraphDef with no nodes; it is not a frozen model.")
     return graph_def
 
 
@@ -52,7 +56,9 @@ def freeze_concrete_function(concrete_fn: Any) -> tuple["tf.compat.v1.GraphDef",
     The function's own wrapper ``Identity`` ops on its outputs are dropped, so tensors named inside it
     with ``tf.identity(..., name="scores")`` are the graph's leaves and keep exactly those names.
     """
-    from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2
+    from tensorflow.python.framework.convert_to_constants import (
+        convert_variables_to_constants_v2,
+    )
 
     frozen = convert_variables_to_constants_v2(concrete_fn)
     graph_def = frozen.graph.as_graph_def()
@@ -106,7 +112,7 @@ def inspect_graph(pb_path: str | Path) -> "pandas.DataFrame":  # noqa: F821
         with graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
     except Exception as exc:
-        raise FrozenGraphError(
+        raise InteropError(
             f"Could not load {str(pb_path)!r} into TensorFlow {tf.__version__}: {exc}. It may use ops this "
             "TensorFlow does not have."
         ) from exc
@@ -159,7 +165,7 @@ class FrozenGraphScorer(ImageScorer):
         graph_def = load_graph_def(self.pb_path)
         self.channel_order = str(channel_order).upper()
         if self.channel_order not in ("RGB", "BGR"):
-            raise FrozenGraphError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}.")
+            raise InteropError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}.")
         self.mean = self._per_channel(mean, "mean")
         self.scale = self._per_channel(scale, "scale")
         self.softmax = bool(softmax)
@@ -178,12 +184,12 @@ class FrozenGraphScorer(ImageScorer):
         self._fn = wrapped.prune(feeds=[inp], fetches=[out])
         self.string_input = inp.dtype == tf.string
         if not self.string_input and not (inp.dtype.is_floating or inp.dtype == tf.uint8):
-            raise FrozenGraphError(
+            raise InteropError(
                 f"Input {self.input_name} has dtype {inp.dtype.name}; the scorer feeds float/uint8 pixels "
                 "or string bytes."
             )
         if not self.string_input and (self.input_shape is None or len(self.input_shape) != 4):
-            raise FrozenGraphError(
+            raise InteropError(
                 f"Input {self.input_name} has shape {self.input_shape}; expected an NHWC image batch [N, H, W, C]."
             )
         self.image_size = self._resolve_size(image_size)
@@ -196,7 +202,7 @@ class FrozenGraphScorer(ImageScorer):
             return graph.get_tensor_by_name(name)
         except (KeyError, ValueError) as exc:
             listing = inspect_graph(self.pb_path).to_string(index=False)
-            raise FrozenGraphError(
+            raise InteropError(
                 f"The {role} tensor {name!r} is not in {str(self.pb_path)!r}. Its inputs and likely outputs:\n{listing}"
             ) from exc
 
@@ -204,7 +210,7 @@ class FrozenGraphScorer(ImageScorer):
     def _per_channel(value: float | Sequence[float], what: str) -> np.ndarray:
         arr = np.asarray(value, dtype=np.float32).reshape(-1)
         if arr.size not in (1, 3):
-            raise FrozenGraphError(f"{what} must be one number or three (one per channel), got {value!r}.")
+            raise InteropError(f"{what} must be one number or three (one per channel), got {value!r}.")
         return arr
 
     def _resolve_size(self, image_size: tuple[int, int] | None) -> tuple[int, int] | None:
@@ -213,13 +219,13 @@ class FrozenGraphScorer(ImageScorer):
         graph_hw = self.input_shape[1:3]
         if image_size is None:
             if None in graph_hw:
-                raise FrozenGraphError(
+                raise InteropError(
                     f"Input {self.input_name} has no fixed height/width {self.input_shape}; pass image_size=(h, w)."
                 )
             return int(graph_hw[0]), int(graph_hw[1])
         size = (int(image_size[0]), int(image_size[1]))
         if None not in graph_hw and tuple(graph_hw) != size:
-            raise FrozenGraphError(
+            raise InteropError(
                 f"image_size {size} does not match input {self.input_name} of shape {self.input_shape}; "
                 f"use image_size={tuple(graph_hw)}."
             )
@@ -271,4 +277,3 @@ class FrozenGraphScorer(ImageScorer):
         return (f"FrozenGraphScorer({str(self.pb_path)!r}, {self.input_name!r} → {self.output_name!r}, "
                 f"image_size={self.image_size}, {self.channel_order}, mean={self.mean.tolist()}, "
                 f"scale={self.scale.tolist()})")
-

@@ -17,21 +17,34 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import REPO_ROOT
+from workshop_utils.config import REPO_ROOT
+from workshop_utils.core.errors import ToolingError
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
 README = REPO_ROOT / "README.md"
+
+
 DEFAULT_BRANCH = "main"
+
+
 TABLE_MARKER = "<!-- notebook-table -->"
+
+
 REPO_MARKER = "<!-- colab-repo -->"
+
+
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
 OLD_PLACEHOLDERS = ("https://github.com/your-org/car-damage-workshop",)  # never a real repository
+
+
 _GITHUB = re.compile(r"https://github\.com/(?P<owner>[A-Za-z0-9_.-]+)/(?P<repo>[A-Za-z0-9_.-]+?)(?:\.git)?/?")
+
+
 _BRANCH = re.compile(r"[A-Za-z0-9._/-]+")
-
-
-class PublishError(ValueError):
-    """A repository URL, branch, notebook or README that publishing cannot use as it is."""
 
 
 _TEMPLATE = '''\
@@ -64,7 +77,7 @@ def normalize_repo_url(url: str) -> str:
     """``https://github.com/OWNER/REPO`` from a GitHub URL (``.git`` and a trailing slash dropped)."""
     match = _GITHUB.fullmatch(url.strip())
     if not match:
-        raise PublishError(
+        raise ToolingError(
             f"--repo must be a GitHub repository URL like https://github.com/OWNER/REPO (Colab opens notebooks "
             f"from GitHub), got {url!r}."
         )
@@ -73,7 +86,7 @@ def normalize_repo_url(url: str) -> str:
 
 def _check_branch(branch: str) -> str:
     if not _BRANCH.fullmatch(branch) or branch.startswith("-"):
-        raise PublishError(f"--branch must be a git branch name like main, got {branch!r}.")
+        raise ToolingError(f"--branch must be a git branch name like main, got {branch!r}.")
     return branch
 
 
@@ -106,9 +119,9 @@ def _assigned(source: str, name: str) -> str | None:
     try:
         value = ast.literal_eval(match[1])
     except (ValueError, SyntaxError):
-        raise PublishError(f"{name} = {match[1]} is not a plain string or None.") from None
+        raise ToolingError(f"{name} = {match[1]} is not a plain string or None.") from None
     if value is not None and not isinstance(value, str):
-        raise PublishError(f"{name} = {match[1]} is not a plain string or None.")
+        raise ToolingError(f"{name} = {match[1]} is not a plain string or None.")
     return value or None
 
 
@@ -121,25 +134,25 @@ def read_setup_cell(notebook: Path) -> SetupCell:
         if cell.cell_type == "code":
             break
     else:
-        raise PublishError(f"{notebook.name} has no code cell: its first code cell must be the setup cell.")
+        raise ToolingError(f"{notebook.name} has no code cell: its first code cell must be the setup cell.")
     source = cell.source
     if "workshop_utils" not in source or "setup(" not in source:
-        raise PublishError(
+        raise ToolingError(
             f"{notebook.name}: the first code cell (cell {index}) is not the setup cell (it does not call "
             "workshop_utils' setup); copy the first code cell of notebooks/00_setup.ipynb there."
         )
     try:
         url = _assigned(source, "WORKSHOP_REPO")
         branch = _assigned(source, "WORKSHOP_BRANCH") or DEFAULT_BRANCH
-    except PublishError as error:
-        raise PublishError(f"{notebook.name}, setup cell: {error}") from None
+    except ToolingError as error:
+        raise ToolingError(f"{notebook.name}, setup cell: {error}") from None
     if url in OLD_PLACEHOLDERS:
         url = None
     if url is not None:
         try:
             url = normalize_repo_url(url)
-        except PublishError as error:
-            raise PublishError(f"{notebook.name}, setup cell: WORKSHOP_REPO: {error}") from None
+        except ToolingError as error:
+            raise ToolingError(f"{notebook.name}, setup cell: WORKSHOP_REPO: {error}") from None
     return SetupCell(notebook, index, source, url, branch)
 
 
@@ -166,7 +179,7 @@ def notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
     """The course's notebooks, in order."""
     found = sorted(folder.glob("*.ipynb"))
     if not found:
-        raise PublishError(f"No notebooks in {folder}.")
+        raise ToolingError(f"No notebooks in {folder}.")
     return found
 
 
@@ -189,7 +202,7 @@ def readme_with_repo(text: str, repo_url: str | None, branch: str = DEFAULT_BRAN
     lines = text.split("\n")
     if TABLE_MARKER not in lines or REPO_MARKER not in lines:
         missing = TABLE_MARKER if TABLE_MARKER not in lines else REPO_MARKER
-        raise PublishError(f"README.md lacks the line {missing}; restore it (the notebook table and the Colab "
+        raise ToolingError(f"README.md lacks the line {missing}; restore it (the notebook table and the Colab "
                            "section are found by these markers).")
     start = lines.index(TABLE_MARKER) + 1
     end = start
@@ -272,7 +285,7 @@ def problems(folder: Path = NOTEBOOKS_DIR, readme: Path | None = README) -> list
     for notebook in notebooks(folder):
         try:
             cell = read_setup_cell(notebook)
-        except PublishError as error:
+        except ToolingError as error:
             found.append(str(error))
             continue
         cells.append(cell)
@@ -293,7 +306,7 @@ def problems(folder: Path = NOTEBOOKS_DIR, readme: Path | None = README) -> list
                     "that the course is not published yet (no Colab column)"
                 found.append(f"{readme.name}: its notebook table or Colab paragraph does not show {shown}; run "
                              "`python -m workshop_utils publish --normalize`.")
-        except PublishError as error:
+        except ToolingError as error:
             found.append(str(error))
     return found
 
@@ -310,7 +323,7 @@ def unset_repo(folder: Path = NOTEBOOKS_DIR) -> str | None:
     for notebook in notebooks(folder):
         try:
             cells.append(read_setup_cell(notebook))
-        except PublishError:
+        except ToolingError:
             continue
     return UNSET_REPO if cells and not any(c.repo_url for c in cells) else None
 
@@ -341,7 +354,7 @@ def add_parser(commands: argparse._SubParsersAction) -> None:
 def run(args: argparse.Namespace) -> int:
     """Carry out ``publish``; returns the exit code."""
     if args.strict and not args.check:
-        raise PublishError("--strict only applies with --check: run `python -m workshop_utils publish --check "
+        raise ToolingError("--strict only applies with --check: run `python -m workshop_utils publish --check "
                            "--strict`.")
     if args.check:
         found = problems(args.notebooks, args.readme)

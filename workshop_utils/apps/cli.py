@@ -19,15 +19,29 @@ import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
-from . import __version__
-from .data import PROTOCOLS
+from workshop_utils import __version__
+from workshop_utils.apps.serve.server import serve
+from workshop_utils.architectures import get_architecture
+from workshop_utils.bottleneck import CACHE_FOLDER
+from workshop_utils.config import REPO_ROOT, WORKSPACE_ENV, check_workspace, get_profile, set_seeds
+from workshop_utils.core.errors import ConfigError, InvalidImageError, LabelsFileError
+from workshop_utils.core.formats import SUPPORTED_FORMATS, read_image_file
+from workshop_utils.core.labels import LabelMap
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.course import MODEL_DIR, attach_test_bottlenecks, plan_run
+from workshop_utils.data import PROTOCOLS
+from workshop_utils.export.writer import export_model
+from workshop_utils.finetune import cli_fine_tune
+from workshop_utils.metrics import evaluate
+from workshop_utils.plots import prediction_listing, print_prediction_listing
+from workshop_utils.scoring import Classifier, Ensemble, load_scorer
+from workshop_utils.tooling.publish import add_parser, run
+from workshop_utils.trainer import ImageClassificationTrainer
 
 EXIT_USAGE = 2
+
+
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what shells report for a program stopped by Ctrl+C
-
-
-class CommandError(Exception):
-    """A problem the user can fix from the command line; printed as one line, exit code 2."""
 
 
 def _positive_int(text: str) -> int:
@@ -174,13 +188,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _add_publish(commands) -> None:
-    from .publish import add_parser
 
     add_parser(commands)
 
 
 def _publish(args: argparse.Namespace) -> int:
-    from .publish import run
 
     return run(args)
 
@@ -222,7 +234,6 @@ def _add_scoring_flags(command: argparse.ArgumentParser) -> None:
 
 
 def _serve(args: argparse.Namespace) -> int:
-    from .serve import serve
 
     for folder in args.ensemble:
         _check_model_dir(folder)
@@ -257,8 +268,6 @@ def _unfreeze_value(text: str) -> float:
 def _fine_tune(args: argparse.Namespace, trained, profile_name: str, workspace: Path) -> int:
     """Fine-tune with the head's class weighting: ``--class-weight`` when given, else balanced under the
     honest protocol and none under mlnet (as ``course.make_options`` decides for the head)."""
-    from .config import get_profile
-    from .finetune import cli_fine_tune
 
     flag = getattr(args, "class_weight", None)
     protocol = getattr(args, "protocol", None) or get_profile(profile_name).protocol
@@ -269,14 +278,12 @@ def _fine_tune(args: argparse.Namespace, trained, profile_name: str, workspace: 
 
 def _formats() -> str:
     """The image formats the scorers read, from the one table in ``predictions`` (no TensorFlow import)."""
-    from .predictions import SUPPORTED_FORMATS
 
     return SUPPORTED_FORMATS
 
 
 def _default_workspace() -> Path:
     """``<repo>/workspace``: config.workspace_dir()'s default when $WORKSHOP_WORKSPACE is not set."""
-    from .config import REPO_ROOT
 
     return REPO_ROOT / "workspace"
 
@@ -309,23 +316,20 @@ def _report_skipped(trained, workspace: Path) -> Path | None:
 
 def _check_no_file_in_the_way(workspace: Path, folders: list[str]) -> None:
     """The workspace's sub-folders the run writes must not be files: found now, not after the bottleneck pass."""
-    from .course import MODEL_DIR
 
     for name in folders:
         if (workspace / name).exists() and not (workspace / name).is_dir():
-            raise CommandError(f"{workspace / name} is a file, but the run writes a folder of that name: move the file "
+            raise ConfigError(f"{workspace / name} is a file, but the run writes a folder of that name: move the file "
                                f"or choose another --workspace{', or pass --no-export' if name == MODEL_DIR else ''}.")
 
 
 def _run(args: argparse.Namespace) -> int:
-    from .config import WORKSPACE_ENV, check_workspace, get_profile, import_tensorflow, set_seeds
-    from .course import MODEL_DIR, attach_test_bottlenecks, plan_run
 
     if not args.fine_tune and (args.unfreeze is not None or args.fine_tune_epochs is not None):
-        raise CommandError("--unfreeze and --fine-tune-epochs only apply with --fine-tune: add --fine-tune, or drop "
+        raise ConfigError("--unfreeze and --fine-tune-epochs only apply with --fine-tune: add --fine-tune, or drop "
                            "them.")
     if args.fine_tune and (args.tta or args.ensemble):
-        raise CommandError("--tta and --ensemble score the head-only model and do not combine with --fine-tune yet: "
+        raise ConfigError("--tta and --ensemble score the head-only model and do not combine with --fine-tune yet: "
                            "fine-tune, then score the export with `python -m workshop_utils predict MODEL IMAGES "
                            "--tta --ensemble MODEL2`.")
     for folder in args.ensemble:
@@ -350,10 +354,6 @@ def _run(args: argparse.Namespace) -> int:
 
     import_tensorflow()
     set_seeds(args.seed)
-    from .architectures import get_architecture
-    from .bottleneck import CACHE_FOLDER
-    from .metrics import evaluate
-    from .trainer import ImageClassificationTrainer
 
     _check_no_file_in_the_way(workspace, [CACHE_FOLDER] + ([] if args.no_export else [MODEL_DIR]))
     architecture = get_architecture(overrides.get("arch", profile.arch))
@@ -361,7 +361,7 @@ def _run(args: argparse.Namespace) -> int:
     try:
         architecture.resolve_input_size(overrides.get("image_size"))  # its minimum, before the data is read
     except ValueError as error:
-        raise CommandError(f"--image-size: {error}") from error
+        raise ConfigError(f"--image-size: {error}") from error
     plan = plan_run(profile, args.dataset, workspace=workspace, image_dir=getattr(args, "image_dir", None),
                     seed=args.seed, protocol=args.protocol, reuse_train_set_bottleneck_cached_values=args.reuse_cache,
                     reuse_validation_set_bottleneck_cached_values=args.reuse_cache,
@@ -399,7 +399,6 @@ def _run(args: argparse.Namespace) -> int:
         metrics = evaluate(reported.labels, probabilities, trained.label_map,
                            name=f"{architecture.name} + softmax head", subset=reported_name)
         print(metrics)
-        from .plots import print_prediction_listing, prediction_listing
 
         listing = prediction_listing(reported.image_paths, reported.labels, probabilities, trained.label_map)
         print_prediction_listing(listing, n=10, show_probability=True)
@@ -410,7 +409,6 @@ def _run(args: argparse.Namespace) -> int:
     if args.fine_tune:  # notebook 07's step: fine-tune, compare before/after, export the fine-tuned model
         return _fine_tune(args, trained, profile.name, workspace)
     if not args.no_export:
-        from .model_io import export_model
 
         out_dir = export_model(trained, workspace / "model", metrics=metrics, tta=args.tta, evaluations=evaluations)
         print(f"Model exported to {out_dir} — try: python -m workshop_utils predict {out_dir} IMAGE")
@@ -420,7 +418,7 @@ def _run(args: argparse.Namespace) -> int:
 def _check_model_dir(folder: Path) -> None:
     """A model folder given on the command line must be a folder: said in one line before anything loads."""
     if not folder.is_dir():
-        raise CommandError(f"{folder} is {'a file' if folder.exists() else 'missing'}, not a model folder: pass a "
+        raise ConfigError(f"{folder} is {'a file' if folder.exists() else 'missing'}, not a model folder: pass a "
                            "folder `run` exported (workspace/model) or one with model.keras and labels.txt.")
 
 
@@ -428,8 +426,6 @@ def _load_partners(folders: list[Path], plan) -> list:
     """The --ensemble folders' Classifiers, checked against this run's classes (same names, same order)."""
     if not folders:
         return []
-    from .data import LabelMap
-    from .model_io import Classifier, LabelsFileError
 
     classes = LabelMap.from_labels(list(plan.train["label"]) + list(plan.validation["label"])).names
     partners = [Classifier.load(folder) for folder in folders]
@@ -446,9 +442,6 @@ def _evaluate_end_to_end(trained, reported, subset: str, partners: list, tta: bo
     block of the last one. Returns the records for the model card."""
     import numpy as np
 
-    from .metrics import evaluate
-    from .model_io import Classifier, Ensemble
-    from .predictions import read_image_file
 
     own = Classifier.from_trained(trained)
     ensemble = Ensemble([own, *partners]) if partners else None  # refuses members with other classes
@@ -499,7 +492,7 @@ def _chosen_epoch_scores(trained) -> str:
 def _check_predict_paths(model_dir: Path, images: list[Path]) -> None:
     """Paths that cannot work fail in one line before the model is loaded (seconds), not one by one after it."""
     if model_dir.exists() and not model_dir.is_dir():
-        raise CommandError(f"{model_dir} is a file, not a model folder: pass the folder `run` exported "
+        raise ConfigError(f"{model_dir} is a file, not a model folder: pass the folder `run` exported "
                            "(workspace/model), then the images.")
     if not model_dir.is_dir():
         return  # Classifier.load says it is missing and how to export one
@@ -508,14 +501,13 @@ def _check_predict_paths(model_dir: Path, images: list[Path]) -> None:
     if bad:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         verb = "is not a file" if len(bad) == 1 else "are not files"
-        raise CommandError(f"{len(bad)} of the {len(images)} image paths {verb}: {shown}. Check the paths.")
+        raise ConfigError(f"{len(bad)} of the {len(images)} image paths {verb}: {shown}. Check the paths.")
 
 
 def _predict(args: argparse.Namespace) -> int:
     _check_predict_paths(args.model_dir, args.images)
     for folder in args.ensemble:
         _check_model_dir(folder)
-    from .model_io import InvalidImageError, load_scorer
 
     classifier = load_scorer(args.model_dir, args.ensemble, tta=args.tta)
     if (classifier.tta or args.ensemble) and not args.json:
@@ -551,12 +543,12 @@ _USER_ERRORS = (  # (module, class names): "fix your input" errors, shown as one
     ("data", ("DatasetError",)),
     ("download", ("DownloadError",)),
     ("architectures", ("WeightsUnavailableError", "UnknownArchitectureError")),
-    ("bottleneck", ("BottleneckError",)),
-    ("trainer", ("TrainerError",)),
+    ("bottleneck", ("DatasetError",)),
+    ("trainer", ("ConfigError",)),
     ("predictions", ("InvalidImageError", "LabelsFileError")),
     ("model_io", ("ModelFolderError", "ExportError")),
-    ("finetune", ("FineTuneError",)),
-    ("publish", ("PublishError",)),
+    ("finetune", ("ConfigError",)),
+    ("publish", ("ToolingError",)),
     ("serve", ("ServeError",)),
 )
 
@@ -572,7 +564,7 @@ _PATH_ERRORS = {  # Python's own errors about a path the user gave: what to do a
 
 def _user_errors() -> tuple[type[BaseException], ...]:
     """The user-error classes of the modules loaded so far (a module not loaded cannot have raised)."""
-    errors: list[type[BaseException]] = [CommandError, *_PATH_ERRORS]
+    errors: list[type[BaseException]] = [ConfigError, *_PATH_ERRORS]
     for module, names in _USER_ERRORS:
         mod = sys.modules.get(f"{__package__}.{module}")
         errors += [getattr(mod, name) for name in names if mod is not None]

@@ -3,6 +3,7 @@
 It reads ``/health`` for the model's description and the upload limit, and posts the photo to ``predict``
 (relative, so it also works behind a proxy such as Colab's).
 """
+from __future__ import annotations
 
 PAGE_HTML = """<!doctype html>
 <html lang="en">

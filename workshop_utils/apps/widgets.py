@@ -11,7 +11,11 @@ from typing import Any
 import ipywidgets as w
 from IPython.display import display
 
-from .plots import plot_prediction_probabilities, plot_training_curves
+from workshop_utils.core.errors import InvalidImageError
+from workshop_utils.head import Options
+from workshop_utils.plots import plot_prediction_probabilities, plot_training_curves
+from workshop_utils.schedules import ExponentialLRDecay, PolynomialLRDecay
+from workshop_utils.trainer import ImageClassificationTrainer
 
 SCHEDULES = ("ExponentialLRDecay", "PolynomialLRDecay", "constant")
 
@@ -20,7 +24,6 @@ class RetrainPanel:
     """Epochs, batch size, learning rate and schedule controls that retrain the softmax head in seconds."""
 
     def __init__(self, train: Any, validation: Any, options: Any = None) -> None:
-        from .trainer import Options
 
         self.train_bottlenecks, self.validation_bottlenecks = train, validation
         self.options = options if options is not None else Options()
@@ -46,7 +49,6 @@ class RetrainPanel:
         """The trainer options the controls describe now."""
         from dataclasses import replace
 
-        from .trainer import ExponentialLRDecay, PolynomialLRDecay
 
         rate = float(self.learning_rate.value)
         scheduler = {"ExponentialLRDecay": ExponentialLRDecay, "PolynomialLRDecay": PolynomialLRDecay,
@@ -56,7 +58,6 @@ class RetrainPanel:
 
     def train(self, **controls: Any) -> Any:
         """Set any of ``epochs``, ``batch_size``, ``learning_rate``, ``schedule``; retrain; show the curves."""
-        from .trainer import ImageClassificationTrainer
 
         for name, value in controls.items():
             if not hasattr(self, name) or not isinstance(getattr(self, name), w.ValueWidget):
@@ -112,7 +113,6 @@ class UploadPanel:
 
     def classify(self, data: bytes, name: str = "upload") -> Any:
         """Classify encoded image bytes; show the photo and its probability chart (bad bytes: one line)."""
-        from .model_io import InvalidImageError
 
         with self.output:
             self.output.clear_output(wait=True)
@@ -136,5 +136,5 @@ def retrain_panel(train: Any, validation: Any, options: Any = None) -> RetrainPa
 
 
 def upload_panel(classifier: Any) -> UploadPanel:
-    """An :class:`UploadPanel` for a loaded :class:`workshop_utils.model_io.Classifier`."""
+    """An :class:`UploadPanel` for a loaded :class:`workshop_utils.scoring.Classifier`."""
     return UploadPanel(classifier)

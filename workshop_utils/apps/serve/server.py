@@ -25,6 +25,20 @@ import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
+from workshop_utils.apps.serve.app import create_app, model_info
+from workshop_utils.apps.serve.batcher import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_WAIT_MS,
+)
+from workshop_utils.apps.serve.uploads import (
+    DEFAULT_BODY_TIMEOUT_S,
+    DEFAULT_MAX_BYTES,
+    DEFAULT_MAX_CONCURRENCY,
+)
+from workshop_utils.core.errors import ServeError
+from workshop_utils.scoring import load_scorer
+
 try:
     import uvicorn
     from fastapi import FastAPI
@@ -39,31 +53,9 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
         "`pip install -r requirements.txt` (or `pip install fastapi uvicorn python-multipart`)."
     ) from _exc
 
-from .serve_app import DEFAULT_TIMEOUT_S, create_app, model_info  # noqa: F401  (re-exported: serve.create_app)
-from .serve_batcher import (  # noqa: F401  (re-exported: serve.MicroBatcher etc.)
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_QUEUE,
-    DEFAULT_MAX_WAIT_MS,
-    BatchResult,
-    MicroBatcher,
-    QueueFullError,
-)
-from .serve_page import PAGE_HTML  # noqa: F401  (re-exported)
-from .serve_uploads import (  # noqa: F401  (re-exported)
-    DEFAULT_BODY_TIMEOUT_S,
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_CONCURRENCY,
-    DEFAULT_MAX_FIELDS,
-    UploadError,
-    UploadLimits,
-)
 
 DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
 """Seconds a graceful shutdown (Ctrl+C, SIGTERM, stop()) waits for open requests before cancelling them."""
-
-
-class ServeError(OSError):
-    """The server cannot start (port taken, bad host); the message names the address and the fix."""
 
 
 # -- running it -------------------------------------------------------------------------------------------
@@ -257,7 +249,6 @@ def serve(
     """
     sock = bind_socket(host, port)  # first: a bad or taken address fails at once, not after loading the model
     try:
-        from .model_io import load_scorer
 
         classifier = load_scorer(model_dir, ensemble, tta=tta)
         app = create_app(classifier, max_bytes=max_bytes, max_batch=max_batch, max_wait_ms=max_wait_ms,

@@ -20,8 +20,13 @@ from typing import Any, BinaryIO
 
 import numpy as np
 
+from workshop_utils.core.errors import WeightsUnavailableError
+
 LEGACY_MAGIC_NUMBER = 0x1950A86A20F9469CFC6C
+
+
 LEGACY_PROTOCOL_VERSION = 1001
+
 
 STORAGE_DTYPES: dict[str, np.dtype] = {
     "DoubleStorage": np.dtype("<f8"),
@@ -35,10 +40,6 @@ STORAGE_DTYPES: dict[str, np.dtype] = {
     "BoolStorage": np.dtype("?"),
 }
 """torch.<Name>Storage class -> the NumPy dtype of its elements (the file is little-endian)."""
-
-
-class TorchFileError(ValueError):
-    """The file is not a legacy PyTorch state dict this reader understands (or it is truncated)."""
 
 
 @dataclass(frozen=True)
@@ -74,18 +75,18 @@ class _LazyTensor:
     def materialize(self, name: str, path: Path) -> np.ndarray:
         data = self.storage.data
         if data is None:
-            raise TorchFileError(f"{path}: the bytes of storage {self.storage.key} (tensor {name}) are missing.")
+            raise WeightsUnavailableError(f"{path}: the bytes of storage {self.storage.key} (tensor {name}) are missing.")
         if any(s < 0 for s in self.strides):
-            raise TorchFileError(f"{path}: tensor {name} has negative strides {self.strides}; not supported.")
+            raise WeightsUnavailableError(f"{path}: tensor {name} has negative strides {self.strides}; not supported.")
         if self.shape and min(self.shape) > 0:
             last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides))
             if self.offset < 0 or last >= data.size:
-                raise TorchFileError(
+                raise WeightsUnavailableError(
                     f"{path}: tensor {name} (shape {self.shape}, strides {self.strides}, offset {self.offset}) "
                     f"reaches past the end of its storage of {data.size} elements; the file is corrupt."
                 )
         elif not self.shape and self.offset >= data.size:
-            raise TorchFileError(f"{path}: scalar tensor {name} lies past the end of its storage; the file is corrupt.")
+            raise WeightsUnavailableError(f"{path}: scalar tensor {name} lies past the end of its storage; the file is corrupt.")
         item = data.itemsize
         view = np.lib.stride_tricks.as_strided(
             data[self.offset :] if data.size else data,
@@ -129,20 +130,20 @@ class _LegacyUnpickler(pickle.Unpickler):
         try:
             return _ALLOWED_GLOBALS[(module, name)]
         except KeyError:
-            raise TorchFileError(
+            raise WeightsUnavailableError(
                 f"{self.path}: the pickle refers to {module}.{name}, which a plain state dict does not use; "
                 "only state dicts of tensors (torch.save(model.state_dict())) can be read without PyTorch."
             ) from None
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) >= 5):
-            raise TorchFileError(f"{self.path}: unsupported persistent id {pid!r:.80} (expected a tensor storage).")
+            raise WeightsUnavailableError(f"{self.path}: unsupported persistent id {pid!r:.80} (expected a tensor storage).")
         _, storage_type, key, _location, numel, *rest = pid
         if not isinstance(storage_type, _StorageType):
-            raise TorchFileError(f"{self.path}: storage {key} has an unknown type {storage_type!r}.")
+            raise WeightsUnavailableError(f"{self.path}: storage {key} has an unknown type {storage_type!r}.")
         view = rest[0] if rest else None
         if view is not None:  # pre-0.4 files could store views into a shared storage: (view_key, offset, size)
-            raise TorchFileError(f"{self.path}: storage views (very old torch.save files) are not supported.")
+            raise WeightsUnavailableError(f"{self.path}: storage views (very old torch.save files) are not supported.")
         key = str(key)
         if key not in self.storages:
             self.storages[key] = _Storage(key, storage_type.dtype, int(numel))
@@ -153,7 +154,7 @@ def _load_pickle(fh: BinaryIO, path: Path, what: str) -> Any:
     try:
         return pickle.load(fh)
     except Exception as exc:
-        raise TorchFileError(f"{path}: cannot read the {what} of a legacy PyTorch file ({exc}).") from exc
+        raise WeightsUnavailableError(f"{path}: cannot read the {what} of a legacy PyTorch file ({exc}).") from exc
 
 
 def is_zip_format(path: str | Path) -> bool:
@@ -172,52 +173,52 @@ def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         raise FileNotFoundError(f"PyTorch weights file {path} does not exist.")
     if is_zip_format(path):
-        raise TorchFileError(
+        raise WeightsUnavailableError(
             f"{path} is a zip-format torch.save file (PyTorch >= 1.6); this reader handles only the legacy format. "
             "Re-save it with torch.save(obj, path, _use_new_zipfile_serialization=False)."
         )
     with path.open("rb") as fh:
         magic = _load_pickle(fh, path, "magic number")
         if magic != LEGACY_MAGIC_NUMBER:
-            raise TorchFileError(f"{path} is not a PyTorch legacy file (bad magic number {magic!r:.40}).")
+            raise WeightsUnavailableError(f"{path} is not a PyTorch legacy file (bad magic number {magic!r:.40}).")
         version = _load_pickle(fh, path, "protocol version")
         if version != LEGACY_PROTOCOL_VERSION:
-            raise TorchFileError(f"{path}: unsupported legacy protocol version {version!r} (expected 1001).")
+            raise WeightsUnavailableError(f"{path}: unsupported legacy protocol version {version!r} (expected 1001).")
         sys_info = _load_pickle(fh, path, "system info")
         if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
-            raise TorchFileError(f"{path} was saved on a big-endian machine; not supported.")
+            raise WeightsUnavailableError(f"{path} was saved on a big-endian machine; not supported.")
         unpickler = _LegacyUnpickler(fh, path)
         try:
             obj = unpickler.load()
-        except TorchFileError:
+        except WeightsUnavailableError:
             raise
         except Exception as exc:
-            raise TorchFileError(f"{path}: cannot unpickle the state dict ({exc}).") from exc
+            raise WeightsUnavailableError(f"{path}: cannot unpickle the state dict ({exc}).") from exc
         keys = _load_pickle(fh, path, "storage key list")
         for key in keys:
             storage = unpickler.storages.get(str(key))
             if storage is None:
-                raise TorchFileError(f"{path}: storage {key} is listed but no tensor uses it; the file is corrupt.")
+                raise WeightsUnavailableError(f"{path}: storage {key} is listed but no tensor uses it; the file is corrupt.")
             header = fh.read(8)
             if len(header) != 8:
-                raise TorchFileError(f"{path} is truncated: storage {key} is missing (re-install or re-download it).")
+                raise WeightsUnavailableError(f"{path} is truncated: storage {key} is missing (re-install or re-download it).")
             (numel,) = struct.unpack("<q", header)
             if numel != storage.numel:
-                raise TorchFileError(
+                raise WeightsUnavailableError(
                     f"{path}: storage {key} holds {numel} elements but the pickle says {storage.numel}; corrupt file."
                 )
             nbytes = numel * storage.dtype.itemsize
             raw = fh.read(nbytes)
             if len(raw) != nbytes:
-                raise TorchFileError(
+                raise WeightsUnavailableError(
                     f"{path} is truncated: storage {key} has {len(raw)} of {nbytes} bytes (re-install or re-download it)."
                 )
             storage.data = np.frombuffer(raw, dtype=storage.dtype)
     if not isinstance(obj, dict):
-        raise TorchFileError(f"{path} holds a {type(obj).__name__}, not a state dict (a dict of tensors).")
+        raise WeightsUnavailableError(f"{path} holds a {type(obj).__name__}, not a state dict (a dict of tensors).")
     state: dict[str, np.ndarray] = {}
     for name, value in obj.items():
         if not isinstance(value, _LazyTensor):
-            raise TorchFileError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor.")
+            raise WeightsUnavailableError(f"{path}: entry {name!r} is a {type(value).__name__}, not a tensor.")
         state[str(name)] = value.materialize(str(name), path)
     return state

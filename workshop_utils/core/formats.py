@@ -6,18 +6,17 @@ model) and ``frozen_graph`` (any frozen ``.pb``).
 """
 from __future__ import annotations
 
-import html
 import io
-import math
 import os
+import re
 import struct
 import warnings
-from collections.abc import Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from .image_data import BMP_SUPPORTED, bmp_problem, jpeg_missing_data, png_missing_data, webp_missing_data
+from workshop_utils.core import runtime
+from workshop_utils.core.errors import ImageTooLargeError, InvalidImageError
 
 DEFAULT_MAX_PIXELS = 40_000_000
 """Largest image (width × height) accepted by default: 40 MP, checked from the header before decoding."""
@@ -42,13 +41,18 @@ IMAGE_FORMATS: tuple[ImageFormat, ...] = (
 )
 """The one list of image formats every reader uses (folder datasets, validate_images, scorers, bottlenecks)."""
 
+
 SUPPORTED_FORMATS = "/".join(f.name for f in IMAGE_FORMATS)
 """What TensorFlow's ``decode_image`` (and so the exported model) can read, for messages: "JPEG/PNG/GIF/BMP/WebP"."""
+
 
 IMAGE_EXTENSIONS: tuple[str, ...] = tuple(ext for f in IMAGE_FORMATS for ext in f.extensions)
 """File extensions (lower case) of :data:`IMAGE_FORMATS`: what a folder reader takes as an image."""
 
+
 _BY_PILLOW_NAME = {pillow: f for f in IMAGE_FORMATS for pillow in f.pillow_names}
+
+
 _BY_EXTENSION = {ext: f for f in IMAGE_FORMATS for ext in f.extensions}
 
 
@@ -66,33 +70,15 @@ def decodable(fmt: ImageFormat) -> bool:
     """Whether the installed TensorFlow decodes this format; asked once, only for formats marked so (loads TF)."""
     if not fmt.checked_at_run_time:
         return True
-    from . import images  # the probe decodes a tiny image, so it needs (and loads) the TF runtime
 
-    return images.tf_decodes(fmt.pillow_names[0])
+    return runtime.tf_decodes(fmt.pillow_names[0])
 
 
 def not_decodable_reason(fmt: ImageFormat) -> str:
     """Why a format in the table is refused here: the installed TensorFlow cannot decode it."""
-    from . import images
 
-    return (f"the installed TensorFlow {images.tf_version()} cannot decode {fmt.name} images; convert it "
+    return (f"the installed TensorFlow {runtime.tf_version()} cannot decode {fmt.name} images; convert it "
             "to JPEG or PNG, or upgrade TensorFlow")
-
-
-class InvalidImageError(ValueError):
-    """The bytes are not an image the model can decode (empty, not JPEG/PNG/GIF/BMP/WebP, truncated, corrupt)."""
-
-
-class ImageTooLargeError(InvalidImageError):
-    """The image header declares more pixels than the allowed limit (a decompression-bomb guard)."""
-
-
-class TruncatedImageError(InvalidImageError):
-    """The header is valid but the data ends before the pixels it declares (a cut download, a lying header)."""
-
-
-class LabelsFileError(ValueError):
-    """A labels file is missing, empty or does not match the model's number of outputs."""
 
 
 EXIF_ORIENTATION_TAG = 0x0112
@@ -102,7 +88,7 @@ EXIF_ORIENTATION_TAG = 0x0112
 @dataclass(frozen=True)
 class ImageInfo:
     """What the header says: format (a name of :data:`IMAGE_FORMATS`), width and height in pixels as stored, and
-    the EXIF orientation (1–8; 1 when absent) that :func:`workshop_utils.images.orient` applies."""
+    the EXIF orientation (1–8; 1 when absent) that :func:`workshop_utils.core.images.orient` applies."""
 
     format: str
     width: int
@@ -148,7 +134,7 @@ def check_image_bytes(
     Raises :class:`InvalidImageError` (or :class:`ImageTooLargeError`) naming the file. A GIF counts all its
     frames, since TensorFlow decodes every frame before keeping the first. With ``complete`` the body is
     walked too (not decoded): a JPEG or PNG whose data ends before its pixels do raises
-    :class:`TruncatedImageError` (what every scorer and the bottleneck pass ask for; the header-only check
+    :class:`InvalidImageError` (what every scorer and the bottleneck pass ask for; the header-only check
     is for a cheap first look, e.g. the web API's before it queues a photo). Other corrupt pixel data is
     caught when TensorFlow decodes it (the scorers turn that into :class:`InvalidImageError` too).
     """
@@ -264,9 +250,9 @@ def _cut_or_corrupt(what: str, detail: str) -> str:
             "Re-download or re-save the file.")
 
 
-def truncated_image(what: str, detail: str) -> TruncatedImageError:
+def truncated_image(what: str, detail: str) -> InvalidImageError:
     """The error for data that ends before its pixels do; ``what`` is :func:`describe_source`'s prefix."""
-    return TruncatedImageError(_cut_or_corrupt(what, detail))
+    return InvalidImageError(_cut_or_corrupt(what, detail))
 
 
 def read_image_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
@@ -297,196 +283,182 @@ def undecodable(name: str | Path | None, exc: BaseException, batch_size: int = 1
     return InvalidImageError(_cut_or_corrupt(what, tf_decode_reason(exc)))
 
 
-def load_labels(labels: str | Path | Iterable[str]) -> list[str]:
-    """Class names from a list or a ``labels.txt`` path (one per line, UTF-8, blank lines ignored)."""
-    if isinstance(labels, (str, Path)):
-        path = Path(labels).expanduser()
-        if not path.is_file():
-            raise LabelsFileError(
-                f"Labels file {str(path)!r} does not exist; pass the labels as a list or the path of a labels.txt."
-            )
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        names = [n for n in names if n]
-        if not names:
-            raise LabelsFileError(f"Labels file {str(path)!r} is empty; it needs one class name per line.")
-        return names
-    names = [str(n) for n in labels]
-    if not names:
-        raise LabelsFileError("The labels list is empty; pass one class name per model output.")
-    return names
+_JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0–SOF15 (C4 DHT, C8 JPG, CC DAC are not)
 
 
-def write_labels(names: Iterable[str], path: str | Path) -> Path:
-    """Write class names one per line (UTF-8), the format :func:`load_labels` and ML.NET samples read."""
-    path = Path(path)
-    names = [str(n) for n in names]
-    bad = [n for n in names if not n or "\n" in n or "\r" in n or n != n.strip()]
-    if bad:
-        raise LabelsFileError(
-            f"Class names {bad!r} cannot be written one per line; rename them (no line breaks or outer spaces)."
-        )
-    path.write_text("\n".join(names) + "\n", encoding="utf-8")
-    return path
+_JPEG_DCT_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})  # baseline, extended, progressive; Huffman or arithmetic
 
 
-@dataclass(frozen=True)
-class Prediction:
-    """One image's result: the top label, its probability and every class's score (same order as the model)."""
-
-    label: str
-    probability: float
-    scores: Mapping[str, float] = field(repr=False)
-    source: str | None = None  # the file name, when scored from a file
-
-    @classmethod
-    def from_scores(cls, scores: Iterable[float], labels: list[str], source: str | Path | None = None) -> "Prediction":
-        """Build from one row of probabilities; ties go to the lower class index (like ``argmax``)."""
-        values = [float(s) for s in scores]
-        if len(values) != len(labels):
-            raise LabelsFileError(
-                f"The model returned {len(values)} scores but there are {len(labels)} labels; "
-                "use the labels file exported with this model."
-            )
-        best = max(range(len(values)), key=lambda i: (values[i], -i))
-        return cls(labels[best], values[best], dict(zip(labels, values)), None if source is None else str(source))
-
-    def top(self, k: int = 3) -> list[tuple[str, float]]:
-        """The k most likely classes with their probabilities, best first."""
-        return sorted(self.scores.items(), key=lambda kv: -kv[1])[:k]
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form (for ``--json`` output and web responses)."""
-        return {
-            "source": self.source, "label": self.label, "probability": self.probability, "scores": dict(self.scores)
-        }
-
-    def __str__(self) -> str:
-        head = f"{self.source}: " if self.source else ""
-        others = ", ".join(f"{name} {p:.1%}" for name, p in self.top(3)[1:] if not math.isnan(p))
-        return f"{head}{self.label} ({self.probability:.1%})" + (f"   next: {others}" if others else "")
-
-    def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td style='text-align:right'>{p:.1%}</td></tr>"
-            for name, p in self.top(len(self.scores))
-        )
-        title = html.escape(f"{self.source}: ") if self.source else ""
-        return f"<b>{title}{html.escape(self.label)}</b> ({self.probability:.1%})<table>{rows}</table>"
+_JPEG_HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})  # every block's DC coefficient costs at least one bit
 
 
-class UnscoredImagesWarning(UserWarning):
-    """Some rows of a frame could not be scored; their ``error`` column says why."""
+_JPEG_SCAN_END = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")  # a marker: not stuffing (FF 00), a restart or fill
 
 
-def score_frame(
-    df: "pandas.DataFrame",  # noqa: F821
-    predict_proba: Any,
-    labels: list[str],
-    *,
-    path_column: str = "image_path",
-    batch_size: int = 32,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    progress: bool = False,
-) -> "pandas.DataFrame":  # noqa: F821
-    """Score each row's image file in batches; bad images are reported per row, never dropped silently.
+_JPEG_RESTART = re.compile(rb"\xff[\xd0-\xd7]")
 
-    Returns a copy of ``df`` (same index and columns) plus ``predicted`` (label or None), ``probability``,
-    one ``score_<class>`` column per class, and ``error`` (None, or why the row could not be scored: missing
-    file, not a JPEG/PNG/GIF/BMP/WebP image, too large, truncated). A warning counts the failed rows.
-    ``predict_proba(list_of_bytes, names)`` returns an (N, C) array and raises InvalidImageError on bad images.
+
+def _ceil_div(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+def jpeg_missing_data(data: bytes) -> str | None:
+    """Why a JPEG's data cannot hold every pixel its header declares, or None when it can. No decoding.
+
+    Walks the segments and the compressed scans to the end-of-image marker (the first one: an MPO's second
+    picture is not needed). Refused: no end marker (a cut download); a colour component without a scan;
+    fewer restart markers than the scan's blocks need; and, for Huffman-coded JPEGs, fewer bytes of
+    compressed data than one bit per 8×8 block (every block codes its DC value with at least one bit).
+    A cut body with an end marker appended (libjpeg fills the rest with grey, and TensorFlow accepts it)
+    is caught by the last two when the file has restart markers (cameras often write them) or holds less
+    than that bound; any other such cut only a full decode can tell. Cost: one scan of the bytes for
+    markers (about 2 ms per MB), a small part of decoding.
     """
-    import numpy as np
-    import pandas as pd
-
-    if path_column not in df.columns:
-        raise KeyError(f"The frame has no {path_column!r} column (columns: {list(df.columns)}); pass path_column=...")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    paths = [str(p) for p in df[path_column].tolist()]
-    n, width = len(paths), len(labels)
-    scores = np.full((n, width), np.nan)
-    errors: list[str | None] = [None] * n
-    starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="Scoring", unit="batch")
-    for start in starts:
-        rows, blobs = [], []
-        for i in range(start, min(n, start + batch_size)):
-            try:
-                blobs.append(read_image_file(paths[i], max_pixels=max_pixels))
-                rows.append(i)
-            except (OSError, InvalidImageError) as exc:
-                errors[i] = str(exc)
-        if not rows:
+    n, pos = len(data), 2
+    frame: tuple[int, int, int, dict[int, tuple[int, int]]] | None = None
+    restart = entropy = scans = 0
+    scanned: set[int] = set()
+    stops = f"the data stops after {n:,} bytes, before the JPEG end-of-image marker"
+    while True:
+        pos = data.find(b"\xff", pos)  # the next marker (libjpeg skips stray bytes before one too)
+        if pos < 0:
+            return stops
+        while pos < n and data[pos] == 0xFF:
+            pos += 1
+        if pos >= n:
+            return stops
+        marker = data[pos]
+        pos += 1
+        if marker == 0xD9:
+            break
+        if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD8:  # no length: stuffing, TEM, RSTn, SOI
             continue
-        try:
-            scores[rows] = predict_proba(blobs, [paths[i] for i in rows])
-        except InvalidImageError:  # one bad image fails its whole batch: find it by scoring one by one
-            for i, data in zip(rows, blobs):
-                try:
-                    scores[i] = predict_proba([data], [paths[i]])[0]
-                except InvalidImageError as exc:
-                    errors[i] = str(exc)
-    ok = np.array([e is None for e in errors], dtype=bool)
-    best = np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1) if width else np.zeros(n, dtype=int)
-    out = df.copy()
-    predicted = [labels[b] if good else None for b, good in zip(best, ok)]
-    out["predicted"] = pd.Series(predicted, index=df.index, dtype=object)
-    out["probability"] = np.where(ok, scores[np.arange(n), best] if n else np.array([]), np.nan)
-    for j, name in enumerate(labels):
-        out[f"score_{name}"] = scores[:, j]
-    out["error"] = pd.Series(errors, index=df.index, dtype=object)
-    failed = int((~ok).sum())
-    if failed:
-        first = next(e for e in errors if e is not None)
-        warnings.warn(
-            f"{failed} of {n} images could not be scored (first: {first}); see the 'error' column.",
-            UnscoredImagesWarning,
-            stacklevel=3,  # the caller of predict_frame
-        )
-    return out
+        length = int.from_bytes(data[pos:pos + 2], "big")
+        if pos + 2 > n or length < 2 or pos + length > n:
+            return f"the data stops inside a header segment (marker 0x{marker:02X}), before the pixels"
+        body = data[pos + 2:pos + length]
+        pos += length
+        if marker in _JPEG_FRAMES and frame is None:
+            count = body[5] if len(body) > 5 else 0
+            if len(body) < 6 + 3 * count or count == 0:
+                return None  # a broken frame header: the decoder says what is wrong
+            sampling = {body[6 + 3 * i]: (body[7 + 3 * i] >> 4, body[7 + 3 * i] & 15) for i in range(count)}
+            if not all(1 <= h <= 4 and 1 <= v <= 4 for h, v in sampling.values()):
+                return None
+            frame = (marker, int.from_bytes(body[1:3], "big"), int.from_bytes(body[3:5], "big"), sampling)
+        elif marker == 0xDD and len(body) >= 2:
+            restart = int.from_bytes(body[:2], "big")
+        elif marker == 0xDA:
+            end = _JPEG_SCAN_END.search(data, pos)
+            if end is None:
+                return stops
+            segment = data[pos:end.start()]
+            pos = end.start()
+            scans += 1
+            entropy += len(segment)
+            if frame is None or not body:
+                return None  # a scan before the frame header: the decoder says what is wrong
+            ids = [body[1 + 2 * i] for i in range(body[0]) if 1 + 2 * i < len(body)]
+            scanned.update(ids)
+            if restart and frame[0] in _JPEG_DCT_FRAMES and frame[1] > 0:
+                mcus = _jpeg_scan_mcus(frame, ids)
+                expected, found = _ceil_div(mcus, restart) - 1, len(_JPEG_RESTART.findall(segment))
+                if found < expected:
+                    return (f"scan {scans} of the {frame[2]}x{frame[1]} picture holds {found} of the {expected} "
+                            f"restart markers its {mcus:,} coding units need: its data stops early")
+    if frame is None:
+        return None  # no frame header: Pillow has refused it already
+    marker, height, width, sampling = frame
+    if not scans:
+        return "the JPEG holds no compressed pixel data (no scan before its end marker)"
+    missing = sorted(set(sampling) - scanned)
+    if missing and marker in _JPEG_DCT_FRAMES:
+        return f"colour component {missing[0]} of the {width}x{height} picture has no data"
+    if marker in _JPEG_HUFFMAN_FRAMES and height > 0:
+        blocks = sum(_ceil_div(c, 8) * _ceil_div(r, 8) for c, r in _jpeg_component_sizes(frame))
+        need = _ceil_div(blocks, 8)
+        if entropy < need:
+            return (f"the header declares {width}x{height} pixels, whose {blocks:,} blocks take at least {need:,} "
+                    f"bytes of compressed data, but the file holds {entropy:,}")
+    return None
 
 
-class ImageScorer:
-    """What every scorer offers on top of its own ``predict_proba``: one image's bytes, a file, a frame.
+def _jpeg_component_sizes(frame: tuple[int, int, int, dict[int, tuple[int, int]]]) -> list[tuple[int, int]]:
+    """Each colour component's size in samples (columns, rows), after chroma subsampling."""
+    _, height, width, sampling = frame
+    hmax, vmax = max(h for h, _ in sampling.values()), max(v for _, v in sampling.values())
+    return [(_ceil_div(width * h, hmax), _ceil_div(height * v, vmax)) for h, v in sampling.values()]
 
-    Subclasses set ``labels`` (class names, or None when unknown) and ``max_pixels``.
+
+def _jpeg_scan_mcus(frame: tuple[int, int, int, dict[int, tuple[int, int]]], ids: list[int]) -> int:
+    """How many MCUs (the units restart intervals count) a scan of components ``ids`` codes."""
+    _, height, width, sampling = frame
+    if len(ids) == 1 and ids[0] in sampling:  # non-interleaved: one block per MCU
+        columns, rows = _jpeg_component_sizes(frame)[list(sampling).index(ids[0])]
+        return _ceil_div(columns, 8) * _ceil_div(rows, 8)
+    hmax, vmax = max(h for h, _ in sampling.values()), max(v for _, v in sampling.values())
+    return _ceil_div(width, 8 * hmax) * _ceil_div(height, 8 * vmax)
+
+
+def png_missing_data(stream: BinaryIO, size: int) -> str | None:
+    """Why a PNG's chunks stop before its IEND end chunk, or None: walks the chunk lengths (no decompression)."""
+    pos = 8
+    while True:
+        stream.seek(pos)
+        head = stream.read(8)
+        if len(head) < 8:
+            return f"the data stops after {size:,} bytes, before the PNG's IEND end chunk"
+        end = pos + 12 + int.from_bytes(head[:4], "big")
+        kind = head[4:8].decode("latin-1")
+        if end > size:
+            return (f"the data stops inside the PNG's {kind!r} chunk ({size:,} of the {end:,} bytes it needs), "
+                    "before its IEND end chunk")
+        if kind == "IEND":
+            return None
+        pos = end
+
+
+def webp_missing_data(start: bytes, size: int) -> str | None:
+    """For bytes Pillow could not open: a WebP whose RIFF header declares more bytes than there are, else None."""
+    if len(start) < 12 or start[:4] != b"RIFF" or start[8:12] != b"WEBP":
+        return None
+    declared = int.from_bytes(start[4:8], "little") + 8
+    return None if declared <= size else f"its RIFF header declares {declared:,} bytes but there are {size:,}"
+
+
+BMP_SUPPORTED = "uncompressed 24- and 32-bit BMPs and 8-bit grayscale ones"
+"""The BMPs TensorFlow's decoder reads right: it takes the pixel bytes as they are (no palette, no RLE)."""
+
+
+def bmp_problem(header: bytes, size: int, mode: str) -> tuple[str | None, str | None]:
+    """(why TensorFlow cannot read this BMP right, why its data is cut), each None when fine.
+
+    ``header``: the file's first 66 bytes; ``mode``: Pillow's (an 8-bit BMP is grayscale only as "L").
+    TensorFlow reads the pixel bytes as they are and wants exactly the size the header declares.
     """
-
-    labels: list[str] | None = None
-    max_pixels: int | None = DEFAULT_MAX_PIXELS
-
-    def predict_proba(self, images: Any, names: Any = None) -> Any:  # (N, C) probabilities
-        raise NotImplementedError
-
-    def _labels_for(self, width: int) -> list[str]:
-        return self.labels if self.labels is not None else [f"class_{i}" for i in range(width)]
-
-    def predict_bytes(self, data: bytes, name: str | Path | None = None) -> Prediction:
-        """Score one encoded image (e.g. an upload); ``name`` only labels messages and the result."""
-        scores = self.predict_proba([data], [name])[0]
-        return Prediction.from_scores(scores, self._labels_for(len(scores)), source=name)
-
-    def predict_file(self, path: str | Path) -> Prediction:
-        """Score one image file."""
-        return self.predict_bytes(read_image_file(path, max_pixels=self.max_pixels), name=path)
-
-    def predict_frame(
-        self,
-        df: Any,  # pandas.DataFrame
-        path_column: str = "image_path",
-        batch_size: int = 32,
-        progress: bool = False,
-    ) -> Any:  # pandas.DataFrame
-        """Score every row's image file in batches.
-
-        Returns a copy of ``df`` plus ``predicted``, ``probability``, ``score_<class>`` columns and ``error``:
-        bad images stay in the frame with predicted=None, probability NaN and the reason in ``error``
-        (an UnscoredImagesWarning counts them), so row order and index always match the input.
-        """
-        if self.labels is None:
-            raise LabelsFileError("predict_frame needs labels; pass labels=[...] or a labels.txt path.")
-        return score_frame(df, self.predict_proba, self.labels, path_column=path_column, batch_size=batch_size,
-                           max_pixels=self.max_pixels, progress=progress)
+    if len(header) < 34:
+        return None, f"the data stops after {size:,} bytes, inside the BMP header"
+    offset, dib = int.from_bytes(header[10:14], "little"), int.from_bytes(header[14:18], "little")
+    if dib < 40:
+        return "an OS/2 BMP (a 12-byte header)", None
+    width = int.from_bytes(header[18:22], "little", signed=True)
+    height = abs(int.from_bytes(header[22:26], "little", signed=True))
+    bits, compression = int.from_bytes(header[28:30], "little"), int.from_bytes(header[30:34], "little")
+    masks = tuple(int.from_bytes(header[54 + 4 * i:58 + 4 * i], "little") for i in range(3))
+    if compression == 3 and not (bits == 32 and masks == (0xFF0000, 0xFF00, 0xFF)):
+        return f"a {bits}-bit BMP with its own colour masks", None
+    if compression not in (0, 3):
+        return {1: "an RLE-compressed 8-bit BMP", 2: "an RLE-compressed 4-bit BMP", 4: "a BMP holding a JPEG",
+                5: "a BMP holding a PNG"}.get(compression, f"a BMP compressed with method {compression}"), None
+    if bits not in (8, 24, 32):
+        return f"a {bits}-bit BMP" + {1: " (black and white)", 4: " with a colour palette"}.get(bits, ""), None
+    if bits == 8 and mode != "L":
+        return "an 8-bit BMP with a colour palette (TensorFlow would read its colour numbers as grey levels)", None
+    need = offset + (bits * width + 31) // 32 * 4 * height
+    if size > need:
+        return (f"a BMP with {size - need:,} bytes after its {width}x{height} pixels (TensorFlow's decoder wants "
+                "the exact size)"), None
+    if size < need:
+        return None, (f"the header declares {width}x{height} pixels at {bits} bits, {need:,} bytes, but the file "
+                      f"holds {size:,}")
+    return None, None

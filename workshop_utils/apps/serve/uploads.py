@@ -24,32 +24,43 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from workshop_utils.core.errors import UploadError
+
 logger = logging.getLogger(__name__)
+
 
 DEFAULT_MAX_BYTES = 10 * 2**20
 """Largest upload accepted by default (10 MB); larger bodies get HTTP 413."""
+
+
 DEFAULT_BODY_TIMEOUT_S = 30.0
 """Seconds a client has to send the whole body; slower ones get HTTP 408 and the connection is closed."""
+
+
 DEFAULT_MAX_CONCURRENCY = 32
 """Uploads read or scored at the same time by default; more get HTTP 503 with Retry-After."""
+
+
 DEFAULT_MAX_FIELDS = 16
 """Text fields a form may have besides the photo."""
+
+
 MAX_FIELD_BYTES = 64 * 1024  # one text field of a form (the photo is a file part and may have max_bytes)
+
+
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of max_bytes
+
+
 DRAIN_FACTOR = 4  # an over-limit body up to this many times the limit is read and dropped, so the client gets the 413
+
+
 MAX_ERROR_BYTES = 1024  # an error response's JSON body at most
+
+
 MAX_NAME_CHARS = 120  # a client's file name is shortened to this in answers and messages
+
+
 RETRY_AFTER_S = 1  # the Retry-After of a 503
-
-
-class UploadError(Exception):
-    """A request the server cannot score; becomes an HTTP ``status`` with ``{"error": message}``."""
-
-    def __init__(self, status: int, message: str, headers: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.headers = headers
 
 
 def busy_error(message: str) -> UploadError:

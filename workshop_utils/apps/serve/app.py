@@ -18,25 +18,38 @@ from fastapi.responses import HTMLResponse, JSONResponse, Response
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from .predictions import ImageTooLargeError, InvalidImageError, Prediction, check_image_bytes
-from .serve_batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS, BatchResult, MicroBatcher
-from .serve_page import PAGE_HTML
-from .serve_uploads import (
+from workshop_utils.apps.serve.batcher import (
+    DEFAULT_MAX_BATCH,
+    DEFAULT_MAX_QUEUE,
+    DEFAULT_MAX_WAIT_MS,
+    BatchResult,
+    MicroBatcher,
+)
+from workshop_utils.apps.serve.page import PAGE_HTML
+from workshop_utils.apps.serve.uploads import (
     DEFAULT_BODY_TIMEOUT_S,
     DEFAULT_MAX_BYTES,
     DEFAULT_MAX_CONCURRENCY,
     DEFAULT_MAX_FIELDS,
     AnswerWhenCancelled,
     Gate,
-    UploadError,
     UploadLimits,
     busy_error,
     error_response,
     read_upload,
 )
+from workshop_utils.core.errors import (
+    ImageTooLargeError,
+    InvalidImageError,
+    UploadError,
+)
+from workshop_utils.core.formats import check_image_bytes
+from workshop_utils.export.writer import probe_image
+from workshop_utils.core.scorer import Prediction
 
 if TYPE_CHECKING:
     from .model_io import Classifier, Ensemble
+
 
 DEFAULT_TIMEOUT_S = 120.0
 """Seconds a request waits for the model before it gets 503."""
@@ -66,7 +79,6 @@ def model_info(classifier: "Classifier | Ensemble") -> dict[str, Any]:
 
 def _warm_up(classifier: "Classifier") -> None:
     """Score one generated image so the first request does not pay for tracing the model."""
-    from .model_io import probe_image
 
     classifier.predict_proba([probe_image(tuple(classifier.image_size))], ["warm-up"])
 
@@ -96,7 +108,6 @@ def create_app(
     if not isinstance(classifier, (str, Path)):
         model = classifier
     else:
-        from .model_io import Classifier
 
         model = Classifier.load(classifier)
     info = model_info(model)

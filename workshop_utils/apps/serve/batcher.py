@@ -15,18 +15,19 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Any
 
-from .predictions import InvalidImageError
+from workshop_utils.core.errors import InvalidImageError, QueueFullError
 
 logger = logging.getLogger(__name__)
 
+
 DEFAULT_MAX_BATCH = 32
+
+
 DEFAULT_MAX_WAIT_MS = 10.0
+
+
 DEFAULT_MAX_QUEUE = 64
 """Images waiting for the worker at most (two full batches); more are refused with QueueFullError."""
-
-
-class QueueFullError(RuntimeError):
-    """The scoring queue holds ``max_queue`` images already; the request should be retried shortly."""
 
 
 @dataclass(frozen=True)

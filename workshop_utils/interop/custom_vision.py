@@ -41,46 +41,65 @@ from typing import Any
 
 import numpy as np
 
-from .architectures import feature_extractor, get_architecture
-from .config import import_tensorflow
-from .frozen_graph import FrozenGraphScorer, freeze_concrete_function, inspect_graph, load_graph_def
-from .predictions import (
+from workshop_utils.architectures import feature_extractor, get_architecture
+from workshop_utils.core.errors import ImageTooLargeError, InteropError
+from workshop_utils.core.formats import (
     DEFAULT_MAX_PIXELS,
-    ImageTooLargeError,
     check_image_bytes,
     describe_source,
     undecodable,
-    write_labels,
+)
+from workshop_utils.core.labels import write_labels
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.export.graph import model_parts
+from workshop_utils.interop.frozen_graph import (
+    FrozenGraphScorer,
+    freeze_concrete_function,
+    inspect_graph,
+    load_graph_def,
 )
 
 tf = import_tensorflow()
 import keras  # noqa: E402
 
-__all__ = [
-    "INPUT_TENSOR", "OUTPUT_TENSOR", "MODEL_OUTPUTS_TENSOR", "IMAGE_SIZE", "MEAN_BGR", "LABELS_FILE", "MODEL_FILE",
-    "MANIFEST_FILE", "METADATA_FILE", "PIXEL_FORMAT_KEY", "PREPROCESSINGS", "CustomVisionExportError",
-    "CustomVisionScorer", "load_export", "find_tensors", "detect_preprocessing", "tutorial_pixels",
-    "export_custom_vision_style",
-]
-
 INPUT_TENSOR = "Placeholder:0"
+
+
 OUTPUT_TENSOR = "loss:0"
+
+
 MODEL_OUTPUTS_TENSOR = "model_outputs:0"
+
+
 IMAGE_SIZE = (227, 227)
+
+
 MEAN_BGR = (0.0, 0.0, 0.0)
 """Real Custom Vision exports take BGR 0-255 with no mean subtracted; a non-zero mean is for other graphs."""
+
+
 LABELS_FILE = "labels.txt"
+
+
 MODEL_FILE = "model.pb"
+
+
 MANIFEST_FILE = "cvexport.manifest"
+
+
 METADATA_FILE = "metadata_properties.json"
+
+
 PIXEL_FORMAT_KEY = "Image.BitmapPixelFormat"
+
+
 PREPROCESSINGS = ("tutorial", "s1")
+
+
 _BY_PIXEL_FORMAT = {"bgr8": "tutorial", "rgb8": "s1"}
+
+
 MAX_SIDE, SQUARE = 1600, 256  # the tutorial's cap on the longer side, and its intermediate square
-
-
-class CustomVisionExportError(ValueError):
-    """An export folder, its metadata or a stand-in's settings do not fit Custom Vision's conventions."""
 
 
 # -- reading an export folder ---------------------------------------------------------------------------------
@@ -95,7 +114,7 @@ def _find_input(graph_def: Any, pb_path: str | Path) -> str:
         return "Placeholder:0"
     if len(placeholders) == 1:
         return f"{placeholders[0]}:0"
-    raise CustomVisionExportError(
+    raise InteropError(
         f"{str(pb_path)!r} has {len(placeholders)} placeholders {placeholders} and none is called 'Placeholder'; "
         f"pass input_tensor=... (inputs and outputs:\n{inspect_graph(pb_path).to_string(index=False)})"
     )
@@ -106,7 +125,7 @@ def _find_output(graph_def: Any, pb_path: str | Path) -> str:
     for name in ("model_outputs", "loss"):
         if name in names:
             return f"{name}:0"
-    raise CustomVisionExportError(
+    raise InteropError(
         f"{str(pb_path)!r} has no tensor called model_outputs or loss, so it is not laid out like a Custom Vision "
         f"export; pass output_tensor=... (inputs and outputs:\n{inspect_graph(pb_path).to_string(index=False)})"
     )
@@ -117,7 +136,7 @@ def find_tensors(graph_def: Any, pb_path: str | Path = "model.pb") -> tuple[str,
     else ``loss``.
 
     Without a node called ``Placeholder``, the graph's only placeholder is the input. Raises
-    :class:`CustomVisionExportError` listing the graph's inputs and outputs when the names are not there.
+    :class:`InteropError` listing the graph's inputs and outputs when the names are not there.
     """
     return _find_input(graph_def, pb_path), _find_output(graph_def, pb_path)
 
@@ -135,9 +154,9 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text(encoding="utf-8-sig"))
     except (OSError, ValueError) as exc:
-        raise CustomVisionExportError(f"{path} is not readable JSON ({exc}); re-download the export.") from exc
+        raise InteropError(f"{path} is not readable JSON ({exc}); re-download the export.") from exc
     if not isinstance(data, dict):
-        raise CustomVisionExportError(f"{path} holds {type(data).__name__}, not a JSON object; re-download the export.")
+        raise InteropError(f"{path} holds {type(data).__name__}, not a JSON object; re-download the export.")
     return data
 
 
@@ -162,7 +181,7 @@ def detect_preprocessing(folder: str | Path) -> tuple[str, str]:
                             "preprocessing (BGR)")
     mode = _BY_PIXEL_FORMAT.get(str(value).lower())
     if mode is None:
-        raise CustomVisionExportError(
+        raise InteropError(
             f"{metadata_path}: {PIXEL_FORMAT_KEY} is {value!r}; expected 'Bgr8' or 'Rgb8'. Pass "
             f"preprocessing='tutorial' (BGR) or 's1' (RGB) to load_export to choose yourself."
         )
@@ -233,7 +252,7 @@ class CustomVisionScorer(FrozenGraphScorer):
         preprocessing_source: str = "chosen by the caller",
     ) -> None:
         if preprocessing not in PREPROCESSINGS:
-            raise CustomVisionExportError(
+            raise InteropError(
                 f"preprocessing must be one of {PREPROCESSINGS}, got {preprocessing!r}: 'tutorial' is Microsoft's "
                 "Python tutorial (centre crop, BGR), 's1' the [S1] compact domains (plain resize, RGB)."
             )
@@ -244,7 +263,7 @@ class CustomVisionScorer(FrozenGraphScorer):
         super().__init__(pb_path, input_tensor, output_tensor, None, labels,
                          mean=mean, channel_order=channel_order, max_pixels=max_pixels)
         if self.string_input:
-            raise CustomVisionExportError(
+            raise InteropError(
                 f"Input {self.input_name} takes strings, not the pixels a Custom Vision export takes."
             )
         self.preprocessing = preprocessing
@@ -282,7 +301,7 @@ def load_export(
     """
     folder = Path(folder).expanduser()
     if not folder.is_dir():
-        raise CustomVisionExportError(
+        raise InteropError(
             f"Custom Vision export folder {str(folder)!r} does not exist; unzip the export and pass its folder."
         )
     manifest = _manifest(folder)
@@ -290,7 +309,7 @@ def load_export(
     labels_file = folder / str(manifest.get("LabelFileName") or LABELS_FILE)
     missing = [p.name for p in (model_file, labels_file) if not p.is_file()]
     if missing:
-        raise CustomVisionExportError(
+        raise InteropError(
             f"{str(folder)!r} is missing {', '.join(missing)}: a Custom Vision TensorFlow export holds "
             f"{model_file.name} and {labels_file.name}. Export the iteration as 'TensorFlow' and unzip it there."
         )
@@ -307,14 +326,14 @@ def _check_settings(image_size: Sequence[int], mean_bgr: Sequence[float]) -> tup
     try:
         h, w = (int(v) for v in image_size)
     except (TypeError, ValueError):
-        raise CustomVisionExportError(
+        raise InteropError(
             f"image_size must be two whole numbers (height, width), got {image_size!r}; e.g. (227, 227)."
         ) from None
     if h < 1 or w < 1:
-        raise CustomVisionExportError(f"image_size must be positive, got {(h, w)}; e.g. (227, 227).")
+        raise InteropError(f"image_size must be positive, got {(h, w)}; e.g. (227, 227).")
     mean = np.asarray(mean_bgr, dtype=np.float32).reshape(-1)
     if mean.size != 3 or not np.isfinite(mean).all():
-        raise CustomVisionExportError(
+        raise InteropError(
             f"mean_bgr must be three finite numbers (B, G, R), got {mean_bgr!r}; use (0, 0, 0) for no mean."
         )
     return (h, w), mean
@@ -340,7 +359,7 @@ def _features_and_dense(output: Any, inputs: Any) -> tuple[Any, keras.layers.Den
     if isinstance(operation, keras.Model) and len(operation.outputs) == 1:
         inner, dense = _features_and_dense(operation.outputs[0], operation.inputs[0])
         return (lambda x: inner(outer(x))), dense
-    raise CustomVisionExportError(
+    raise InteropError(
         f"The model ends in {type(operation).__name__} {operation.name!r}; the stand-in needs a final Dense layer "
         "with softmax (its logits feed the graph's Softmax or Sigmoid)."
     )
@@ -351,19 +370,18 @@ def _head_of(
 ) -> tuple[Any, np.ndarray, np.ndarray, tuple[int, int]]:
     """(pixels → features, kernel, bias, backbone input size) from the model as trained, or the trained head."""
     if model is not None:
-        from .model_io import model_parts
 
-        parts = model_parts(model, CustomVisionExportError)
+        parts = model_parts(model, InteropError)
         features, dense = _features_and_dense(model.outputs[0], parts.pixels_tensor)
         activation = getattr(dense.activation, "__name__", str(dense.activation))
         if activation != "softmax":
-            raise CustomVisionExportError(
+            raise InteropError(
                 f"The final Dense {dense.name!r} of model {model.name!r} has activation {activation!r}; the stand-in "
                 "needs the softmax classifier it was trained as."
             )
         kernel, bias = (np.asarray(w, dtype=np.float32) for w in dense.get_weights()[:2])
         if kernel.shape[-1] != len(names):
-            raise CustomVisionExportError(
+            raise InteropError(
                 f"Model {model.name!r} gives {kernel.shape[-1]} scores but there are {len(names)} classes."
             )
         return features, kernel, bias, parts.image_size
@@ -374,7 +392,7 @@ def _head_of(
     kernel = np.asarray(trained.kernel, dtype=np.float32)
     bias = np.asarray(trained.bias, dtype=np.float32).reshape(-1)
     if kernel.shape != (width, len(names)) or bias.shape != (len(names),):
-        raise CustomVisionExportError(
+        raise InteropError(
             f"The head does not fit {arch.name} at {size[0]}x{size[1]}: kernel {kernel.shape}, bias {bias.shape}, "
             f"but the backbone gives {width} features and there are {len(names)} classes. Was it trained with "
             "another architecture or image size?"
@@ -400,7 +418,7 @@ def export_custom_vision_style(
     """
     (h, w), mean = _check_settings(image_size, mean_bgr)
     if activation not in ("softmax", "sigmoid"):
-        raise CustomVisionExportError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}.")
+        raise InteropError(f"activation must be 'softmax' or 'sigmoid', got {activation!r}.")
     names = [str(n) for n in getattr(trained.label_map, "names", trained.label_map)]
     features_of, kernel, bias, size = _head_of(trained, model, names)
     kernel_t, bias_t, mean_t = tf.constant(kernel), tf.constant(bias), tf.constant(mean)
@@ -418,7 +436,7 @@ def export_custom_vision_style(
 
     graph_def, outputs = freeze_concrete_function(score.get_concrete_function())
     if outputs != [MODEL_OUTPUTS_TENSOR] or _activation(graph_def, OUTPUT_TENSOR) != activation.capitalize():
-        raise CustomVisionExportError(
+        raise InteropError(
             f"Freezing named the output {outputs}, not {MODEL_OUTPUTS_TENSOR!r} after {OUTPUT_TENSOR!r}; "
             "please report this."
         )

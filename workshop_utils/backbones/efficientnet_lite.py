@@ -8,7 +8,7 @@ Speed on 2 CPU cores (batch 32, decoded 224x224 input, busy shared machine): Lit
 35-90 images/s, calling the model in a ``tf.function`` per batch 40-70; ``tf.function(jit_compile=True)``
 (XLA) is about 20x SLOWER (2-3 images/s) on CPU, so do not use XLA with this network. Lite1 (240x240) and
 Lite2 (260x260) take about 1.5x and 2x Lite0's CPU time per image (measured: 21, 32 and 43 ms of CPU per image),
-as their multiply-adds say (407 M, 631 M, 899 M); ``python -m workshop_utils.bench --arch`` measures one.
+as their multiply-adds say (407 M, 631 M, 899 M); ``python -m workshop_utils bench --arch`` measures one.
 
 Lite0 is EfficientNet-B0 made friendly to mobile hardware: no squeeze-excitation, ReLU6 instead of
 swish, stem and head not scaled. Lite1 and Lite2 scale its channels (width) and its number of blocks
@@ -31,21 +31,30 @@ from typing import Any
 
 import numpy as np
 
-from .config import import_tensorflow
-from .torch_weights import load_legacy_state_dict
+from workshop_utils.backbones.torch_weights import load_legacy_state_dict
+from workshop_utils.core.errors import WeightsUnavailableError
+from workshop_utils.core.runtime import import_tensorflow
 
-tf = import_tensorflow()
+import_tensorflow()  # quiet TensorFlow's start-up before Keras loads it
 import keras  # noqa: E402
 
 _CONVERTER_VERSION = 1  # bump when the conversion changes, so old caches are rebuilt
 
+
 FEATURES = 1280  # the head is not scaled: every variant gives 1,280 pooled features
+
+
 CLASSES = 1000
+
+
 BN_EPSILON = 1e-3
+
+
 MEAN, STD = 127.0, 128.0
 """Input normalisation (x - 127) / 128, as the TensorFlow EfficientNet-Lite reference uses for every variant.
 Checked: it beats [-1, 1], [0, 1] and PyTorch's ImageNet mean/std on the verification photos (the mean/std
 variant loses the daisy)."""
+
 
 # Lite0's (repeats, kernel, stride, expand ratio, in channels, out channels) per stage: 16 MBConv blocks.
 STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
@@ -57,6 +66,8 @@ STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
     (4, 5, 2, 6, 112, 192),
     (1, 3, 1, 6, 192, 320),
 )
+
+
 STEM_CHANNELS = 32
 
 
@@ -239,7 +250,6 @@ class _WeightsSource:
 
 def locate_weights_file(variant: str | Variant = "lite0") -> Path:
     """The .pth file shipped in the variant's weights package; a clear error naming the pip package if it is missing."""
-    from .architectures import WeightsUnavailableError  # here, not at the top: architectures imports this module
 
     variant = get_variant(variant)
     try:

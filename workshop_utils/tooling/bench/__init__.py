@@ -1,6 +1,6 @@
 """Benchmark: how fast each phase is, next to its physical limit and to what a learner would write instead.
 
-``python -m workshop_utils.bench [--arch NAME] [--images N] [--quick] [--out DIR]`` measures, in one
+``python -m workshop_utils bench [--arch NAME] [--images N] [--quick] [--out DIR]`` measures, in one
 process (memory in child processes), the ratios the workshop's approach rests on and writes them to
 ``bench/results/<date>-<arch>.json`` plus a markdown table. Targets are reported, never asserted.
 """
@@ -24,8 +24,35 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import config
-from .config import REPO_ROOT, environment_report, import_tensorflow, sample_dir
+from workshop_utils import config
+from workshop_utils import quality
+from workshop_utils.architectures import feature_extractor, get_architecture
+from workshop_utils.bottleneck import Bottlenecks, _runner, compute_bottlenecks
+from workshop_utils.config import REPO_ROOT, environment_report, sample_dir
+from workshop_utils.core.formats import DEFAULT_MAX_PIXELS, check_image_file
+from workshop_utils.core.images import decode_image
+from workshop_utils.core.labels import LabelMap
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.course import load_exported
+from workshop_utils.data import by_subset, load_dataset
+from workshop_utils.download import find_data_root
+from workshop_utils.finetune import (
+    build_augmentation,
+    compile_for_fine_tuning,
+    compose_model,
+    default_options,
+    image_dataset,
+    inner_backbone,
+    one_hot,
+    unfreeze_top,
+)
+from workshop_utils.head import Options, build_head
+from workshop_utils.quality import sha1_of_file
+from workshop_utils.scoring import Classifier
+from workshop_utils.trainer import ImageClassificationTrainer, class_weights
+
+tf = import_tensorflow()
+
 
 TARGETS = {
     "pipeline_vs_raw": ("≥", 0.9),
@@ -79,8 +106,6 @@ def machine_info() -> dict[str, Any]:
 
 def source_images() -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, validation) images to measure on: the real car-damage photos when downloaded, else the sample."""
-    from .data import by_subset, load_dataset
-    from .download import find_data_root
 
     real = config.data_dir() / "car-damage"
     root = find_data_root(real) if real.is_dir() else None
@@ -104,15 +129,12 @@ def bench_images(n: int, folder: Path) -> pd.DataFrame:
 def _decoded(frame: pd.DataFrame, size: tuple[int, int]) -> np.ndarray:
     """Every image decoded and resized in memory, exactly as the pipeline does (the 'raw' side)."""
     tf = import_tensorflow()
-    from .images import decode_image
 
     return np.stack([decode_image(tf.io.read_file(p), size).numpy() for p in frame["image_path"]])
 
 
 def bench_pipeline(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> dict[str, Any]:
     """(1) files → features vs model.predict on pre-decoded pixels; (2) cache reuse vs first computation."""
-    from .architectures import feature_extractor, get_architecture
-    from .bottleneck import _runner, compute_bottlenecks
 
     size = get_architecture(s.arch).resolve_input_size(s.image_size)
     model = feature_extractor(s.arch, s.weights, size)
@@ -163,7 +185,6 @@ def structured_features(n: int, d: int, classes: int, seed: int = 0) -> tuple[np
 
 
 def _bottlenecks(features: np.ndarray, labels: list[str], arch: str, size: tuple[int, int]):
-    from .bottleneck import Bottlenecks
 
     return Bottlenecks(features=features, labels=labels, image_paths=[f"{i}.jpeg" for i in range(len(labels))],
                        skipped=pd.DataFrame(columns=["path", "reason"]), from_cache=False, arch=arch,
@@ -175,7 +196,6 @@ def bench_head(s: BenchSettings) -> dict[str, Any]:
     import keras
     from sklearn.linear_model import LogisticRegression
 
-    from .trainer import ImageClassificationTrainer, Options, build_head
 
     n_val = max(s.head_samples // 4, 1)
     x_all, y_all = structured_features(s.head_samples + n_val, s.head_features, s.head_classes)
@@ -223,11 +243,6 @@ def bench_naive(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> dict[
     tf = import_tensorflow()
     import keras
 
-    from .architectures import feature_extractor, get_architecture
-    from .bottleneck import compute_bottlenecks
-    from .data import LabelMap
-    from .images import decode_image
-    from .trainer import ImageClassificationTrainer, Options
 
     size = get_architecture(s.arch).resolve_input_size(s.image_size)
     train_df, val_df = frame, source_images()[1]  # the N (replicated) training files; distinct validation images
@@ -282,11 +297,6 @@ def bench_finetune(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds: fl
 
     import keras
 
-    from .architectures import get_architecture
-    from .data import LabelMap
-    from .finetune import (build_augmentation, compile_for_fine_tuning, compose_model, default_options,
-                           image_dataset, inner_backbone, one_hot, unfreeze_top)
-    from .trainer import class_weights
 
     arch = get_architecture(s.arch)
     size = arch.resolve_input_size(s.image_size)
@@ -324,10 +334,6 @@ def bench_fingerprint(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds:
     limit), each next to decoding the same images (read + decode + resize, as the pipeline does). All on one
     thread, files in the page cache; also as a share of the whole bottleneck pass over them."""
     tf = import_tensorflow()
-    from .architectures import get_architecture
-    from .quality import sha1_of_file
-    from .images import decode_image
-    from .predictions import DEFAULT_MAX_PIXELS, check_image_file
 
     size = get_architecture(s.arch).resolve_input_size(s.image_size)
     paths = [str(p) for p in frame["image_path"]]
@@ -369,7 +375,6 @@ def bench_data_check(frame: pd.DataFrame, bottleneck_seconds: float) -> dict[str
     """(8) what the data-quality check costs next to the bottleneck pass over the same images: the SHA-1 of every
     file (exact copies; the remembered digests cleared first), a perceptual signature of *every* file (the bench's
     files are copies, which the check would otherwise skip) and the all-pairs comparison."""
-    from . import quality
 
     paths = [str(p) for p in frame["image_path"]]
     quality._digest.cache_clear()  # noqa: SLF001  (measure the hashing, not the memory of it)
@@ -397,7 +402,6 @@ def _rss_probe(s: BenchSettings, n: int, workspace: Path) -> dict[str, float]:
     """Child-process body: resident memory just before, and at its highest during, the bottleneck phase."""
     import threading
 
-    from .bottleneck import compute_bottlenecks
 
     frame = bench_images(n, workspace / "images")
     common = dict(workspace=workspace, batch_size=s.batch_size, weights=s.weights, image_size=s.image_size,
@@ -428,7 +432,7 @@ def bench_memory(s: BenchSettings, n: int, workspace: Path) -> dict[str, Any]:
     probes = []
     for count in (n, 4 * n):
         folder = workspace / f"rss-{count}"
-        command = [sys.executable, "-m", "workshop_utils.bench", "--_rss-probe", str(count), "--arch", s.arch,
+        command = [sys.executable, "-m", "workshop_utils", "bench", "--_rss-probe", str(count), "--arch", s.arch,
                    "--out", str(folder), "--_settings", json.dumps({"weights": s.weights, "image_size": s.image_size,
                                                                      "batch_size": s.batch_size})]
         done = subprocess.run(command, capture_output=True, text=True, check=False)
@@ -640,15 +644,13 @@ def bench_serve(model_dir: Path | None = None, clients: int = 8, requests_total:
     keep-alive connection. Stops after ``requests_total`` requests or ``max_seconds``. Every answer is
     checked against the in-process scores (label and largest score difference).
     """
-    from concurrent.futures import ThreadPoolExecutor
     import threading
+    from concurrent.futures import ThreadPoolExecutor
 
     import requests
 
-    from .model_io import Classifier
 
     if model_dir is None:
-        from .course import load_exported
 
         classifier = load_exported(config.setup())
         model_dir = classifier.directory
@@ -785,7 +787,7 @@ def run_serve_benchmark(out_dir: Path | None = None, **kwargs: Any) -> dict[str,
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point."""
-    parser = argparse.ArgumentParser(prog="python -m workshop_utils.bench", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m workshop_utils bench", description=__doc__.splitlines()[0])
     parser.add_argument("--arch", default="EfficientNetLite0", help="backbone to measure (default EfficientNetLite0)")
     parser.add_argument("--images", type=int, default=None, help="images for the bottleneck measures (default 512; quick 96)")
     parser.add_argument("--quick", action="store_true", help="small settings, about 3 minutes on 2 CPU cores")

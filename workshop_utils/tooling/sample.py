@@ -2,7 +2,7 @@
 
 It draws small car-panel pictures (paint, lighting, panel lines) showing one of eight damage kinds, in
 the real dataset's layout (``index.csv`` + ``image/<n>.jpeg``), so the workshop runs offline and in
-CI. ``python -m workshop_utils.sample`` regenerates it byte-identically; ``--check`` verifies it.
+CI. ``python -m workshop_utils sample`` regenerates it byte-identically; ``--check`` verifies it.
 """
 from __future__ import annotations
 
@@ -20,6 +20,9 @@ import pandas as pd
 import PIL
 from PIL import Image, ImageDraw, ImageFilter, features
 
+from workshop_utils.config import sample_dir
+from workshop_utils.core.errors import ToolingError
+
 CLASSES = (
     "bumper_dent",
     "bumper_scratch",
@@ -30,8 +33,14 @@ CLASSES = (
     "tail_lamp",
     "unknown",
 )
+
+
 IMAGE_SIZE = (160, 120)  # (width, height) of the saved JPEGs
+
+
 JPEG_QUALITY = 85
+
+
 COUNTS = {  # (subset T, subset V) images per class: unbalanced like the real photos' validation set
     "bumper_dent": (16, 4),  # real: 26 validation photos
     "bumper_scratch": (12, 3),  # 16
@@ -42,13 +51,23 @@ COUNTS = {  # (subset T, subset V) images per class: unbalanced like the real ph
     "tail_lamp": (16, 4),  # 27
     "unknown": (72, 18),  # 110: most real photos show no damage of the seven kinds
 }
+
+
 SEED = 0
+
+
 REFERENCE_BUILD = "Pillow 13.0.0, libjpeg-turbo 3.2.0"
 """The build that wrote the committed files: another JPEG library may encode the same pixels differently."""
 
+
 _SS = 2  # draw at twice the size, then downscale: smooth edges without anti-aliasing code
+
+
 _MARGIN = 1.3  # the canvas is larger than the view: room for rotation, shift and zoom
+
+
 _LIGHT = (-0.6, -0.8)  # direction towards the light in the picture plane (upper left)
+
 
 # Car paint colours (sRGB 0-1): white, silver, black, grey, red, dark blue, blue, green, beige, yellow.
 PAINTS = (
@@ -63,10 +82,6 @@ PAINTS = (
     (0.74, 0.68, 0.56),
     (0.88, 0.72, 0.14),
 )
-
-
-class SampleError(RuntimeError):
-    """The sample cannot be written where asked."""
 
 
 # ------------------------------------------------------------------------------------------ canvas
@@ -528,7 +543,7 @@ def generate(
         raise ValueError(f"n_train={n_train} and n_val={n_val}: both subsets need at least one image per class.")
     out = Path(out_dir if out_dir is not None else _default_dir()).absolute()
     if out.exists() and (not out.is_dir() or not set(os.listdir(out)) <= {"index.csv", "image"}):
-        raise SampleError(
+        raise ToolingError(
             f"{out} exists and holds more than a generated sample (only index.csv and image/): refusing to "
             "replace it. Choose a new or empty folder with --out."
         )
@@ -556,7 +571,6 @@ def generate(
 
 
 def _default_dir() -> Path:
-    from .config import sample_dir
 
     return sample_dir()
 
@@ -579,6 +593,8 @@ def compare_dirs(expected: str | os.PathLike, actual: str | os.PathLike) -> list
 
 
 MAX_ABS = 8  # levels (0-255): the largest pixel difference one JPEG library may make against another
+
+
 MEAN_ABS = 0.5  # levels: the mean difference per image allowed for the same reason
 
 
@@ -639,7 +655,7 @@ def check(target: str | os.PathLike | None = None, seed: int = SEED) -> list[str
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line: regenerate the sample (default data/sample) or --check it. Returns the exit code."""
-    parser = argparse.ArgumentParser(prog="python -m workshop_utils.sample", description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m workshop_utils sample", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="the sample folder (default: data/sample)")
     parser.add_argument("--seed", type=int, default=SEED, help=f"random seed (default {SEED}: the committed sample)")
     parser.add_argument("--check", action="store_true", help="compare the folder with a fresh generation, as pictures; "
@@ -653,7 +669,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             listed = "\n  ".join(problems[:20]) + more
             print(
                 f"{out} does not match a fresh generation; {len(problems)} difference(s):\n  {listed}\n"
-                f"Regenerate it with `python -m workshop_utils.sample`. This build is {pillow_build()}; the "
+                f"Regenerate it with `python -m workshop_utils sample`. This build is {pillow_build()}; the "
                 f"committed files were made with {REFERENCE_BUILD} (another JPEG library changes bytes, so pixels "
                 f"are compared within {MAX_ABS} levels, {MEAN_ABS} on average).",
                 file=sys.stderr,
@@ -663,7 +679,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     try:
         index = generate(out, seed=args.seed)
-    except SampleError as error:
+    except ToolingError as error:
         print(error, file=sys.stderr)
         return 1
     size = sum(p.stat().st_size for p in out.rglob("*") if p.is_file())
