@@ -2,13 +2,14 @@
 import json
 
 from workshop_utils.tooling import bench
+from workshop_utils.tooling.bench import cases
 
 KEYS = {"pipeline_vs_raw", "cache_speedup", "head_train_seconds", "head_train_vs_sklearn", "naive_vs_cached_speedup",
         "naive_accuracy", "cached_accuracy", "rss_growth_explained", "machine"}
 
 
 def test_harness_writes_a_well_formed_result(tmp_path):
-    settings = bench.BenchSettings(arch="MobilenetV2", weights=None, image_size=(64, 64), images=24, batch_size=8,
+    settings = cases.BenchSettings(arch="MobilenetV2", weights=None, image_size=(64, 64), images=24, batch_size=8,
                                    head_samples=60, head_features=32, head_classes=3, head_epochs=3,
                                    naive_epochs=4, naive_epochs_run=1, memory_probe=True)
     result = bench.run_benchmark(settings, tmp_path)
@@ -24,5 +25,5 @@ def test_harness_writes_a_well_formed_result(tmp_path):
 
 
 def test_structured_features_have_class_structure():
-    x, y = bench.structured_features(90, 16, 3)
+    x, y = cases.structured_features(90, 16, 3)
     assert x.shape == (90, 16) and x.dtype == "float32" and set(y) == {0, 1, 2}

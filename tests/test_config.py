@@ -3,6 +3,8 @@ import json
 import pytest
 
 from workshop_utils import config
+from workshop_utils.core.errors import ConfigError
+from workshop_utils.core.runtime import import_tensorflow
 
 
 def test_profiles_default_to_full_and_read_the_environment(monkeypatch):
@@ -19,7 +21,7 @@ def test_profiles_default_to_full_and_read_the_environment(monkeypatch):
 
 def test_unknown_profile_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("WORKSHOP_PROFILE", "fast")
-    with pytest.raises(config.ConfigError, match=r"Unknown workshop profile 'fast'.*full, quick"):
+    with pytest.raises(ConfigError, match=r"Unknown workshop profile 'fast'.*full, quick"):
         config.get_profile()
 
 
@@ -56,7 +58,7 @@ def test_the_notebook_setting_wins_then_the_environment_then_full(monkeypatch, t
 
 
 def test_a_bad_profile_in_the_cell_names_the_cell(monkeypatch):
-    with pytest.raises(config.ConfigError, match=r"Unknown workshop profile 'fast' \(from PROFILE in the notebook's "
+    with pytest.raises(ConfigError, match=r"Unknown workshop profile 'fast' \(from PROFILE in the notebook's "
                        r"first cell\); use one of: full, quick\."):
         config.get_profile("fast")
 
@@ -97,7 +99,7 @@ def test_an_unreadable_profile_record_is_reported_and_replaced(tmp_path):
 def test_setup_lets_gpu_memory_grow_before_any_op_runs(monkeypatch, tmp_path, capsys):
     """With GPUs (faked here: CI has none), setup turns memory growth on for each, so several notebook kernels
     share one GPU; growth already on is left alone, and a GPU initialised too early is reported, not hidden."""
-    tf = config.import_tensorflow()
+    tf = import_tensorflow()
     monkeypatch.setenv("WORKSHOP_WORKSPACE", str(tmp_path))
     gpus = [tf.config.PhysicalDevice(name=f"/physical_device:GPU:{i}", device_type="GPU") for i in range(3)]
     growth = {"/physical_device:GPU:0": False, "/physical_device:GPU:1": True, "/physical_device:GPU:2": False}
@@ -124,7 +126,7 @@ def test_setup_lets_gpu_memory_grow_before_any_op_runs(monkeypatch, tmp_path, ca
 
 
 def test_setup_on_a_cpu_touches_no_device(monkeypatch, tmp_path):
-    tf = config.import_tensorflow()
+    tf = import_tensorflow()
     monkeypatch.setenv("WORKSHOP_WORKSPACE", str(tmp_path))
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("a GPU is present: the test above covers it")

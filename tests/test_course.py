@@ -6,6 +6,7 @@ import pytest
 from workshop_utils import course
 from workshop_utils import data
 from workshop_utils.config import setup
+from workshop_utils.core.errors import DatasetError
 from workshop_utils.schedules import ExponentialLRDecay
 
 
@@ -81,7 +82,7 @@ def test_a_dataset_with_its_own_test_subset_uses_it(settings):
 
 
 def test_unknown_protocol_is_named(settings):
-    with pytest.raises(data.DatasetError, match=r"Unknown protocol 'fair'; use one of honest, mlnet"):
+    with pytest.raises(DatasetError, match=r"Unknown protocol 'fair'; use one of honest, mlnet"):
         course.plan_run(settings.profile, "sample", workspace=settings.workspace, protocol="fair")
 
 

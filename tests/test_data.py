@@ -15,17 +15,10 @@ from workshop_utils import data
 from workshop_utils.core.errors import (
     DatasetError,
     DatasetNotFoundError,
-    DatasetError as EmptyDatasetError,
-    DatasetError as EmptyLabelError,
-    DatasetError as IndexFormatError,
     LabelsFileError as LabelFileError,
     LeftOutFilesWarning,
-    DatasetError as MissingColumnsError,
     MissingImagesError,
-    DatasetError as NoImagesFoundError,
     StratifyFallbackWarning,
-    DatasetError as UnknownLabelError,
-    DatasetError as UnknownSubsetError,
     UnseenClassWarning,
 )
 from workshop_utils.core.labels import LabelMap
@@ -103,7 +96,7 @@ def test_missing_index_file(tmp_path: Path):
 
 def test_missing_columns_names_expected_and_found(tmp_path: Path):
     csv = write_index(tmp_path, [("image/1.jpeg", "a")], header="image,class")  # type: ignore[list-item]
-    with pytest.raises(MissingColumnsError, match=r"index\.csv: missing column\(s\) subset; expected image, "
+    with pytest.raises(DatasetError, match=r"index\.csv: missing column\(s\) subset; expected image, "
                        r"class, subset, found image, class\. Make the first line"):
         data.load_index(csv)
 
@@ -123,45 +116,45 @@ def test_missing_images_lists_first_ten_line_numbers_and_count(tmp_path: Path):
 
 def test_unknown_subset_values_are_named_with_their_lines(tmp_path: Path):
     csv = write_index(tmp_path, [("image/1.jpeg", "a", "T"), ("image/2.jpeg", "a", "X"), ("image/3.jpeg", "a", "")])
-    with pytest.raises(UnknownSubsetError, match=r"unknown subset value\(s\) '', 'X' on lines 3, 4 \(2 in all\)\. "
+    with pytest.raises(DatasetError, match=r"unknown subset value\(s\) '', 'X' on lines 3, 4 \(2 in all\)\. "
                        r"Use T \(train\) or V \(validation\)"):
         data.load_index(csv)
 
 
 def test_empty_label_is_reported_with_its_line(tmp_path: Path):
     csv = write_index(tmp_path, [("image/1.jpeg", "a", "T"), ("image/2.jpeg", " ", "T")])
-    with pytest.raises(EmptyLabelError, match=r"index\.csv: empty 'class' value on lines 3 \(1 in all\)"):
+    with pytest.raises(DatasetError, match=r"index\.csv: empty 'class' value on lines 3 \(1 in all\)"):
         data.load_index(csv)
 
 
 def test_empty_image_path_is_reported_with_its_line(tmp_path: Path):
     csv = write_index(tmp_path, [("", "a", "T")])
-    with pytest.raises(IndexFormatError, match=r"empty 'image' value on lines 2 \(1 in all\)"):
+    with pytest.raises(DatasetError, match=r"empty 'image' value on lines 2 \(1 in all\)"):
         data.load_index(csv)
 
 
 def test_line_numbers_count_blank_lines(tmp_path: Path):
     make_image(tmp_path / "image" / "1.jpeg")
     (tmp_path / "index.csv").write_text("image,class,subset\nimage/1.jpeg,a,T\n\nimage/1.jpeg,a,Q\n")
-    with pytest.raises(UnknownSubsetError, match=r"on lines 4 \(1 in all\)"):
+    with pytest.raises(DatasetError, match=r"on lines 4 \(1 in all\)"):
         data.load_index(tmp_path / "index.csv")
 
 
 def test_index_with_header_only_is_empty(tmp_path: Path):
     csv = write_index(tmp_path, [])
-    with pytest.raises(EmptyDatasetError, match=r"index\.csv: the index has a header but no data rows"):
+    with pytest.raises(DatasetError, match=r"index\.csv: the index has a header but no data rows"):
         data.load_index(csv)
 
 
 def test_empty_file_is_empty_dataset(tmp_path: Path):
     (tmp_path / "index.csv").write_text("")
-    with pytest.raises(EmptyDatasetError, match=r"index\.csv: the file is empty; expected the header"):
+    with pytest.raises(DatasetError, match=r"index\.csv: the file is empty; expected the header"):
         data.load_index(tmp_path / "index.csv")
 
 
 def test_unparseable_csv(tmp_path: Path):
     (tmp_path / "index.csv").write_text("image,class,subset\na,b,T\na,b,T,extra,fields\n")
-    with pytest.raises(IndexFormatError, match=r"index\.csv: not a readable CSV file"):
+    with pytest.raises(DatasetError, match=r"index\.csv: not a readable CSV file"):
         data.load_index(tmp_path / "index.csv")
 
 
@@ -203,14 +196,14 @@ def test_labels_from_file_name_prefix(tmp_path: Path):
 
 def test_file_names_without_leading_letters_have_no_label(tmp_path: Path):
     make_image(tmp_path / "all" / "7001-220.jpg", fmt="JPEG")
-    with pytest.raises(EmptyLabelError, match=r"files 7001-220\.jpg \(1 in all\) do not start with letters"):
+    with pytest.raises(DatasetError, match=r"files 7001-220\.jpg \(1 in all\) do not start with letters"):
         data.load_images_from_directory(tmp_path, use_folder_name_as_label=False)
 
 
 def test_folder_without_images(tmp_path: Path):
     (tmp_path / "cls").mkdir()
     (tmp_path / "cls" / "readme.txt").write_text("x")
-    with pytest.raises(NoImagesFoundError, match=r"no images found \(\.jpg, \.jpeg, \.jpe, \.jfif, \.png, \.gif, "
+    with pytest.raises(DatasetError, match=r"no images found \(\.jpg, \.jpeg, \.jpe, \.jfif, \.png, \.gif, "
                        r"\.bmp, \.webp in any case, searched recursively; left out 1 other file\(s\): "
                        r"cls/readme\.txt\)\. Point at the folder"):
         data.load_images_from_directory(tmp_path)
@@ -361,9 +354,9 @@ def test_split_rejects_bad_fractions(kwargs, message):
 
 
 def test_split_needs_two_images_and_a_label_column():
-    with pytest.raises(EmptyDatasetError, match=r"split\(\) needs at least 2 images, got 1"):
+    with pytest.raises(DatasetError, match=r"split\(\) needs at least 2 images, got 1"):
         data.split(frame({"a": 1}))
-    with pytest.raises(MissingColumnsError, match=r"missing column\(s\) label; expected image_path, label"):
+    with pytest.raises(DatasetError, match=r"missing column\(s\) label; expected image_path, label"):
         data.split(pd.DataFrame({"image_path": ["x"]}))
 
 
@@ -375,14 +368,14 @@ def test_by_subset(car_index: Path):
 
 def test_by_subset_without_validation_rows_says_what_to_do(tmp_path: Path):
     df = data.load_index(write_index(tmp_path, [("image/1.jpeg", "a", "T")]))
-    with pytest.raises(EmptyDatasetError, match=r"index\.csv: no validation rows \(subset values found: "
+    with pytest.raises(DatasetError, match=r"index\.csv: no validation rows \(subset values found: "
                        r"'train'\)\. Mark rows T/V in index\.csv, or make the parts with split\(df\)"):
         data.by_subset(df)
 
 
 def test_by_subset_on_folder_data_points_to_split(tmp_path: Path):
     make_image(tmp_path / "a" / "1.png", fmt="PNG")
-    with pytest.raises(EmptyDatasetError, match=r"no train rows \(subset values found: ''\)"):
+    with pytest.raises(DatasetError, match=r"no train rows \(subset values found: ''\)"):
         data.by_subset(data.load_images_from_directory(tmp_path))
 
 
@@ -393,7 +386,7 @@ def test_by_subset_warns_about_unseen_classes_in_a_hand_made_table():
 
 
 def test_by_subset_needs_a_subset_column():
-    with pytest.raises(MissingColumnsError, match=r"missing column\(s\) subset.*use split\(\)"):
+    with pytest.raises(DatasetError, match=r"missing column\(s\) subset.*use split\(\)"):
         data.by_subset(pd.DataFrame({"image_path": ["x"], "label": ["a"]}))
 
 
@@ -413,13 +406,13 @@ def test_label_map_sorts_and_maps_both_ways():
 
 def test_label_map_errors():
     labels = LabelMap(["a", "b"])
-    with pytest.raises(UnknownLabelError, match=r"Unknown class 'z'; this label map knows 2: a, b"):
+    with pytest.raises(DatasetError, match=r"Unknown class 'z'; this label map knows 2: a, b"):
         labels.index("z")
-    with pytest.raises(UnknownLabelError, match=r"unknown classes 'y', 'z' \(2 in all\); this label map knows a, b"):
+    with pytest.raises(DatasetError, match=r"unknown classes 'y', 'z' \(2 in all\); this label map knows a, b"):
         labels.encode(["a", "z", "y"])
     with pytest.raises(IndexError, match=r"Class index 5 is out of range: this label map has 2 classes"):
         labels.name(5)
-    with pytest.raises(EmptyLabelError, match=r"class names must be non-blank single lines"):
+    with pytest.raises(DatasetError, match=r"class names must be non-blank single lines"):
         LabelMap(["a", " "])
 
 
@@ -522,5 +515,12 @@ def test_validate_images_all_good_and_list_input(tmp_path: Path):
 
 
 def test_validate_images_needs_image_path_column():
-    with pytest.raises(MissingColumnsError, match=r"missing column\(s\) image_path"):
+    with pytest.raises(DatasetError, match=r"missing column\(s\) image_path"):
         data.validate_images(pd.DataFrame({"path": ["x"]}))
+
+
+def test_require_columns_names_the_table_and_refuses_what_is_not_a_table():
+    with pytest.raises(DatasetError, match=r"^the history: missing column\(s\) b; expected a, b, found a\. Fix it\.$"):
+        data.require_columns(pd.DataFrame({"a": []}), ["a", "b"], "Fix it.", what="the history")
+    with pytest.raises(DatasetError, match=r"^the table must be a pandas DataFrame, got list\.$"):
+        data.require_columns([1], ["a"])

@@ -15,11 +15,9 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from workshop_utils import config
-from workshop_utils import download
-from workshop_utils.core.errors import DatasetError, LeftOutFilesWarning
+from workshop_utils import config, download
+from workshop_utils.core.errors import DatasetError, DownloadError, LeftOutFilesWarning, UnsafeArchiveError
 from workshop_utils.download import DATASETS, fetch_dataset, find_data_root, resolve_dataset, safe_extract
-from workshop_utils.core.errors import DownloadError, DatasetError as UnknownDatasetError, UnsafeArchiveError
 
 
 def jpeg_bytes(color=(10, 120, 200)) -> bytes:
@@ -205,6 +203,24 @@ def test_archive_with_broken_index_is_reported(tmp_path, monkeypatch):
     assert not (tmp_path / "data" / "car-damage").exists()
 
 
+def test_unsafe_archive_is_refused_as_unsafe_not_as_a_non_archive(tmp_path, monkeypatch):
+    archive = build_zip(tmp_path / "evil.zip", {**car_damage_files(), "../evil.txt": b"x"})
+    monkeypatch.setenv("WORKSHOP_CAR_DAMAGE_URL", archive.as_uri())
+    with pytest.raises(UnsafeArchiveError, match=r"refusing to unpack member '\.\./evil\.txt'"):
+        fetch_dataset("car-damage", data_dir=tmp_path / "data")
+    assert sorted(p.name for p in (tmp_path / "data").iterdir()) == ["downloads"]
+    assert not (tmp_path / "evil.txt").exists()
+
+
+def test_tar_with_a_device_is_refused(tmp_path):
+    with tarfile.open(tmp_path / "dev.tgz", "w:gz") as tf:
+        info = tarfile.TarInfo("data/null")
+        info.type = tarfile.CHRTYPE
+        tf.addfile(info)
+    with pytest.raises(UnsafeArchiveError, match=r"member 'data/null' \(device or pipe\)"):
+        safe_extract(tmp_path / "dev.tgz", tmp_path / "out")
+
+
 def test_damaged_archive_is_deleted_for_a_fresh_download(tmp_path, monkeypatch):
     good = build_zip(tmp_path / "good.zip", car_damage_files()).read_bytes()
     damaged = tmp_path / "damaged.zip"
@@ -252,7 +268,7 @@ def test_existing_folder_without_data(tmp_path):
 
 
 def test_fetch_unknown_name(tmp_path):
-    with pytest.raises(UnknownDatasetError, match=r"Unknown dataset 'cats'; the downloadable ones are car-damage, "
+    with pytest.raises(DatasetError, match=r"Unknown dataset 'cats'; the downloadable ones are car-damage, "
                        r"flowers, concrete-cracks"):
         fetch_dataset("cats", data_dir=tmp_path)
 
@@ -278,7 +294,7 @@ def test_resolve_sample(tmp_path, monkeypatch):
 
 def test_resolve_missing_sample(tmp_path, monkeypatch):
     monkeypatch.setattr(config, "sample_dir", lambda: tmp_path / "sample")
-    with pytest.raises(DatasetError, match=r"bundled sample is missing .*python -m workshop_utils\.sample"):
+    with pytest.raises(DatasetError, match=r"bundled sample is missing .*python -m workshop_utils sample"):
         resolve_dataset("sample")
 
 
@@ -293,6 +309,6 @@ def test_resolve_names_fetch_and_paths_pass_through(tmp_path, monkeypatch):
 
 
 def test_resolve_unknown_lists_valid_names(tmp_path):
-    with pytest.raises(UnknownDatasetError, match=r"Unknown dataset 'catz': not one of sample, car-damage, flowers, "
+    with pytest.raises(DatasetError, match=r"Unknown dataset 'catz': not one of sample, car-damage, flowers, "
                        r"concrete-cracks, and no file or folder .*catz exists"):
         resolve_dataset("catz")

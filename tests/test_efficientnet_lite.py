@@ -20,7 +20,6 @@ from workshop_utils.backbones import efficientnet_lite as lite
 from workshop_utils.backbones import torch_weights
 from workshop_utils.architectures import ARCHITECTURES, get_architecture
 from workshop_utils.core.errors import WeightsUnavailableError
-from workshop_utils.core.errors import WeightsUnavailableError as TorchFileError
 from workshop_utils.backbones.torch_weights import load_legacy_state_dict
 
 import keras  # noqa: E402  (after workshop_utils, which silences TensorFlow's logs first)
@@ -112,17 +111,17 @@ def test_legacy_reader_honours_offsets_and_strides(tmp_path, monkeypatch):
 def test_legacy_reader_rejects_truncated_zip_and_foreign_files(tmp_path, monkeypatch):
     path = tmp_path / "cut.pth"
     _write_legacy(path, {"w": _Tensor(_Storage("1", np.arange(10, dtype=np.float32)), 0, (10,), (1,))}, monkeypatch, truncate=8)
-    with pytest.raises(TorchFileError, match=r"cut\.pth is truncated: storage 1 has 32 of 40 bytes"):
+    with pytest.raises(WeightsUnavailableError, match=r"cut\.pth is truncated: storage 1 has 32 of 40 bytes"):
         load_legacy_state_dict(path)
 
     zipped = tmp_path / "new.pth"
     zipped.write_bytes(b"PK\x03\x04rest")
-    with pytest.raises(TorchFileError, match=r"zip-format.*_use_new_zipfile_serialization=False"):
+    with pytest.raises(WeightsUnavailableError, match=r"zip-format.*_use_new_zipfile_serialization=False"):
         load_legacy_state_dict(zipped)
 
     other = tmp_path / "other.pkl"
     other.write_bytes(pickle.dumps({"a": 1}))
-    with pytest.raises(TorchFileError, match=r"other\.pkl is not a PyTorch legacy file"):
+    with pytest.raises(WeightsUnavailableError, match=r"other\.pkl is not a PyTorch legacy file"):
         load_legacy_state_dict(other)
 
     evil = tmp_path / "evil.pth"
@@ -130,7 +129,7 @@ def test_legacy_reader_rejects_truncated_zip_and_foreign_files(tmp_path, monkeyp
         for header in (torch_weights.LEGACY_MAGIC_NUMBER, torch_weights.LEGACY_PROTOCOL_VERSION, {}):
             pickle.dump(header, fh, protocol=2)
         pickle.dump(OrderedDict(x=Path("/")), fh, protocol=2)
-    with pytest.raises(TorchFileError, match=r"refers to pathlib\.PosixPath|refers to pathlib\.Path"):
+    with pytest.raises(WeightsUnavailableError, match=r"refers to pathlib\.PosixPath|refers to pathlib\.Path"):
         load_legacy_state_dict(evil)
 
     with pytest.raises(FileNotFoundError, match="missing.pth does not exist"):

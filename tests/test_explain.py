@@ -15,8 +15,9 @@ import keras  # noqa: E402
 import image_cases  # noqa: E402
 from workshop_utils import explain  # noqa: E402
 from workshop_utils import finetune
-from workshop_utils.export import writer as model_io
+from workshop_utils.export.graph import uses_mixed_precision
 from workshop_utils.architectures import ARCHITECTURES, get_architecture  # noqa: E402
+from workshop_utils.core.errors import ConfigError  # noqa: E402
 from workshop_utils.core.labels import LabelMap  # noqa: E402
 
 
@@ -116,12 +117,12 @@ def test_bytes_in_export_model_is_explained_from_pixels() -> None:
 
 def test_bad_inputs_say_what_is_expected() -> None:
     cam = explain.GradCAM(planted_model())
-    with pytest.raises(explain.ExplainError, match=r"pixels of shape \(N, 32, 32, 3\), got \(1, 20, 20, 3\)"):
+    with pytest.raises(ConfigError, match=r"pixels of shape \(N, 32, 32, 3\), got \(1, 20, 20, 3\)"):
         cam(np.zeros((1, 20, 20, 3), np.float32))
     dense_only = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
-    with pytest.raises(explain.ExplainError, match="no nested backbone with a convolutional feature map"):
+    with pytest.raises(ConfigError, match="no nested backbone with a convolutional feature map"):
         explain.GradCAM(dense_only)
-    with pytest.raises(explain.ExplainError, match=r"must be 2-D \(height, width\), got shape \(3,\)"):
+    with pytest.raises(ConfigError, match=r"must be 2-D \(height, width\), got shape \(3,\)"):
         explain.resize_heatmap(np.zeros(3), (4, 4))
 
 
@@ -138,7 +139,7 @@ def test_gallery_plots_one_tile_per_right_two_per_wrong_and_checks_sizes() -> No
     bars = [ax for ax in fig.axes if ax.get_label() == "<colorbar>"]
     assert len(bars) == 1 and bars[0].get_ylim() == (0.0, 1.0)  # one colour bar for every tile: 0 … the peak
     assert "evidence" in bars[0].get_ylabel()
-    with pytest.raises(plots.PlotError, match=r"heatmap of shape \(7, 7\) does not match its photo \(30, 40\)"):
+    with pytest.raises(ConfigError, match=r"heatmap of shape \(7, 7\) does not match its photo \(30, 40\)"):
         plots.plot_grad_cam_gallery([dict(base, predicted=0, heatmap=np.zeros((7, 7)))], ["dent", "scratch"])
 
 
@@ -147,7 +148,7 @@ def test_a_mixed_precision_model_is_explained_in_float32() -> None:
     trained = fake_trained("EfficientNetLite0", (64, 64))
     trained.backbone_weights = "imagenet"  # a random backbone's features vanish in float16 (see test_finetune)
     mixed = finetune.compose_model(trained, mixed_precision=True)
-    assert model_io.uses_mixed_precision(mixed)
+    assert uses_mixed_precision(mixed)
     x = np.random.default_rng(3).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
     maps, probabilities = explain.GradCAM(mixed)(x)
     assert maps.dtype == np.float32 and probabilities.dtype == np.float32 and np.isfinite(maps).all()

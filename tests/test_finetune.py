@@ -14,11 +14,15 @@ tf = import_tensorflow()
 import keras  # noqa: E402
 
 import image_cases  # noqa: E402
-from workshop_utils import finetune  # noqa: E402
-from workshop_utils.export import writer as model_io
+from workshop_utils import finetune, finetune_report  # noqa: E402
+from workshop_utils.export.graph import uses_mixed_precision  # noqa: E402
+from workshop_utils.export.writer import export_model  # noqa: E402
+from workshop_utils.scoring import Classifier  # noqa: E402
 from workshop_utils.architectures import get_architecture  # noqa: E402
 from workshop_utils.core.labels import LabelMap  # noqa: E402
+from workshop_utils.core.errors import ConfigError  # noqa: E402
 from workshop_utils.core.images import decode_image  # noqa: E402
+from workshop_utils.schedules import EarlyStopping  # noqa: E402
 
 SIZE = (32, 32)
 CLASSES = ["dent", "scratch"]
@@ -97,7 +101,7 @@ def test_unfreeze_fraction_means_the_same_share_for_every_architecture(lite0: ke
 
 @pytest.mark.parametrize("value", [-1, 1.5, float("nan"), "3", True])
 def test_bad_unfreeze_values_say_what_is_allowed(value: object) -> None:
-    with pytest.raises(finetune.FineTuneError, match=r"unfreeze=.* whole number >= 0 .* fraction between 0 and 1"):
+    with pytest.raises(ConfigError, match=r"unfreeze=.* whole number >= 0 .* fraction between 0 and 1"):
         finetune.FineTuneOptions(unfreeze=value).check()
 
 
@@ -112,7 +116,7 @@ def test_bad_unfreeze_values_say_what_is_allowed(value: object) -> None:
     ("batch_size", 0, r"batch_size=0 must be at least 1"),
 ])
 def test_bad_options_name_the_value(field: str, value: object, message: str) -> None:
-    with pytest.raises(finetune.FineTuneError, match=message):
+    with pytest.raises(ConfigError, match=message):
         finetune.FineTuneOptions(**{field: value}).check()
 
 
@@ -129,7 +133,7 @@ def test_defaults_depend_on_profile_and_device() -> None:
     # the budget the README promises: 1,210 training photos at the slow CI machine's 67 s per epoch (validation
     # included), at most 25 of the 30 minutes, leaving 5 for bottlenecks, head, test scoring and export
     assert cpu.epochs * 67 <= 25 * 60
-    with pytest.raises(finetune.FineTuneError, match="epochs=0"):
+    with pytest.raises(ConfigError, match="epochs=0"):
         finetune.default_options("full", gpu=False, epochs=0)
 
 
@@ -171,7 +175,7 @@ def test_composed_model_is_backbone_then_head() -> None:
 def test_composed_model_rejects_a_head_of_another_architecture() -> None:
     trained = fake_trained()
     trained.kernel = trained.kernel[:100]
-    with pytest.raises(finetune.FineTuneError, match=r"head's kernel has shape \(100, 2\) but EfficientNetLite0 gives 1280"):
+    with pytest.raises(ConfigError, match=r"head's kernel has shape \(100, 2\) but EfficientNetLite0 gives 1280"):
         finetune.compose_model(trained)
 
 
@@ -229,17 +233,16 @@ def test_image_dataset_decodes_like_the_bottlenecks(photos: tuple[list[str], lis
 
 
 def test_image_dataset_rejects_empty_and_mismatched_lists() -> None:
-    with pytest.raises(finetune.FineTuneError, match="image list is empty"):
+    with pytest.raises(ConfigError, match="image list is empty"):
         finetune.image_dataset([], [], SIZE, 4)
-    with pytest.raises(finetune.FineTuneError, match="2 image paths but 1 labels"):
+    with pytest.raises(ConfigError, match="2 image paths but 1 labels"):
         finetune.image_dataset(["a.jpeg", "b.jpeg"], [0], SIZE, 4)
 
 
 def test_early_stopping_restores_the_start_when_no_epoch_beats_it() -> None:
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     start = [np.array(w) for w in model.get_weights()]
-    stopper = finetune.EarlyStoppingFromStart(start_value=0.5, monitor="val_loss", patience=1,
-                                              restore_best_weights=True)
+    stopper = EarlyStopping(min_delta=0.0, patience=1, monitor="val_loss", start_value=0.5)
     stopper.set_model(model)
     stopper.on_train_begin()
     for epoch, loss in enumerate([0.7, 0.9]):
@@ -254,8 +257,7 @@ def test_early_stopping_restores_the_start_when_no_epoch_beats_it() -> None:
 def test_early_stopping_keeps_an_epoch_that_beats_the_start() -> None:
     model = keras.Sequential([keras.Input((3,)), keras.layers.Dense(2)])
     start = model.get_weights()
-    stopper = finetune.EarlyStoppingFromStart(start_value=0.5, monitor="val_loss", patience=3,
-                                              restore_best_weights=True)
+    stopper = EarlyStopping(min_delta=0.0, patience=3, monitor="val_loss", start_value=0.5)
     stopper.set_model(model)
     stopper.on_train_begin()
     for epoch, loss in enumerate([0.6, 0.4, 0.45]):
@@ -269,7 +271,7 @@ def test_early_stopping_keeps_an_epoch_that_beats_the_start() -> None:
 def test_missing_bottlenecks_say_how_to_load_them() -> None:
     trained = fake_trained()
     trained.train_bottlenecks = trained.validation_bottlenecks = None
-    with pytest.raises(finetune.FineTuneError, match=r"course.load_trained\(settings\)"):
+    with pytest.raises(ConfigError, match=r"course.load_trained\(settings\)"):
         finetune.fine_tune(trained, finetune.FineTuneOptions(epochs=1))
 
 
@@ -297,7 +299,8 @@ def test_fine_tune_chooses_on_validation_reports_on_test_and_exports(trained_tin
     from workshop_utils.scoring import Classifier
 
     options = finetune.FineTuneOptions(unfreeze=0.2, epochs=2, batch_size=4, patience=5, learning_rate=1e-3)
-    result, before, after = finetune.run_fine_tune(trained_tiny, options, export_dir=tmp_path / "model", quiet=True)
+    result, before, after = finetune_report.run_fine_tune(trained_tiny, options, export_dir=tmp_path / "model",
+                                                          quiet=True)
     printed = capsys.readouterr().out
     assert "head only" in printed and "fine-tuned" in printed and "MacroAccuracy" in printed
     assert "Before/after on the test set (never used for choosing)" in printed
@@ -369,7 +372,7 @@ def test_without_a_test_set_the_validation_set_is_reported_and_named(photos, cap
     trained.validation_bottlenecks.features = np.zeros((2, 1280), np.float32)
     trained.validation_bottlenecks.label_indices = lambda label_map: np.array([0, 1])
     options = finetune.FineTuneOptions(unfreeze=0, epochs=1, batch_size=4, augmentation=0)
-    _, before, after = finetune.run_fine_tune(trained, options, quiet=True)
+    _, before, after = finetune_report.run_fine_tune(trained, options, quiet=True)
     assert (before.subset, after.subset) == ("validation", "validation")
     assert "Before/after on the validation set (no test set: the validation set, which also chose the epoch" \
         in capsys.readouterr().out
@@ -390,12 +393,12 @@ def test_cli_flags_parse_and_reject_bad_values(capsys) -> None:
                                              (["--protocol", "mlnet"], None),
                                              (["--protocol", "mlnet", "--class-weight", "balanced"], "balanced")])
 def test_cli_fine_tune_follows_the_class_weight_flag_and_protocol(flags, expected, monkeypatch, tmp_path) -> None:
-    from workshop_utils.apps import cli
+    from workshop_utils.apps import cli, commands
 
     seen = {}
-    monkeypatch.setattr(finetune, "cli_fine_tune", lambda *a, **k: seen.update(k) or 0)
+    monkeypatch.setattr(finetune_report, "cli_fine_tune", lambda *a, **k: seen.update(k) or 0)
     args = cli.build_parser().parse_args(["run", "--fine-tune", *flags])
-    assert cli._fine_tune(args, None, "full", tmp_path) == 0
+    assert commands._fine_tune(args, None, "full", tmp_path) == 0
     assert seen["class_weight"] == expected
 
 
@@ -407,9 +410,9 @@ def test_augmentation_grid_and_confusion_pair_plots() -> None:
     x = pixels(3)
     fig = plots.plot_augmentation_grid(x[0], list(x[1:]), ncols=2)
     assert sum(ax.get_visible() for ax in fig.axes) == 3
-    with pytest.raises(plots.PlotError, match="versions is empty"):
+    with pytest.raises(ConfigError, match="versions is empty"):
         plots.plot_augmentation_grid(x[0], [])
-    with pytest.raises(plots.PlotError, match=r"an image must be \(height, width, 3\) RGB, got shape \(4, 4\)"):
+    with pytest.raises(ConfigError, match=r"an image must be \(height, width, 3\) RGB, got shape \(4, 4\)"):
         plots.plot_augmentation_grid(np.zeros((4, 4)), [x[0]])
     y = np.array([0, 1, 1, 0])
     before = evaluate(y, np.array([[0.6, 0.4], [0.7, 0.3], [0.2, 0.8], [0.9, 0.1]]), CLASSES, name="head only")
@@ -417,9 +420,9 @@ def test_augmentation_grid_and_confusion_pair_plots() -> None:
     fig = plots.plot_confusion_pair(before, after)
     titles = [ax.get_title() for ax in fig.axes if ax.get_title()]
     assert any("macro 0.750" in t for t in titles) and any("macro 1.000" in t for t in titles)
-    table = finetune.compare(before, after)
+    table = finetune_report.compare(before, after)
     assert table.loc["MacroAccuracy", "change"] == pytest.approx(0.25)
-    assert finetune.one_image_macro(before) == pytest.approx(1 / (2 * 2))
+    assert finetune_report.one_image_macro(before) == pytest.approx(1 / (2 * 2))
 
 
 # -- mixed precision: the Keras way, on the CPU too -------------------------------------------------------------
@@ -430,7 +433,7 @@ def test_mixed_precision_model_is_built_under_the_policy_and_compile_scales_the_
     trained = fake_trained(weights="imagenet")
     model = finetune.compose_model(trained, finetune.build_augmentation(0.1), mixed_precision=True)
     assert keras.mixed_precision.global_policy().name == policy  # restored afterwards
-    assert model.dtype_policy.name == "mixed_float16" and model_io.uses_mixed_precision(model)
+    assert model.dtype_policy.name == "mixed_float16" and uses_mixed_precision(model)
     backbone = finetune.inner_backbone(model)
     conv = next(layer for layer in backbone.layers if isinstance(layer, keras.layers.Conv2D))
     assert (conv.compute_dtype, conv.kernel.dtype) == ("float16", "float32")  # float16 maths, float32 variables
@@ -455,16 +458,16 @@ def test_a_mixed_precision_model_is_exported_and_scored_in_float32(tmp_path) -> 
     trained = fake_trained(weights="imagenet")
     mixed = finetune.compose_model(trained, finetune.build_augmentation(0.1), mixed_precision=True)
     float_model = finetune.inference_model(mixed)
-    assert not model_io.uses_mixed_precision(float_model) and float_model.output.dtype == "float32"
+    assert not uses_mixed_precision(float_model) and float_model.output.dtype == "float32"
     assert finetune.AUGMENT_LAYER not in [layer.name for layer in float_model.layers]
     x = pixels(seed=5)
     expected = finetune.compose_model(trained)(x, training=False)
     np.testing.assert_allclose(float_model(x), expected, atol=1e-5)  # float32 maths: as if never mixed
     assert np.abs(np.asarray(mixed(x, training=False)) - expected).max() > 1e-6  # the control: float16 rounds
 
-    out = model_io.export_model(trained, tmp_path / "model", model=float_model)
-    loaded = model_io.Classifier.load(out)
-    assert loaded.model.output.dtype == "float32" and not model_io.uses_mixed_precision(loaded.model)
+    out = export_model(trained, tmp_path / "model", model=float_model)
+    loaded = Classifier.load(out)
+    assert loaded.model.output.dtype == "float32" and not uses_mixed_precision(loaded.model)
     blobs = [tf.io.encode_jpeg(p.astype(np.uint8)).numpy() for p in pixels(3, seed=6)]
     decoded = np.stack([decode_image(tf.constant(b), SIZE).numpy() for b in blobs])
     np.testing.assert_allclose(loaded.predict_proba(blobs), float_model(decoded), atol=1e-5)
@@ -485,12 +488,12 @@ def trained_lite0(photos: tuple[list[str], list[str]], tmp_path_factory: pytest.
 
 def test_fine_tuning_in_mixed_precision_exports_what_it_validated(trained_lite0, tmp_path, capsys) -> None:
     options = finetune.FineTuneOptions(unfreeze=0.2, epochs=1, batch_size=4, learning_rate=1e-3, mixed_precision=True)
-    result, _, after = finetune.run_fine_tune(trained_lite0, options, export_dir=tmp_path / "model", quiet=True)
+    result, _, after = finetune_report.run_fine_tune(trained_lite0, options, export_dir=tmp_path / "model", quiet=True)
     assert "mixed precision" in capsys.readouterr().out
     assert isinstance(result.model.optimizer, keras.optimizers.LossScaleOptimizer)
     assert np.isfinite(result.history["loss"]).all()
-    assert not model_io.uses_mixed_precision(result.scoring_model)
-    exported = model_io.Classifier.load(tmp_path / "model")
+    assert not uses_mixed_precision(result.scoring_model)
+    exported = Classifier.load(tmp_path / "model")
     scores = exported.predict_proba([open(p, "rb").read() for p in result.validation_paths])
     np.testing.assert_allclose(scores, result.validation_probabilities, atol=1e-5)  # what was measured is served
 

@@ -17,7 +17,7 @@ from PIL import Image, ImageDraw  # noqa: E402
 
 from workshop_utils import plots  # noqa: E402
 from workshop_utils.metrics import evaluate  # noqa: E402
-from workshop_utils.core.errors import ConfigError as PlotError  # noqa: E402
+from workshop_utils.core.errors import ConfigError, DatasetError  # noqa: E402
 
 CLASSES = ["bumper_dent", "door_scratch", "glass_shatter"]
 COLORS = {"bumper_dent": (200, 60, 60), "door_scratch": (60, 160, 60), "glass_shatter": (60, 90, 200)}
@@ -110,9 +110,9 @@ def test_training_curves(tmp_path):
 
 
 def test_training_curves_bad_history():
-    with pytest.raises(PlotError, match=r"lacks the column\(s\) \['learning_rate'\]"):
+    with pytest.raises(DatasetError, match=r"the training history: missing column\(s\) learning_rate"):
         plots.plot_training_curves(history_frame().drop(columns="learning_rate"))
-    with pytest.raises(PlotError, match="has no rows; train first"):
+    with pytest.raises(ConfigError, match="has no rows; train first"):
         plots.plot_training_curves(history_frame().iloc[:0])
 
 
@@ -131,9 +131,9 @@ def test_confusion_matrix_from_metrics_and_matrix(predictions, tmp_path):
     assert cells == ["75%\n(3)", "25%\n(1)", "0%\n(0)", "0%\n(0)"]  # absent row: zeros, not NaN
     frame = plots.plot_confusion_matrix(m.confusion_frame())
     assert [t.get_text() for t in frame.axes[0].get_xticklabels()] == CLASSES
-    with pytest.raises(PlotError, match=r"must be square"):
+    with pytest.raises(ConfigError, match=r"must be square"):
         plots.plot_confusion_matrix(np.zeros((2, 3)))
-    with pytest.raises(PlotError, match=r"2×2 but 3 class names"):
+    with pytest.raises(ConfigError, match=r"2×2 but 3 class names"):
         plots.plot_confusion_matrix(np.zeros((2, 2)), CLASSES)
 
 
@@ -184,7 +184,7 @@ def test_confident_mistakes_when_all_correct(predictions, image_df):
     fig = plots.plot_confident_mistakes(listing)
     assert len(fig.axes) == 1
     assert fig.axes[0].texts[0].get_text() == "No wrong predictions: all 9 images were classified correctly."
-    with pytest.raises(PlotError, match=r"lacks the column\(s\) \['correct'\]"):
+    with pytest.raises(DatasetError, match=r"the prediction listing: missing column\(s\) correct"):
         plots.plot_confident_mistakes(listing.drop(columns="correct"))
 
 
@@ -203,7 +203,7 @@ def test_prediction_probabilities():
     assert len(ax.patches) == 3 and ax.get_title() == "Predicted: door_scratch (70.0%)"
     from_prediction = plots.plot_prediction_probabilities(FakePrediction("door_scratch", 0.7, scores), top=2)
     assert len(from_prediction.axes[0].patches) == 2
-    with pytest.raises(PlotError, match="non-empty dict of class -> probability"):
+    with pytest.raises(ConfigError, match="non-empty dict of class -> probability"):
         plots.plot_prediction_probabilities({})
 
 
@@ -234,11 +234,11 @@ def test_projection(method, tmp_path):
 
 def test_projection_bad_inputs():
     x = np.zeros((5, 4))
-    with pytest.raises(PlotError, match="features have 5 rows but labels have 4"):
+    with pytest.raises(ConfigError, match="features have 5 rows but labels have 4"):
         plots.plot_projection(x, ["a"] * 4)
-    with pytest.raises(PlotError, match="method must be 'pca' or 'tsne', got 'umap'"):
+    with pytest.raises(ConfigError, match="method must be 'pca' or 'tsne', got 'umap'"):
         plots.plot_projection(x, ["a"] * 5, method="umap")
-    with pytest.raises(PlotError, match="at least 3 feature vectors"):
+    with pytest.raises(ConfigError, match="at least 3 feature vectors"):
         plots.plot_projection(x[:2], ["a"] * 2)
 
 
@@ -249,5 +249,5 @@ def test_figures_are_detached_from_pyplot(image_df):
 
 
 def test_class_balance_bad_input():
-    with pytest.raises(PlotError, match=r"lacks the column\(s\) \['label'\]"):
+    with pytest.raises(DatasetError, match=r"the image index: missing column\(s\) label"):
         plots.plot_class_balance(pd.DataFrame({"image_path": ["a.jpg"]}))

@@ -1,4 +1,4 @@
-"""Untrusted-image checks, labels files, Prediction and score_frame (no TensorFlow needed)."""
+"""core: untrusted-image checks (formats), labels files (labels), Prediction and score_frame (scorer); no TF."""
 from __future__ import annotations
 
 import io
@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 import image_cases
-from workshop_utils.core import formats as predictions
+from workshop_utils.core import formats, runtime
 from workshop_utils.core.formats import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
@@ -30,7 +30,7 @@ from workshop_utils.core.errors import (
     UnscoredImagesWarning,
 )
 from workshop_utils.core.scorer import Prediction, score_frame
-from workshop_utils.core.labels import load_labels, write_labels
+from workshop_utils.core.labels import LabelMap, load_labels, write_labels
 
 
 def encoded(fmt: str, size=(20, 10), mode="RGB", color=(200, 30, 60)) -> bytes:
@@ -50,7 +50,7 @@ def png_header_claiming(width: int, height: int) -> bytes:
 
 
 def test_module_does_not_import_tensorflow():
-    assert "workshop_utils.predictions" in sys.modules
+    assert "workshop_utils.core.formats" in sys.modules
     # the module itself never imports TF (other test modules may have loaded it, so check the source)
     import inspect
 
@@ -64,10 +64,10 @@ def test_checking_common_formats_never_loads_tensorflow():
     code = (
         "import io, sys\n"
         "from PIL import Image\n"
-        "from workshop_utils import predictions\n"
+        "from workshop_utils.core import formats\n"
         "for fmt in ('JPEG', 'PNG', 'GIF', 'BMP', 'MPO'):\n"
         "    b = io.BytesIO(); Image.new('RGB', (4, 4)).save(b, format=fmt)\n"
-        "    predictions.check_image_bytes(b.getvalue())\n"
+        "    formats.check_image_bytes(b.getvalue())\n"
         "print('tensorflow' in sys.modules)\n"
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
@@ -77,9 +77,9 @@ def test_checking_common_formats_never_loads_tensorflow():
 def test_one_format_table():
     assert SUPPORTED_FORMATS == "JPEG/PNG/GIF/BMP/WebP" == "/".join(f.name for f in IMAGE_FORMATS)
     assert set(IMAGE_EXTENSIONS) == {".jpg", ".jpeg", ".jpe", ".jfif", ".png", ".gif", ".bmp", ".webp"}
-    assert predictions.format_for_pillow("MPO").name == "JPEG"  # a phone camera's JPEG with a second frame
-    assert predictions.format_for_file_name("Car.JPG").name == "JPEG"
-    assert predictions.format_for_file_name("notes.txt") is None and predictions.format_for_pillow("TIFF") is None
+    assert formats.format_for_pillow("MPO").name == "JPEG"  # a phone camera's JPEG with a second frame
+    assert formats.format_for_file_name("Car.JPG").name == "JPEG"
+    assert formats.format_for_file_name("notes.txt") is None and formats.format_for_pillow("TIFF") is None
     assert [f.name for f in IMAGE_FORMATS if f.checked_at_run_time] == ["WebP"]
 
 
@@ -99,20 +99,20 @@ def test_mpo_from_a_phone_passes():
 
 def test_webp_follows_what_the_installed_tensorflow_decodes(monkeypatch):
     """WebP is trained on (tf.io.decode_image reads it), so predict accepts it — when this TF really decodes it."""
-    images = pytest.importorskip("workshop_utils.images")
+    tf = runtime.import_tensorflow()
     webp = encoded("WEBP")
     try:
-        images.tf.io.decode_image(webp, channels=3)
+        tf.io.decode_image(webp, channels=3)
         reads = True
-    except images.tf.errors.OpError:
+    except tf.errors.OpError:
         reads = False
-    images.tf_decodes.cache_clear()
-    assert images.tf_decodes("WEBP") is reads
+    runtime.tf_decodes.cache_clear()
+    assert runtime.tf_decodes("WEBP") is reads
     if reads:
         assert check_image_bytes(webp, name="car.webp").format == "WebP"
-    monkeypatch.setattr(images, "tf_decodes", lambda fmt: False)  # what an older TensorFlow says
+    monkeypatch.setattr(runtime, "tf_decodes", lambda fmt: False)  # what an older TensorFlow says
     with pytest.raises(InvalidImageError, match=r"^image 'car\.webp': the bytes are a WebP image, but the installed "
-                       rf"TensorFlow {images.tf.__version__} cannot decode WebP images; convert it to JPEG or PNG"):
+                       rf"TensorFlow {tf.__version__} cannot decode WebP images; convert it to JPEG or PNG"):
         check_image_bytes(webp, name="car.webp")
 
 
@@ -201,11 +201,16 @@ def test_labels_round_trip_and_errors(tmp_path):
     assert path.read_text(encoding="utf-8") == "dent\nscratch ok\nglass\n"
     assert load_labels(path) == ["dent", "scratch ok", "glass"]
     assert load_labels(("a", "b")) == ["a", "b"]
-    with pytest.raises(LabelsFileError, match=r"Labels file '.*nope\.txt' does not exist"):
+    with pytest.raises(LabelsFileError, match=r"Labels file .*nope\.txt does not exist; it is written next to"):
         load_labels(tmp_path / "nope.txt")
     (tmp_path / "empty.txt").write_text("\n\n", encoding="utf-8")
-    with pytest.raises(LabelsFileError, match=r"Labels file '.*empty\.txt' is empty"):
+    with pytest.raises(LabelsFileError, match=r"empty\.txt: empty file; expected one class name a line"):
         load_labels(tmp_path / "empty.txt")
+    assert load_labels(tmp_path) == ["dent", "scratch ok", "glass"]  # a folder means its labels.txt
+    with pytest.raises(LabelsFileError, match=r"labels\.txt: class names are not sorted and unique"):
+        load_labels(tmp_path, sorted_unique=True)  # kept order is fine for a model folder, not for a LabelMap
+    assert LabelMap(["b", "a"]).save(tmp_path).read_text(encoding="utf-8") == "a\nb\n"
+    assert load_labels(tmp_path, sorted_unique=True) == ["a", "b"]
     with pytest.raises(LabelsFileError, match=r"cannot be written one per line"):
         write_labels(["a\nb"], tmp_path / "x.txt")
 
@@ -278,17 +283,17 @@ def test_exif_orientation_is_read_from_the_header(orientation):
 @pytest.mark.parametrize("fmt", ["PNG", "WEBP"])
 def test_exif_orientation_of_png_and_webp(fmt):
     exif = Image.Exif()
-    exif[predictions.EXIF_ORIENTATION_TAG] = 6
+    exif[formats.EXIF_ORIENTATION_TAG] = 6
     buffer = io.BytesIO()
     Image.new("RGB", (20, 10), "red").save(buffer, format=fmt, exif=exif.tobytes())
-    assert predictions.exif_orientation(Image.open(io.BytesIO(buffer.getvalue()))) == 6
+    assert formats.exif_orientation(Image.open(io.BytesIO(buffer.getvalue()))) == 6
 
 
 def test_no_or_a_meaningless_orientation_means_as_stored():
     assert check_image_bytes(encoded("JPEG")).orientation == 1  # no EXIF at all
     for value in (0, 9):  # outside 1..8: ignored, as decoders ignore it
         exif = Image.Exif()
-        exif[predictions.EXIF_ORIENTATION_TAG] = value
+        exif[formats.EXIF_ORIENTATION_TAG] = value
         buffer = io.BytesIO()
         Image.new("RGB", (20, 10), "red").save(buffer, format="JPEG", exif=exif.tobytes())
         assert check_image_bytes(buffer.getvalue()).orientation == 1
@@ -303,12 +308,11 @@ def test_a_jpeg_whose_header_claims_more_pixels_than_its_data_holds_is_refused()
     """1000x30000 declared, 2.6 kB of data and an end marker: TensorFlow fills 29,872 rows with grey and scores it."""
     lie = image_cases.lying_jpeg()
     assert check_image_bytes(lie).pixels == 30_000_000  # the header alone looks fine (under the 40 MP limit)
-    with pytest.raises(predictions.TruncatedImageError,
+    with pytest.raises(InvalidImageError,
                        match=rf"^image 'lie\.jpg': the bytes are not a decodable {SUPPORTED_FORMATS} image {CUT}the "
                              r"header declares 1000x30000 pixels, whose 705,000 blocks take at least 88,125 bytes of "
                              rf"compressed data, but the file holds \d,\d\d\d{REDOWNLOAD}"):
         check_image_bytes(lie, name="lie.jpg", complete=True)
-    assert issubclass(predictions.TruncatedImageError, InvalidImageError)
 
 
 @pytest.mark.parametrize("options", [{}, {"progressive": True}, {"optimize": True}, {"subsampling": 0}],
@@ -317,7 +321,7 @@ def test_a_jpeg_cut_short_is_refused_before_any_decoder_sees_it(options):
     whole = image_cases.jpeg(np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8), **options)
     assert check_image_bytes(whole, complete=True).format == "JPEG"  # complete files of every kind pass
     for cut in (len(whole) // 2, len(whole) - 2):  # half a download; only the end marker missing
-        with pytest.raises(predictions.TruncatedImageError,
+        with pytest.raises(InvalidImageError,
                            match=rf"^image 'cut\.jpg': .*{CUT}the data stops after {cut:,} bytes, before the JPEG "
                                  rf"end-of-image marker{REDOWNLOAD}"):
             check_image_bytes(whole[:cut], name="cut.jpg", complete=True)
@@ -329,7 +333,7 @@ def test_restart_markers_tell_a_cut_body_even_behind_an_end_marker():
     whole = image_cases.jpeg(photo, restart_marker_blocks=4)
     assert check_image_bytes(whole, complete=True).format == "JPEG"
     spliced = whole[: len(whole) // 2] + b"\xff\xd9"  # what a recovery tool leaves: cut, then "closed"
-    with pytest.raises(predictions.TruncatedImageError,
+    with pytest.raises(InvalidImageError,
                        match=rf"{CUT}scan 1 of the 128x96 picture holds \d+ of the 11 restart markers its 48 "
                              rf"coding units need: its data stops early{REDOWNLOAD}"):
         check_image_bytes(spliced, complete=True)
@@ -348,18 +352,18 @@ def test_complete_jpegs_of_every_shape_pass_the_walk():
                                            append_images=[Image.new("RGB", (20, 10), "blue")])
     cases.append(buffer.getvalue())
     for data in cases:
-        assert predictions.jpeg_missing_data(data) is None
+        assert formats.jpeg_missing_data(data) is None
         check_image_bytes(data, complete=True)
 
 
 def test_a_png_cut_short_is_refused():
     png = encoded("PNG", size=(60, 40))
     assert check_image_bytes(png, complete=True).format == "PNG"
-    with pytest.raises(predictions.TruncatedImageError,
+    with pytest.raises(InvalidImageError,
                        match=rf"^image 'cut\.png': .*{CUT}the data stops inside the PNG's 'IDAT' chunk \(\d+ of the "
                              rf"\d+ bytes it needs\), before its IEND end chunk{REDOWNLOAD}"):
         check_image_bytes(png[:-20], name="cut.png", complete=True)
-    with pytest.raises(predictions.TruncatedImageError, match=r"the data stops after \d+ bytes, before the PNG's IEND"):
+    with pytest.raises(InvalidImageError, match=r"the data stops after \d+ bytes, before the PNG's IEND"):
         check_image_bytes(png[:-12], complete=True)  # every chunk whole, only IEND missing
 
 
@@ -375,7 +379,7 @@ def test_check_image_file_walks_the_whole_file_when_asked(tmp_path):
     path = tmp_path / "lie.jpg"
     path.write_bytes(image_cases.lying_jpeg())
     assert check_image_file(path).height == 30_000
-    with pytest.raises(predictions.TruncatedImageError, match=r"^image '.*lie\.jpg': .*1000x30000 pixels"):
+    with pytest.raises(InvalidImageError, match=r"^image '.*lie\.jpg': .*1000x30000 pixels"):
         check_image_file(path, complete=True)
 
 
@@ -391,7 +395,6 @@ def test_bmps_tensorflow_misreads_are_refused_as_unsupported(mode, kind):
             r"e\.g\. PIL\.Image\.open\(path\)\.convert\('RGB'\)\.save\('photo\.png'\)\.$")) as caught:
         check_image_bytes(image_cases.bmp(mode), name="scan.bmp")
     assert "truncated" not in str(caught.value) and "Re-download" not in str(caught.value)
-    assert not isinstance(caught.value, predictions.TruncatedImageError)
 
 
 def test_bmps_tensorflow_reads_pass_and_odd_sizes_are_named():
@@ -401,7 +404,7 @@ def test_bmps_tensorflow_reads_pass_and_odd_sizes_are_named():
     with pytest.raises(InvalidImageError, match=r"the bytes are a BMP with 10 bytes after its 40x30 pixels "
                                                 r"\(TensorFlow's decoder wants the exact size\)"):
         check_image_bytes(rgb + bytes(10))
-    with pytest.raises(predictions.TruncatedImageError,
+    with pytest.raises(InvalidImageError,
                        match=rf"{CUT}the header declares 40x30 pixels at 24 bits, 3,654 bytes, but the file holds "
                              rf"3,644{REDOWNLOAD}"):
         check_image_bytes(rgb[:-10], complete=True)

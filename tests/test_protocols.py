@@ -4,12 +4,12 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import keras
 import numpy as np
 import pytest
 
 from workshop_utils import course
 from workshop_utils.apps.cli import main
-from workshop_utils.config import set_seeds
 from workshop_utils.metrics import evaluate
 from workshop_utils.trainer import ImageClassificationTrainer
 
@@ -33,7 +33,7 @@ def _number(path: str) -> int:
 
 def test_mlnet_protocol_reproduces_the_labs_run(tmp_path):
     """Same split membership, chosen epoch and confusion counts as before; metrics within 1e-6."""
-    set_seeds(0)
+    keras.utils.set_random_seed(0)
     plan = course.plan_run("quick", "sample", workspace=tmp_path, protocol="mlnet", progress=False)
     assert sorted(_number(p) for p in plan.validation["image_path"]) == MLNET_VALIDATION_IMAGES
     assert len(plan.train) == 192 and plan.test.empty

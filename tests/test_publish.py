@@ -11,6 +11,7 @@ import pytest
 from workshop_utils.apps import cli
 from workshop_utils.tooling import publish
 from workshop_utils.config import REPO_ROOT
+from workshop_utils.core.errors import ToolingError
 
 URL = "https://github.com/acme/car-damage-course"
 OLD_CELL = '''# Setup: quiet TensorFlow logs, seeds, the run profile and the environment.
@@ -123,19 +124,19 @@ def test_check_names_what_is_not_canonical(course):
 
 def test_bad_inputs_are_named(course, tmp_path):
     folder, readme = course
-    with pytest.raises(publish.PublishError, match=r"--repo must be a GitHub repository URL like "
+    with pytest.raises(ToolingError, match=r"--repo must be a GitHub repository URL like "
                        r"https://github.com/OWNER/REPO \(Colab opens notebooks from GitHub\), got 'gitlab.com/a/b'"):
         publish.publish("gitlab.com/a/b", folder=folder, readme=readme)
-    with pytest.raises(publish.PublishError, match=r"--branch must be a git branch name like main, got 'a b'"):
+    with pytest.raises(ToolingError, match=r"--branch must be a git branch name like main, got 'a b'"):
         publish.publish(URL, branch="a b", folder=folder, readme=readme)
     _notebook(folder / "05_save_model.ipynb", "import numpy as np")
-    with pytest.raises(publish.PublishError, match=r"05_save_model.ipynb: the first code cell \(cell 1\) is not the "
+    with pytest.raises(ToolingError, match=r"05_save_model.ipynb: the first code cell \(cell 1\) is not the "
                        r"setup cell .* copy the first code cell of notebooks/00_setup.ipynb there"):
         publish.publish(URL, folder=folder, readme=readme)
     assert publish.read_setup_cell(folder / "00_setup.ipynb").repo_url is None, "nothing written when one fails"
     (folder / "05_save_model.ipynb").unlink()
     readme.write_text("# A README without the markers\n", encoding="utf-8")
-    with pytest.raises(publish.PublishError, match=r"README.md lacks the line <!-- notebook-table -->"):
+    with pytest.raises(ToolingError, match=r"README.md lacks the line <!-- notebook-table -->"):
         publish.publish(URL, folder=folder, readme=readme)
 
 

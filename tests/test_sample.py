@@ -1,5 +1,6 @@
 """The bundled synthetic sample: reproducible (byte for byte on one machine, picture for picture across machines),
 in the car-damage layout, small, and learnable."""
+import filecmp
 import hashlib
 import re
 import shutil
@@ -14,9 +15,10 @@ from sklearn.linear_model import LogisticRegression
 from sklearn.pipeline import make_pipeline
 from sklearn.preprocessing import StandardScaler
 
-from workshop_utils.tooling import sample
 from workshop_utils.config import sample_dir
+from workshop_utils.core.errors import ToolingError
 from workshop_utils.data import load_index
+from workshop_utils.tooling import paint, sample
 
 SAMPLE = sample_dir()
 
@@ -42,7 +44,10 @@ def test_the_generator_is_deterministic_on_one_machine(tmp_path):
     first = sample.generate(tmp_path / "a", n_train=2, n_val=1)
     second = sample.generate(tmp_path / "b", n_train=2, n_val=1)
     assert first.equals(second)
-    assert sample.compare_dirs(tmp_path / "a", tmp_path / "b") == []
+    a, b = tmp_path / "a", tmp_path / "b"
+    names = sorted(p.relative_to(a).as_posix() for p in a.rglob("*") if p.is_file())
+    assert names == sorted(p.relative_to(b).as_posix() for p in b.rglob("*") if p.is_file())
+    assert filecmp.cmpfiles(a, b, names, shallow=False)[0] == names, "the two generations differ in bytes"
 
 
 def test_committed_sample_matches_a_fresh_generation(fresh):
@@ -131,7 +136,7 @@ def test_images_are_distinct_rgb_jpegs_of_the_expected_size(index):
     digests = set()
     for path in index["image_path"]:
         with Image.open(path) as im:
-            assert im.format == "JPEG" and im.mode == "RGB" and im.size == sample.IMAGE_SIZE, path
+            assert im.format == "JPEG" and im.mode == "RGB" and im.size == paint.IMAGE_SIZE, path
             im.load()
         digests.add(hashlib.sha256(open(path, "rb").read()).hexdigest())
     assert len(digests) == len(index), "some pictures are byte-identical copies"
@@ -180,7 +185,7 @@ def test_generate_replaces_an_old_sample_and_leaves_no_temporary_folders(tmp_pat
 def test_generate_refuses_to_replace_a_folder_holding_other_files(tmp_path):
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "holiday.jpg").write_bytes(b"precious")
-    with pytest.raises(sample.SampleError, match=r"photos exists and holds more than a generated sample"):
+    with pytest.raises(ToolingError, match=r"photos exists and holds more than a generated sample"):
         sample.generate(tmp_path / "photos", n_train=1, n_val=1)
     assert (tmp_path / "photos" / "holiday.jpg").read_bytes() == b"precious"
 
@@ -210,5 +215,5 @@ def test_check_names_the_differing_files(tmp_path, fresh, monkeypatch, capsys):
 
 
 def test_sample_module_does_not_import_tensorflow():
-    code = "import sys, workshop_utils.sample; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
+    code = "import sys, workshop_utils.tooling.sample; assert 'tensorflow' not in sys.modules and 'keras' not in sys.modules"
     subprocess.run([sys.executable, "-c", code], check=True)

@@ -4,7 +4,6 @@ import numpy as np
 import pytest
 
 from workshop_utils.schedules import (
-    BestEpochEarlyStopping,
     EarlyStopping,
     ExponentialLRDecay,
     PolynomialLRDecay,
@@ -12,7 +11,7 @@ from workshop_utils.schedules import (
     early_stopping_from_dict,
     schedule_from_dict,
 )
-from workshop_utils.core.errors import ConfigError as ScheduleError
+from workshop_utils.core.errors import ConfigError
 
 
 def rate(schedule, step):
@@ -37,7 +36,7 @@ def test_exponential_staircase_and_smooth():
 def test_decay_steps_truncate_like_mlnet_and_never_reach_zero():
     assert decay_steps(1.5, 3) == 4  # (int)(1.5 · 3)
     assert decay_steps(2.0, 0) == 1  # ML.NET would divide by zero on a tiny training set
-    with pytest.raises(ScheduleError, match="batches_per_epoch must be >= 0, got -1"):
+    with pytest.raises(ConfigError, match="batches_per_epoch must be >= 0, got -1"):
         decay_steps(2.0, -1)
 
 
@@ -57,11 +56,11 @@ def test_the_options_rate_starts_the_schedule_unless_the_schedule_has_its_own():
     assert ExponentialLRDecay().initial_learning_rate is None
     assert rate(ExponentialLRDecay().keras_schedule(10, learning_rate=0.1), 0) == pytest.approx(0.1)
     assert rate(ExponentialLRDecay(learning_rate=0.02).keras_schedule(10, learning_rate=0.1), 0) == pytest.approx(0.02)
-    with pytest.raises(ScheduleError, match="ExponentialLRDecay has no learning rate: pass learning_rate"):
+    with pytest.raises(ConfigError, match="ExponentialLRDecay has no learning rate: pass learning_rate"):
         ExponentialLRDecay().keras_schedule(10)
-    with pytest.raises(ScheduleError, match="The learning rate must be above 0, got 0"):
+    with pytest.raises(ConfigError, match="The learning rate must be above 0, got 0"):
         ExponentialLRDecay(learning_rate=0)
-    with pytest.raises(ScheduleError, match="num_epochs_per_decay must be above 0"):
+    with pytest.raises(ConfigError, match="num_epochs_per_decay must be above 0"):
         ExponentialLRDecay(num_epochs_per_decay=0)
 
 
@@ -70,7 +69,7 @@ def test_schedules_round_trip_through_dicts():
                      ExponentialLRDecay()):
         assert schedule_from_dict(schedule.to_dict()) == schedule
     assert schedule_from_dict(None) is None
-    with pytest.raises(ScheduleError, match="Unknown learning-rate schedule type 'Cosine'"):
+    with pytest.raises(ConfigError, match="Unknown learning-rate schedule type 'Cosine'"):
         schedule_from_dict({"type": "Cosine"})
 
 
@@ -127,9 +126,9 @@ def test_plain_keras_would_restore_the_first_of_the_tied_epochs():
 
 
 def test_a_nan_epoch_is_never_best_and_restoring_can_be_off():
-    stopped_at, weights = _epochs(BestEpochEarlyStopping(patience=5), [(0.5, 1.0), (float("nan"), float("nan"))])
+    stopped_at, weights = _epochs(EarlyStopping(patience=5), [(0.5, 1.0), (float("nan"), float("nan"))])
     assert stopped_at is None and weights == 0
-    stopped_at, weights = _epochs(BestEpochEarlyStopping(patience=5, restore_best_weights=False),
+    stopped_at, weights = _epochs(EarlyStopping(patience=5, restore_best_weights=False),
                                   [(0.5, 1.0), (0.4, 2.0)])
     assert weights == 1  # the last epoch's weights stay
 
@@ -148,11 +147,11 @@ def test_early_stopping_on_loss_watches_a_decrease():
 
 
 def test_early_stopping_bad_settings_and_round_trip():
-    with pytest.raises(ScheduleError, match="metric 'f1' is not known; use 'accuracy'"):
+    with pytest.raises(ConfigError, match="metric 'f1' is not known; use 'accuracy'"):
         EarlyStopping(metric="f1")
-    with pytest.raises(ScheduleError, match="patience must be at least 1"):
+    with pytest.raises(ConfigError, match="patience must be at least 1"):
         EarlyStopping(patience=0)
-    with pytest.raises(ScheduleError, match="min_delta must be >= 0"):
+    with pytest.raises(ConfigError, match="min_delta must be >= 0"):
         EarlyStopping(min_delta=-0.1)
     stopper = EarlyStopping(0.02, 5, "loss")
     again = early_stopping_from_dict(stopper.to_dict())

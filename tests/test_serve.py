@@ -1,4 +1,4 @@
-"""The web API (``workshop_utils.serve``): endpoints and every bad input through FastAPI's TestClient, the
+"""The web API (``workshop_utils.apps.serve``): endpoints and every bad input through FastAPI's TestClient, the
 micro-batcher's isolation of a bad image, and the real server (in a thread, and the CLI in a subprocess)
 under 50 concurrent requests, checked against in-process ``Classifier`` scoring.
 
@@ -28,11 +28,15 @@ import requests
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from workshop_utils.apps.serve import server as serve
+from workshop_utils.apps.serve.app import create_app
+from workshop_utils.apps.serve.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, MicroBatcher
+from workshop_utils.apps.serve.server import DEFAULT_SHUTDOWN_TIMEOUT_S, BackgroundServer, bind_socket, port_is_open
+from workshop_utils.apps.serve.uploads import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONCURRENCY,
+                                               DEFAULT_MAX_FIELDS)
 from workshop_utils.config import sample_dir
 from workshop_utils.data import by_subset, load_dataset
 from workshop_utils.core.formats import SUPPORTED_FORMATS
-from workshop_utils.core.errors import InvalidImageError
+from workshop_utils.core.errors import InvalidImageError, QueueFullError, ServeError
 
 TOL = 1e-5
 PHOTOS = 16
@@ -115,7 +119,7 @@ def expected(classifier, photos) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="module")
 def client(classifier):
-    app = serve.create_app(classifier, max_bytes=SMALL_LIMIT)
+    app = create_app(classifier, max_bytes=SMALL_LIMIT)
     with TestClient(app) as test_client:  # runs the lifespan: the batcher thread starts and stops
         yield test_client
     assert not app.state.batcher.running
@@ -157,9 +161,9 @@ def test_health(client, classifier, exported_model):
     body = response.json()
     assert body["status"] == "ok" and body["model_loaded"] is True
     assert body["classes"] == classifier.labels and body["model"]["arch"] == "MobilenetV2"
-    assert body["max_bytes"] == SMALL_LIMIT and body["max_batch"] == serve.DEFAULT_MAX_BATCH
+    assert body["max_bytes"] == SMALL_LIMIT and body["max_batch"] == DEFAULT_MAX_BATCH
     assert (body["body_timeout_s"], body["max_concurrency"], body["max_queue"], body["max_form_fields"]) == (
-        serve.DEFAULT_BODY_TIMEOUT_S, serve.DEFAULT_MAX_CONCURRENCY, serve.DEFAULT_MAX_QUEUE, serve.DEFAULT_MAX_FIELDS)
+        DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE, DEFAULT_MAX_FIELDS)
     assert body["in_flight"] == 0 and body["queued"] == 0
     # the model is named by its folder, never by its path (which tells about the machine)
     assert body["model"]["name"] == classifier.model.name and body["model"]["folder"] == exported_model.name
@@ -276,22 +280,22 @@ def test_page_has_the_upload_form_and_calls_predict(client):
 
 
 def test_create_app_loads_a_folder_and_checks_its_arguments(exported_model, tmp_path):
-    app = serve.create_app(exported_model, warm_up=False)
-    assert app.state.classifier.labels and app.state.max_bytes == serve.DEFAULT_MAX_BYTES
+    app = create_app(exported_model, warm_up=False)
+    assert app.state.classifier.labels and app.state.max_bytes == DEFAULT_MAX_BYTES
     with pytest.raises(ValueError, match="max_bytes must be at least 1, got 0"):
-        serve.create_app(app.state.classifier, max_bytes=0)
+        create_app(app.state.classifier, max_bytes=0)
     with pytest.raises(ValueError, match="body_timeout must be above 0 seconds, got 0"):
-        serve.create_app(app.state.classifier, body_timeout=0)
+        create_app(app.state.classifier, body_timeout=0)
     with pytest.raises(ValueError, match="max_concurrency must be at least 1, got 0"):
-        serve.create_app(app.state.classifier, max_concurrency=0)
+        create_app(app.state.classifier, max_concurrency=0)
     with pytest.raises(ValueError, match="max_fields must be 0 or more, got -1"):
-        serve.create_app(app.state.classifier, max_fields=-1)
+        create_app(app.state.classifier, max_fields=-1)
     with pytest.raises(ValueError, match="max_queue must be at least 1, got 0"):
-        serve.create_app(app.state.classifier, max_queue=0)
+        create_app(app.state.classifier, max_queue=0)
     from workshop_utils.core.errors import ModelFolderError
 
     with pytest.raises(ModelFolderError, match=r"Model folder '.*nowhere' does not exist"):
-        serve.create_app(tmp_path / "nowhere")
+        create_app(tmp_path / "nowhere")
 
 
 # -- micro-batching ---------------------------------------------------------------------------------------
@@ -311,7 +315,7 @@ class GatedScorer:
 
 def test_batcher_scores_queued_images_together_and_a_bad_one_fails_alone(classifier, photos, expected):
     scorer = GatedScorer(classifier)
-    batcher = serve.MicroBatcher(scorer, max_batch=8, max_wait=0.0).start()
+    batcher = MicroBatcher(scorer, max_batch=8, max_wait=0.0).start()
     try:
         names = list(photos)[:5]
         first = batcher.submit(photos[names[0]], names[0])
@@ -337,7 +341,7 @@ def test_batcher_scores_queued_images_together_and_a_bad_one_fails_alone(classif
 
 def test_batcher_respects_max_batch(classifier, photos, expected):
     scorer = GatedScorer(classifier)
-    batcher = serve.MicroBatcher(scorer, max_batch=3, max_wait=0.0).start()
+    batcher = MicroBatcher(scorer, max_batch=3, max_wait=0.0).start()
     try:
         names = list(photos)[:8]
         futures = [batcher.submit(photos[names[0]], names[0])]
@@ -355,14 +359,14 @@ def test_batcher_respects_max_batch(classifier, photos, expected):
 
 def test_batcher_queue_is_bounded(classifier, photos, expected):
     scorer = GatedScorer(classifier)
-    batcher = serve.MicroBatcher(scorer, max_batch=8, max_wait=0.0, max_queue=2).start()
+    batcher = MicroBatcher(scorer, max_batch=8, max_wait=0.0, max_queue=2).start()
     try:
         names = list(photos)[:3]
         futures = [batcher.submit(photos[names[0]], names[0])]
         assert scorer.entered.wait(60)  # the worker is busy: two more may wait, a third is refused at once
         futures += [batcher.submit(photos[n], n) for n in names[1:3]]
         assert batcher.queued == 2
-        with pytest.raises(serve.QueueFullError, match=r"^The scoring queue is full: 2 images wait for the model "
+        with pytest.raises(QueueFullError, match=r"^The scoring queue is full: 2 images wait for the model "
                                                        r"\(the server's --max-queue\)\.$"):
             batcher.submit(photos[names[0]], names[0])
         assert batcher.refused == 1
@@ -377,23 +381,23 @@ def test_batcher_queue_is_bounded(classifier, photos, expected):
 
 def test_batcher_argument_checks():
     with pytest.raises(ValueError, match="max_batch must be at least 1, got 0"):
-        serve.MicroBatcher(lambda images, names: None, max_batch=0)
+        MicroBatcher(lambda images, names: None, max_batch=0)
     with pytest.raises(ValueError, match="max_wait must be 0 or more seconds, got -1"):
-        serve.MicroBatcher(lambda images, names: None, max_wait=-1)
+        MicroBatcher(lambda images, names: None, max_wait=-1)
     with pytest.raises(ValueError, match="max_queue must be at least 1, got 0"):
-        serve.MicroBatcher(lambda images, names: None, max_queue=0)
+        MicroBatcher(lambda images, names: None, max_queue=0)
 
 
 # -- the real server --------------------------------------------------------------------------------------
 def test_real_server_answers_50_concurrent_requests(classifier, photos, expected):
     """50 requests from 10 threads to a real uvicorn on 127.0.0.1 (two of them truncated photos)."""
-    app = serve.create_app(classifier, max_bytes=SMALL_LIMIT)
-    server = serve.BackgroundServer(app).start()
+    app = create_app(classifier, max_bytes=SMALL_LIMIT)
+    server = BackgroundServer(app).start()
     names = list(photos)
     work = [(names[i % len(names)], photos[names[i % len(names)]]) for i in range(48)]
     work[7] = work[31] = ("cut.jpg", truncated_jpeg(photos))
     try:
-        assert server.url == f"http://127.0.0.1:{server.port}/" and serve.port_is_open("127.0.0.1", server.port)
+        assert server.url == f"http://127.0.0.1:{server.port}/" and port_is_open("127.0.0.1", server.port)
 
         def call(item):
             name, data = item
@@ -416,18 +420,18 @@ def test_real_server_answers_50_concurrent_requests(classifier, photos, expected
         assert health["status"] == "ok" and health["scored"]["images"] >= 48
     finally:
         server.stop()
-    assert not server.running and not serve.port_is_open("127.0.0.1", server.port)
+    assert not server.running and not port_is_open("127.0.0.1", server.port)
     assert not app.state.batcher.running and not app.state.batcher.thread.is_alive()
     assert not [t for t in threading.enumerate() if t.name == f"workshop-serve-{server.port}"]
 
 
 def test_port_in_use_is_a_clear_error():
-    taken = serve.bind_socket("127.0.0.1", 0)
+    taken = bind_socket("127.0.0.1", 0)
     try:
         port = taken.getsockname()[1]
-        with pytest.raises(serve.ServeError, match=rf"^Cannot listen on 127\.0\.0\.1:{port} \(.*\); choose another "
+        with pytest.raises(ServeError, match=rf"^Cannot listen on 127\.0\.0\.1:{port} \(.*\); choose another "
                                                    r"--port \(or --port 0 for any free one\)\."):
-            serve.bind_socket("127.0.0.1", port)
+            bind_socket("127.0.0.1", port)
     finally:
         taken.close()
 
@@ -476,7 +480,7 @@ def test_serve_command_line_reports_bad_arguments_in_one_line(exported_model, tm
 
     assert cli.main(["serve", str(tmp_path / "nope"), "--port", "0"]) == 2
     assert re.fullmatch(r"error: Model folder '.*nope' does not exist\. Re-export it .*\n", capsys.readouterr().err)
-    taken = serve.bind_socket("127.0.0.1", 0)
+    taken = bind_socket("127.0.0.1", 0)
     try:
         port = taken.getsockname()[1]
         assert cli.main(["serve", str(exported_model), "--port", str(port)]) == 2
@@ -512,8 +516,8 @@ def test_serve_command_line_defaults_are_the_servers(capsys):
 
     args = cli.build_parser().parse_args(["serve", "model"])
     assert (args.max_bytes, args.body_timeout, args.max_concurrency, args.max_queue, args.shutdown_timeout) == (
-        serve.DEFAULT_MAX_BYTES, serve.DEFAULT_BODY_TIMEOUT_S, serve.DEFAULT_MAX_CONCURRENCY, serve.DEFAULT_MAX_QUEUE,
-        serve.DEFAULT_SHUTDOWN_TIMEOUT_S)
+        DEFAULT_MAX_BYTES, DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_CONCURRENCY, DEFAULT_MAX_QUEUE,
+        DEFAULT_SHUTDOWN_TIMEOUT_S)
     with pytest.raises(SystemExit):
         cli.main(["serve", "--help"])
     shown = " ".join(capsys.readouterr().out.split())
@@ -561,7 +565,7 @@ def test_serve_an_ensemble_with_tta(tmp_path):
     expected = scorer.predict_proba([photo])[0]
     plain = load_scorer(folders[0], folders[1:], tta=False).predict_proba([photo])[0]
     assert np.abs(expected - plain).max() > 1e-3  # the control: TTA changes these scores
-    with TestClient(serve.create_app(scorer, warm_up=False)) as client:
+    with TestClient(create_app(scorer, warm_up=False)) as client:
         health = client.get("/health").json()
         assert health["classes"] == CLASSES and health["model"]["tta"] is True
         assert health["model"]["ensemble"] == [{"folder": "lite0", "arch": "position0", "tta": True},

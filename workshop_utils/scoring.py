@@ -1,4 +1,5 @@
-"""TODO: describe this module."""
+"""Score photos with an exported model folder: :class:`Classifier` (one export, optional flip TTA),
+:class:`Ensemble` (several exports averaged) and :func:`load_scorer` (what ``predict`` and ``serve`` use)."""
 from __future__ import annotations
 
 import json
@@ -8,52 +9,24 @@ from typing import Any
 
 import numpy as np
 
-from workshop_utils.core.errors import (
-    LabelsFileError,
-    ModelFolderError,
-)
-from workshop_utils.core.formats import (
-    DEFAULT_MAX_PIXELS,
-    check_image_bytes,
-    undecodable,
-)
+from workshop_utils.core.errors import ConfigError, LabelsFileError, ModelFolderError
+from workshop_utils.core.formats import DEFAULT_MAX_PIXELS, check_image_bytes, undecodable
 from workshop_utils.core.images import decode_images
 from workshop_utils.core.labels import load_labels
-from workshop_utils.core.scorer import ImageScorer
 from workshop_utils.core.runtime import import_tensorflow
-from workshop_utils.export.card import (
-    CARD_FILE,
-    LABELS_FILE,
-    MODEL_FILE,
-    REQUIRED_FILES,
-    _check_keras_file,
-    stored_classes,
-)
-from workshop_utils.export.graph import (
-    DecodeImageBytes,
-    _label_names,
-    build_end_to_end_model,
-    float32_model,
-    model_parts,
-)
+from workshop_utils.core.scorer import ImageScorer
+from workshop_utils.export.card import (CARD_FILE, LABELS_FILE, MODEL_FILE, REQUIRED_FILES, check_keras_file,
+                                        stored_classes)
+from workshop_utils.export.graph import (DecodeImageBytes, build_end_to_end_model, float32_model, label_names,
+                                         model_parts)
 
 tf = import_tensorflow()
 import keras  # noqa: E402
 
 
-
-
-
-
-
-
 def _check_labels(folder: Path, labels: list[str], stored: list[str] | None, card: Any, outputs: int, fix: str) -> None:
-    """labels.txt must list the classes in the order stored inside model.keras, else in the card's ``classes``.
-
-    A plain Keras folder (``model.save`` + labels.txt) is checked against its card's classes when it has some;
-    with no card, or a card without classes, there is nothing to check the order against: labels.txt is trusted
-    when its count matches the outputs (Classifier checks the count). Neither case warns: both are valid folders.
-    """
+    """labels.txt must list the classes in the order stored inside model.keras, else in the card's ``classes``;
+    with neither (a plain Keras folder) it is trusted, without a warning, when its count fits (Classifier checks)."""
     if len(labels) != outputs:
         return  # Classifier() says "N labels but the model has M outputs"
     if stored is not None:
@@ -61,53 +34,32 @@ def _check_labels(folder: Path, labels: list[str], stored: list[str] | None, car
             raise LabelsFileError(
                 f"{folder / LABELS_FILE} lists the classes as {labels}, but {folder / MODEL_FILE} was trained with "
                 f"{stored} (in this order, stored inside it): labels.txt was edited or belongs to another model, "
-                f"and its names would be wrong. Restore labels.txt to that order (one name per line). {fix}"
-            )
+                f"and its names would be wrong. Restore labels.txt to that order (one name per line). {fix}")
         return
     classes = card.get("classes") if isinstance(card, dict) else None
-    if isinstance(classes, list) and classes:
-        if [str(c) for c in classes] != labels:
-            raise LabelsFileError(
-                f"{folder / LABELS_FILE} lists the classes as {labels}, but {folder / CARD_FILE} says the model "
-                f"({folder / MODEL_FILE}) was trained with {classes}: labels.txt was edited or belongs to another "
-                f"model. Restore labels.txt to that order (one name per line). {fix}"
-            )
+    if isinstance(classes, list) and classes and [str(c) for c in classes] != labels:
+        raise LabelsFileError(
+            f"{folder / LABELS_FILE} lists the classes as {labels}, but {folder / CARD_FILE} says the model "
+            f"({folder / MODEL_FILE}) was trained with {classes}: labels.txt was edited or belongs to another "
+            f"model. Restore labels.txt to that order (one name per line). {fix}")
 
 
-# -- consuming -------------------------------------------------------------------------------------------
 class Classifier(ImageScorer):
     """A loaded export: score untrusted image bytes, files or a frame of paths without the workshop's trainer.
+    Each photo is turned upright (EXIF) before the model's own decoding; cut-short files are refused; float32.
+    ``tta``: each photo is also scored mirrored and the two rows averaged (twice the model's work)."""
 
-    Each photo is turned upright by its EXIF orientation before the model's own decoding and resize (the
-    course's one rule, :mod:`workshop_utils.images`); files whose data ends before their pixels do are
-    refused; the model computes in float32. With ``tta`` (test-time augmentation) each photo is scored with its
-    horizontal mirror and the two probability rows are averaged: twice the model's work.
-    """
-
-    def __init__(
-        self,
-        model: keras.Model,
-        labels: Sequence[str],
-        *,
-        card: dict[str, Any] | None = None,
-        directory: Path | None = None,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-        tta: bool = False,
-    ) -> None:
+    def __init__(self, model: keras.Model, labels: Sequence[str], *, card: dict[str, Any] | None = None,
+                 directory: Path | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS, tta: bool = False) -> None:
         parts = model_parts(float32_model(model))  # scored in float32, even a model trained in mixed precision
         self.model = parts.bytes_model  # a pixels-in model is wrapped with DecodeImageBytes
         self.pixels_model = parts.pixels  # RGB 0-255 -> probabilities: what the bytes reach after decoding
         self.labels = list(labels)
         if len(self.labels) != int(model.output_shape[-1]):
-            raise LabelsFileError(
-                f"{len(self.labels)} labels but the model has {model.output_shape[-1]} outputs"
-                + (f" in {directory}" if directory else "")
-                + "; the labels.txt does not belong to this model. Re-export the folder."
-            )
-        self.image_size = parts.image_size
-        self.card = card
-        self.directory = directory
-        self.max_pixels = max_pixels
+            raise LabelsFileError(f"{len(self.labels)} labels but the model has {model.output_shape[-1]} outputs"
+                                  f"{f' in {directory}' if directory else ''}; the labels.txt does not belong to "
+                                  "this model. Re-export the folder.")
+        self.image_size, self.card, self.directory, self.max_pixels = parts.image_size, card, directory, max_pixels
         self.tta = bool(tta)
         self._model_name = str(model.name)  # as saved (a pixels-in model's wrapper is called "<name>_bytes")
         size, signature = self.image_size, [tf.TensorSpec([None], tf.string), tf.TensorSpec([None], tf.int32)]
@@ -128,10 +80,8 @@ class Classifier(ImageScorer):
     def load(cls, model_dir: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS, tta: bool | None = None
              ) -> "Classifier":
         """Load a model folder: model.keras (safe_mode=True) and labels.txt, plus model_card.json when present.
-
         A plain Keras folder (``model.save(...)`` bytes or pixels in, and labels.txt) loads too. ``tta``: average
-        each photo with its mirror; None takes the card's ``"tta"`` (off when absent).
-        """
+        each photo with its mirror; None takes the card's ``"tta"`` (off when absent)."""
         folder = Path(model_dir).expanduser()
         fix = (f"Re-export it with workshop_utils.export.writer.export_model(trained, {str(folder)!r}) "
                "or `python -m workshop_utils run`.")
@@ -140,12 +90,11 @@ class Classifier(ImageScorer):
         missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
         if missing:
             raise ModelFolderError(f"Model folder {str(folder)!r} is missing {', '.join(missing)}. {fix}")
-        _check_keras_file(folder / MODEL_FILE, fix)
+        check_keras_file(folder / MODEL_FILE, fix)
         stored = stored_classes(folder / MODEL_FILE)
         try:
-            model = keras.models.load_model(
-                folder / MODEL_FILE, safe_mode=True, custom_objects={"DecodeImageBytes": DecodeImageBytes}
-            )
+            model = keras.models.load_model(folder / MODEL_FILE, safe_mode=True,
+                                            custom_objects={"DecodeImageBytes": DecodeImageBytes})
         except Exception as exc:
             raise ModelFolderError(f"Could not load {folder / MODEL_FILE}: {exc}. {fix}") from exc
         card = None
@@ -153,14 +102,13 @@ class Classifier(ImageScorer):
             try:
                 card = json.loads((folder / CARD_FILE).read_text(encoding="utf-8"))
             except ValueError as exc:
-                raise ModelFolderError(f"{folder / CARD_FILE} is not valid JSON ({exc}); fix or delete it. {fix}"
-                                       ) from exc
+                raise ModelFolderError(f"{folder / CARD_FILE} is not valid JSON ({exc}); fix or delete it. "
+                                       f"{fix}") from exc
         labels = load_labels(folder / LABELS_FILE)
         _check_labels(folder, labels, stored, card, int(model.output_shape[-1]), fix)
-        if tta is None:
-            tta = isinstance(card, dict) and card.get("tta") is True
-        return cls(model, labels, card=card if isinstance(card, dict) else None, directory=folder,
-                   max_pixels=max_pixels, tta=tta)
+        card = card if isinstance(card, dict) else None
+        tta = bool(card and card.get("tta") is True) if tta is None else tta
+        return cls(model, labels, card=card, directory=folder, max_pixels=max_pixels, tta=tta)
 
     @classmethod
     def from_model(cls, model: keras.Model, labels: Sequence[str],
@@ -172,16 +120,12 @@ class Classifier(ImageScorer):
     def from_trained(cls, trained: Any, max_pixels: int | None = DEFAULT_MAX_PIXELS, tta: bool = False
                      ) -> "Classifier":
         """An in-memory Classifier for a just-trained head (same model export_model saves), no files."""
-        return cls(build_end_to_end_model(trained), _label_names(trained), max_pixels=max_pixels, tta=tta)
+        return cls(build_end_to_end_model(trained), label_names(trained), max_pixels=max_pixels, tta=tta)
 
     def predict_proba(self, images: Sequence[bytes], names: Sequence[str | Path | None] | None = None,
                       *, tta: bool | None = None) -> np.ndarray:
-        """Probabilities (N, C) for encoded images, each turned upright by its EXIF orientation first.
-
-        ``tta`` (None: the classifier's own setting) averages each photo with its horizontal mirror. Bad bytes
-        raise InvalidImageError naming the image: not an image of the format table, over the pixel limit, or
-        data that ends before its pixels do (InvalidImageError), which is never scored.
-        """
+        """Probabilities (N, C) for encoded images, each turned upright by its EXIF orientation first; ``tta``
+        (None: the classifier's setting) averages each with its mirror. Bad bytes raise InvalidImageError."""
         names = list(names) if names is not None else [None] * len(images)
         if not len(images):
             return np.zeros((0, len(self.labels)))
@@ -196,10 +140,9 @@ class Classifier(ImageScorer):
 
     def __repr__(self) -> str:
         where = f" from {str(self.directory)!r}" if self.directory else ""
-        arch = (self.card or {}).get("arch", self.model.name)
         h, w = self.image_size
-        return (f"Classifier({arch}{where}, {len(self.labels)} classes, image size {h}x{w}"
-                f"{', flip TTA' if self.tta else ''})")
+        return (f"Classifier({(self.card or {}).get('arch', self.model.name)}{where}, {len(self.labels)} classes, "
+                f"image size {h}x{w}{', flip TTA' if self.tta else ''})")
 
     @property
     def name(self) -> str:
@@ -209,21 +152,20 @@ class Classifier(ImageScorer):
 
 class Ensemble(ImageScorer):
     """Several classifiers with the same classes, in the same order: their probabilities averaged.
-
     Same ``predict_*`` API as :class:`Classifier`; each member decodes and resizes the photo its own way (its
-    own image size), so members with different backbones mix. The cost is the sum of the members'.
-    """
+    own image size), so members with different backbones mix. The cost is the sum of the members'."""
 
     def __init__(self, members: Sequence[Classifier]) -> None:
         self.members = list(members)
         if len(self.members) < 2:
-            raise ValueError(f"An ensemble needs at least two classifiers, got {len(self.members)}.")
+            raise ConfigError(f"An ensemble needs at least two classifiers, got {len(self.members)}.")
         first = self.members[0]
         for other in self.members[1:]:
             if list(other.labels) != list(first.labels):
-                raise LabelsFileError(
-                    f"Cannot average {_where(first)} (classes {first.labels}) with {_where(other)} (classes "
-                    f"{other.labels}): an ensemble needs the same class names in the same order.")
+                raise LabelsFileError(  # (a folder's path, else the model's name)
+                    f"Cannot average {first.directory or repr(first.name)} (classes {first.labels}) with "
+                    f"{other.directory or repr(other.name)} (classes {other.labels}): an ensemble needs the same "
+                    "class names in the same order.")
         self.labels = list(first.labels)
         self.max_pixels = min((m.max_pixels for m in self.members if m.max_pixels is not None), default=None)
         self.image_size = first.image_size
@@ -233,8 +175,7 @@ class Ensemble(ImageScorer):
     @classmethod
     def load(cls, model_dirs: Sequence[str | Path], max_pixels: int | None = DEFAULT_MAX_PIXELS,
              tta: bool | None = None) -> "Ensemble":
-        """Load each model folder with :meth:`Classifier.load` and average them; ``tta`` (None: the first folder's
-        card says) is the same for all."""
+        """Each folder's :meth:`Classifier.load`; ``tta`` (None: the first folder's card says) is the same for all."""
         first = Classifier.load(model_dirs[0], max_pixels=max_pixels, tta=tta)
         rest = [Classifier.load(folder, max_pixels=max_pixels, tta=first.tta) for folder in model_dirs[1:]]
         return cls([first, *rest])
@@ -264,10 +205,6 @@ class Ensemble(ImageScorer):
 
     def __repr__(self) -> str:
         return f"Ensemble({', '.join(repr(m) for m in self.members)})"
-
-
-def _where(classifier: Classifier) -> str:
-    return str(classifier.directory) if classifier.directory is not None else repr(classifier.name)
 
 
 def load_scorer(model_dir: str | Path, ensemble: Sequence[str | Path] = (), *, tta: bool | None = None,

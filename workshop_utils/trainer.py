@@ -1,12 +1,10 @@
 """The training phase: a softmax head trained with Keras ``fit`` on cached bottleneck features, as ML.NET's trainer.
 
-The head is ``keras.Sequential([Input, Dense(classes, "softmax")])`` started as ML.NET starts it, trained by
-``compile(SGD(schedule), "sparse_categorical_crossentropy", ["accuracy"])`` and ``fit`` on a ``tf.data``
-pipeline over the features, with Keras callbacks: early stopping (:class:`schedules.BestEpochEarlyStopping`),
-ML.NET's metric lines (:class:`MLNetMetricsLogger`) and a progress bar. ML.NET's schedules are Keras'
-schedule classes (see :mod:`workshop_utils.schedules`). Improvements over ML.NET, each an option on by
-default: the best epoch's weights are restored, the training set is reshuffled every epoch, caches are
-fingerprinted, and the validation set is never silently dropped.
+``compile(SGD(schedule), "sparse_categorical_crossentropy", ["accuracy"])`` and ``fit`` over a ``tf.data``
+pipeline of features (:mod:`workshop_utils.head`), with Keras callbacks: early stopping
+(:class:`schedules.EarlyStopping`), ML.NET's metric lines (:class:`MLNetMetricsLogger`) and a progress bar.
+Improvements over ML.NET, each an option on by default: the best epoch's weights are restored, the training
+set is reshuffled every epoch, caches are fingerprinted, and the validation set is never silently dropped.
 """
 from __future__ import annotations
 
@@ -20,24 +18,20 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.utils.class_weight import compute_class_weight
 
 from workshop_utils.bottleneck import Bottlenecks, compute_bottlenecks
 from workshop_utils.core.errors import ConfigError, DatasetError
 from workshop_utils.core.labels import LabelMap
-from workshop_utils.data import carve_validation
-from workshop_utils.head import (
-    Options,
-    TrainedClassifier,
-    build_head,
-    features_dataset,
-    history_frame,
-)
-from workshop_utils.schedules import BestEpochEarlyStopping
-from workshop_utils.training_metrics import TRAIN, VALIDATION, ImageClassificationMetrics, TrainMetrics
 from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.data import carve_validation
+from workshop_utils.head import Options, TrainedClassifier, build_head, features_dataset, history_frame
+from workshop_utils.schedules import EarlyStopping
+from workshop_utils.training_metrics import TRAIN, VALIDATION, ImageClassificationMetrics, TrainMetrics
 
 import_tensorflow()  # quiet TensorFlow's start-up before Keras loads it
 import keras  # noqa: E402
+from tqdm.keras import TqdmCallback  # noqa: E402  (it imports Keras)
 
 
 def _last_step_rate(optimizer: Any) -> float:
@@ -59,8 +53,7 @@ class MLNetMetricsLogger(keras.callbacks.Callback):
     def __init__(self, metrics_callback: Callable[[ImageClassificationMetrics], Any] | None = print,
                  show_train: bool = True, validation_batches: int = 1) -> None:
         super().__init__()
-        self.metrics_callback = metrics_callback
-        self.show_train = show_train
+        self.metrics_callback, self.show_train = metrics_callback, show_train
         self.validation_batches = int(validation_batches)
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
@@ -79,39 +72,12 @@ class MLNetMetricsLogger(keras.callbacks.Callback):
                 float(logs["val_loss"]))))
 
 
-class EpochProgressBar(keras.callbacks.Callback):
-    """A tqdm bar over epochs showing the watched accuracy and loss (Keras' own bar counts steps)."""
-
-    def __init__(self, epochs: int, desc: str = "Training") -> None:
-        super().__init__()
-        self.epochs, self.desc, self.bar = int(epochs), desc, None
-
-    def on_train_begin(self, logs: dict[str, Any] | None = None) -> None:
-        from tqdm.auto import tqdm
-
-        self.bar = tqdm(total=self.epochs, desc=self.desc, unit="epoch")
-
-    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
-        logs = logs or {}
-        prefix = "val_" if "val_accuracy" in logs else ""
-        self.bar.update(1)
-        self.bar.set_postfix(accuracy=f"{logs.get(prefix + 'accuracy', math.nan):.3f}",
-                             loss=f"{logs.get(prefix + 'loss', math.nan):.3f}")
-
-    def on_train_end(self, logs: dict[str, Any] | None = None) -> None:
-        if self.bar is not None:
-            self.bar.close()
-
-
 def class_weights(rule: str | dict[str, float] | None, y: np.ndarray, label_map: LabelMap) -> dict[int, float] | None:
-    """Keras' ``class_weight`` (class index → weight) from a rule: "balanced" (scikit-learn's
-    ``compute_class_weight``: n / (classes · n_class), over the classes present), a name → weight mapping
-    (classes not named weigh 1), or None."""
+    """Keras' ``class_weight`` (class index → weight) from a rule: "balanced" (scikit-learn's n / (classes ·
+    n_class), over the classes present), a name → weight mapping (classes not named weigh 1), or None."""
     if rule is None:
         return None
     if rule == "balanced":
-        from sklearn.utils.class_weight import compute_class_weight
-
         present = np.unique(y)
         return {int(c): float(w) for c, w in zip(present, compute_class_weight("balanced", classes=present, y=y))}
     unknown = sorted(set(rule) - set(label_map.names))
@@ -126,11 +92,16 @@ def _check_frame(df: Any, name: str) -> pd.DataFrame:
         raise DatasetError(f"{name} must be a pandas DataFrame (from workshop_utils.data), got {type(df).__name__}.")
     missing = [c for c in ("image_path", "label") if c not in df.columns]
     if missing:
-        raise DatasetError(
-            f"{name} lacks column(s) {', '.join(missing)} (has {', '.join(map(str, df.columns))}); "
-            "load the images with workshop_utils.data.load_dataset()."
-        )
+        raise DatasetError(f"{name} lacks column(s) {', '.join(missing)} (has {', '.join(map(str, df.columns))}); "
+                           "load the images with workshop_utils.data.load_dataset().")
     return df
+
+
+def _two_classes(labels: Any) -> None:
+    classes = sorted(set(map(str, labels)))
+    if len(classes) < 2:
+        raise DatasetError(f"Only one class found in the training labels ({', '.join(classes)}); a classifier "
+                           "needs at least 2 classes.")
 
 
 def _shuffled(b: Bottlenecks, frame: pd.DataFrame, order: np.ndarray) -> Bottlenecks:
@@ -149,18 +120,12 @@ class ImageClassificationTrainer:
         self.options = options if options is not None else Options()
         self.options.check()
 
-    def _emit(self, metrics: TrainMetrics) -> None:
-        if self.options.metrics_callback is not None:
-            self.options.metrics_callback(ImageClassificationMetrics(train=metrics))
-
     def _check_early_stopping(self, has_validation: bool) -> None:
         o = self.options
         if o.early_stopping is not None and not has_validation and not o.test_on_train_set:
-            raise ConfigError(
-                "Early stopping is on but there is no validation set and test_on_train_set=False, so no metric "
-                "is measured to watch. Pass a validation set (or validation_set_fraction > 0), set "
-                "test_on_train_set=True, or set early_stopping=None."
-            )
+            raise ConfigError("Early stopping is on but there is no validation set and test_on_train_set=False, so "
+                              "no metric is measured to watch. Pass a validation set (or validation_set_fraction > "
+                              "0), set test_on_train_set=True, or set early_stopping=None.")
 
     def split_validation(self, train_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
         """The validation set ``fit`` makes when it is given none, by the protocol.
@@ -197,18 +162,10 @@ class ImageClassificationTrainer:
             order = np.random.default_rng([int(o.seed), 1]).permutation(len(train_df))
             train_part, validation_part = train_df, validation_df
         if len(train_part) == 0:
-            raise DatasetError(
-                f"After taking validation_set_fraction={o.validation_set_fraction} of {len(train_df)} images "
-                "for validation no training image is left; add images or lower the fraction."
-            )
+            raise DatasetError(f"After taking validation_set_fraction={o.validation_set_fraction} of {len(train_df)} "
+                               "images for validation no training image is left; add images or lower the fraction.")
         self._check_early_stopping(len(validation_part) > 0)
-        classes = set(map(str, train_part["label"]))
-        if len(classes) < 2:
-            raise DatasetError(
-                f"Only one class found in the training labels ({', '.join(sorted(classes))}); a classifier "
-                "needs at least 2 classes."
-            )
-
+        _two_classes(train_part["label"])
         workspace = o.workspace_path
         temporary = workspace is None
         if temporary:
@@ -220,20 +177,18 @@ class ImageClassificationTrainer:
             train_b = compute_bottlenecks(train_part, o.arch, cache_name="train",
                                           reuse=o.reuse_train_set_bottleneck_cached_values, dataset_name=TRAIN,
                                           **common)
-            validation_b = None
-            if len(validation_part):
-                # Always computed (or reused when fingerprinted as current): ML.NET drops validation silently
-                # when only the train cache is reused.
-                validation_b = compute_bottlenecks(
-                    validation_part, o.arch, cache_name="validation",
-                    reuse=o.reuse_validation_set_bottleneck_cached_values, dataset_name=VALIDATION, **common)
+            # Validation is always computed (or reused when fingerprinted as current): ML.NET drops it silently
+            # when only the train cache is reused.
+            validation_b = compute_bottlenecks(
+                validation_part, o.arch, cache_name="validation", reuse=o.reuse_validation_set_bottleneck_cached_values,
+                dataset_name=VALIDATION, **common) if len(validation_part) else None
+            if temporary:  # the folder goes away below
+                train_b.cache_dir = None
+                if validation_b is not None:
+                    validation_b.cache_dir = None
         finally:
             if temporary:
                 shutil.rmtree(workspace, ignore_errors=True)
-        if temporary:
-            train_b.cache_dir = None
-            if validation_b is not None:
-                validation_b.cache_dir = None
         if order is not None:
             train_b = _shuffled(train_b, train_part, order)
         return self.fit_features(train_b, validation_b)
@@ -249,11 +204,7 @@ class ImageClassificationTrainer:
         has_validation = validation is not None and len(validation) > 0
         self._check_early_stopping(has_validation)
         label_map = LabelMap.from_labels(list(train.labels) + (list(validation.labels) if has_validation else []))
-        if len(set(train.labels)) < 2:
-            raise DatasetError(
-                f"Only one class found in the training labels ({', '.join(sorted(set(train.labels)))}); a "
-                "classifier needs at least 2 classes."
-            )
+        _two_classes(train.labels)
         x = np.ascontiguousarray(train.features, dtype=np.float32)
         y = train.label_indices(label_map).astype(np.int32)
         d, classes = x.shape[1], len(label_map)
@@ -261,10 +212,8 @@ class ImageClassificationTrainer:
             xv = np.ascontiguousarray(validation.features, dtype=np.float32)
             yv = validation.label_indices(label_map).astype(np.int32)
             if xv.shape[1] != d:
-                raise DatasetError(
-                    f"Validation features have width {xv.shape[1]} but training features {d}: they come from "
-                    "different architectures or settings; compute both with the same ones."
-                )
+                raise DatasetError(f"Validation features have width {xv.shape[1]} but training features {d}: they "
+                                   "come from different architectures or settings; compute both with the same ones.")
         no_train_images = sorted(set(label_map.names) - set(train.labels))
         if no_train_images:
             print(f"Note: no training image for class(es) {', '.join(no_train_images)}; the head cannot learn them.")
@@ -291,14 +240,12 @@ class ImageClassificationTrainer:
         if o.early_stopping is not None:
             stopper = o.early_stopping.keras_callback(validation=has_validation, restore_best_weights=restore)
         elif restore:  # no stopping, but still keep the best epoch
-            stopper = BestEpochEarlyStopping(patience=int(o.epoch) + 1, min_delta=0.0)
+            stopper = EarlyStopping(min_delta=0.0, patience=int(o.epoch) + 1)
         if stopper is not None:
             callbacks.append(stopper)
-        if o.progress and o.metrics_callback is None:
-            callbacks.append(EpochProgressBar(int(o.epoch)))
-        validation_data = None
-        if has_validation:
-            validation_data = features_dataset(xv, yv, batch_size=max(len(xv), 1))
+        if o.progress and o.metrics_callback is None:  # one bar over the epochs, with their metrics
+            callbacks.append(TqdmCallback(int(o.epoch), verbose=0, desc="Training"))
+        validation_data = features_dataset(xv, yv, batch_size=max(len(xv), 1)) if has_validation else None
         keras_history = head.fit(features_dataset(x, y, bs, shuffle=o.shuffle_each_epoch, seed=o.seed),
                                  class_weight=class_weights(o.class_weight, y, label_map),
                                  validation_data=validation_data, epochs=int(o.epoch), callbacks=callbacks,
@@ -310,23 +257,12 @@ class ImageClassificationTrainer:
                 f"{int(np.flatnonzero(~np.isfinite(losses))[0])} with learning rate {o.learning_rate:g}. Lower the "
                 "learning rate (--learning-rate, Options.learning_rate), e.g. to 0.01.")
         epochs_run = len(losses)
-        best_epoch = stopper.best_epoch if (stopper is not None and restore) else epochs_run - 1
-        stopped_early = epochs_run < int(o.epoch)
         kernel, bias = head.layers[-1].get_weights()
-        history = history_frame(keras_history, o.test_on_train_set)
         return TrainedClassifier(
-            arch=train.arch,
-            backbone_weights=None if o.weights is None else str(o.weights),
-            image_size=tuple(train.image_size),
-            label_map=label_map,
-            kernel=np.asarray(kernel, dtype=np.float32),
-            bias=np.asarray(bias, dtype=np.float32),
-            history=history,
-            best_epoch=int(best_epoch),
-            stopped_early=stopped_early,
-            options=o,
-            train_bottlenecks=train,
-            validation_bottlenecks=validation if has_validation else None,
-            weights_id=train.weights_id,
-            epochs_trained=epochs_run,
-        )
+            arch=train.arch, backbone_weights=None if o.weights is None else str(o.weights),
+            image_size=tuple(train.image_size), label_map=label_map, kernel=np.asarray(kernel, dtype=np.float32),
+            bias=np.asarray(bias, dtype=np.float32), history=history_frame(keras_history, o.test_on_train_set),
+            best_epoch=int(stopper.best_epoch if (stopper is not None and restore) else epochs_run - 1),
+            stopped_early=epochs_run < int(o.epoch), options=o, train_bottlenecks=train,
+            validation_bottlenecks=validation if has_validation else None, weights_id=train.weights_id,
+            epochs_trained=epochs_run)

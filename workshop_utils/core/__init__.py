@@ -1,1 +1,1 @@
-"""TODO"""
+"""The floor under everything: formats, images, labels, atomic writes, errors, runtime; imports nothing above it."""

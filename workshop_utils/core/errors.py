@@ -1,10 +1,19 @@
-"""The workshop's one error base and one warning base, and the few subclasses a caller treats differently.
+"""One error base (:class:`WorkshopError`, plus the builtin callers catch) and one warning base.
 
-Every error derives from :class:`WorkshopError` and, where callers catch a builtin, from it too
-(``ValueError`` for bad input, ``OSError`` for files and sockets, ``RuntimeError`` for failed work).
 The message names the file, row or value and says what to do; the class says only how to react.
 """
 from __future__ import annotations
+
+from collections.abc import Sequence
+
+SHOW_AT_MOST = 10  # offending rows/values quoted in a message
+
+
+def listed(items: Sequence, what: str) -> str:
+    """For messages: 'lines 2, 5, 9 (3 in all)', the first SHOW_AT_MOST items and the total count."""
+    items = list(items)
+    more = f", … and {len(items) - SHOW_AT_MOST} more" if len(items) > SHOW_AT_MOST else ""
+    return f"{what} {', '.join(str(i) for i in items[:SHOW_AT_MOST])}{more} ({len(items)} in all)"
 
 
 class WorkshopError(Exception):

@@ -1,8 +1,7 @@
-"""What every scorer shares: untrusted-image checks, the label file and the ``Prediction`` result.
+"""The one image-format table and the checks of untrusted images: header, pixel limit, data cut short.
 
-No TensorFlow here (only Pillow), so a command line or web handler can check uploads and catch
-:class:`InvalidImageError` without loading TensorFlow. Used by ``model_io`` (the exported Keras
-model) and ``frozen_graph`` (any frozen ``.pb``).
+Pillow only, no TensorFlow, so a command line or web handler can check uploads without loading it (only
+WebP asks :func:`workshop_utils.core.runtime.tf_decodes`, once). Every reader and scorer uses these checks.
 """
 from __future__ import annotations
 
@@ -15,11 +14,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from PIL import Image, UnidentifiedImageError
+
 from workshop_utils.core import runtime
 from workshop_utils.core.errors import ImageTooLargeError, InvalidImageError
 
-DEFAULT_MAX_PIXELS = 40_000_000
-"""Largest image (width × height) accepted by default: 40 MP, checked from the header before decoding."""
+DEFAULT_MAX_PIXELS = 40_000_000  # largest width × height accepted by default (40 MP), read from the header
+EXIF_ORIENTATION_TAG = 0x0112  # how to turn a photo upright: 1 = as stored, 2–8 = mirror and/or rotate
+BMP_SUPPORTED = "uncompressed 24- and 32-bit BMPs and 8-bit grayscale ones"  # TF reads pixel bytes as they are
 
 
 @dataclass(frozen=True)
@@ -32,27 +34,16 @@ class ImageFormat:
     checked_at_run_time: bool = False  # decodable only where the installed TensorFlow's decode_image reads it
 
 
-IMAGE_FORMATS: tuple[ImageFormat, ...] = (
+IMAGE_FORMATS: tuple[ImageFormat, ...] = (  # the one list every reader uses (folders, checks, scorers, bottlenecks)
     ImageFormat("JPEG", ("JPEG", "MPO"), (".jpg", ".jpeg", ".jpe", ".jfif")),  # MPO: a phone camera's JPEG
     ImageFormat("PNG", ("PNG",), (".png",)),
     ImageFormat("GIF", ("GIF",), (".gif",)),
     ImageFormat("BMP", ("BMP",), (".bmp",)),
     ImageFormat("WebP", ("WEBP",), (".webp",), checked_at_run_time=True),  # newer TF only: probed
 )
-"""The one list of image formats every reader uses (folder datasets, validate_images, scorers, bottlenecks)."""
-
-
-SUPPORTED_FORMATS = "/".join(f.name for f in IMAGE_FORMATS)
-"""What TensorFlow's ``decode_image`` (and so the exported model) can read, for messages: "JPEG/PNG/GIF/BMP/WebP"."""
-
-
-IMAGE_EXTENSIONS: tuple[str, ...] = tuple(ext for f in IMAGE_FORMATS for ext in f.extensions)
-"""File extensions (lower case) of :data:`IMAGE_FORMATS`: what a folder reader takes as an image."""
-
-
+SUPPORTED_FORMATS = "/".join(f.name for f in IMAGE_FORMATS)  # for messages: "JPEG/PNG/GIF/BMP/WebP"
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(ext for f in IMAGE_FORMATS for ext in f.extensions)  # lower case
 _BY_PILLOW_NAME = {pillow: f for f in IMAGE_FORMATS for pillow in f.pillow_names}
-
-
 _BY_EXTENSION = {ext: f for f in IMAGE_FORMATS for ext in f.extensions}
 
 
@@ -68,27 +59,19 @@ def format_for_file_name(name: str | Path) -> ImageFormat | None:
 
 def decodable(fmt: ImageFormat) -> bool:
     """Whether the installed TensorFlow decodes this format; asked once, only for formats marked so (loads TF)."""
-    if not fmt.checked_at_run_time:
-        return True
-
-    return runtime.tf_decodes(fmt.pillow_names[0])
+    return not fmt.checked_at_run_time or runtime.tf_decodes(fmt.pillow_names[0])
 
 
 def not_decodable_reason(fmt: ImageFormat) -> str:
     """Why a format in the table is refused here: the installed TensorFlow cannot decode it."""
-
     return (f"the installed TensorFlow {runtime.tf_version()} cannot decode {fmt.name} images; convert it "
             "to JPEG or PNG, or upgrade TensorFlow")
 
 
-EXIF_ORIENTATION_TAG = 0x0112
-"""The EXIF tag saying how a photo must be turned to be seen upright (1 = as stored; 2–8: mirror and/or rotate)."""
-
-
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header says: format (a name of :data:`IMAGE_FORMATS`), width and height in pixels as stored, and
-    the EXIF orientation (1–8; 1 when absent) that :func:`workshop_utils.core.images.orient` applies."""
+    """What the header says: format (a name of :data:`IMAGE_FORMATS`), stored width and height, and the EXIF
+    orientation (1–8; 1 when absent) that :func:`workshop_utils.core.images.orient` applies."""
 
     format: str
     width: int
@@ -101,13 +84,8 @@ class ImageInfo:
 
 
 def exif_orientation(image: Any) -> int:
-    """The EXIF orientation (1–8) an open Pillow image's header records; 1 when it has none or an invalid one.
-
-    Reads only what Pillow parsed while opening the file (``image.info["exif"]``: a JPEG's APP1, a WebP's or
-    PNG's EXIF chunk before the pixels), never ``getexif()``, which decodes a whole PNG to look further.
-    """
-    from PIL import Image
-
+    """The EXIF orientation (1–8) in an open Pillow image's header, else 1: only what Pillow parsed while opening
+    (``image.info["exif"]``), never ``getexif()``, which decodes a whole PNG to look further."""
     raw = image.info.get("exif")
     if not raw:
         return 1
@@ -129,21 +107,14 @@ def check_image_bytes(
     data: bytes | bytearray | memoryview, name: str | Path | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
     *, complete: bool = False,
 ) -> ImageInfo:
-    """Check untrusted bytes from the header: a JPEG/PNG/GIF/BMP/WebP within ``max_pixels`` (None = no limit).
-
-    Raises :class:`InvalidImageError` (or :class:`ImageTooLargeError`) naming the file. A GIF counts all its
-    frames, since TensorFlow decodes every frame before keeping the first. With ``complete`` the body is
-    walked too (not decoded): a JPEG or PNG whose data ends before its pixels do raises
-    :class:`InvalidImageError` (what every scorer and the bottleneck pass ask for; the header-only check
-    is for a cheap first look, e.g. the web API's before it queues a photo). Other corrupt pixel data is
-    caught when TensorFlow decodes it (the scorers turn that into :class:`InvalidImageError` too).
-    """
+    """Check untrusted bytes: a JPEG/PNG/GIF/BMP/WebP within ``max_pixels`` (None: no limit; a GIF counts every
+    frame), else :class:`InvalidImageError` or :class:`ImageTooLargeError` naming the file. The header only,
+    or with ``complete`` (scorers, bottlenecks) a JPEG's or PNG's body walked too, not decoded, to refuse
+    data that ends before its pixels do. Other corrupt pixel data fails when TensorFlow decodes it."""
     what = describe_source(name)
     if isinstance(data, str):
-        raise TypeError(
-            f"{what}got a str, expected the file's bytes; read it with open(path, 'rb').read() "
-            "or use predict_file(path)."
-        )
+        raise TypeError(f"{what}got a str, expected the file's bytes; read it with open(path, 'rb').read() "
+                        "or use predict_file(path).")
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise TypeError(f"{what}expected the image's bytes, got {type(data).__name__}.")
     data = bytes(data)
@@ -156,21 +127,14 @@ def check_image_file(
     file: str | os.PathLike | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | Path | None = None,
     *, complete: bool = False,
 ) -> ImageInfo:
-    """:func:`check_image_bytes` for a file (a path, or a binary file open at its start).
-
-    ``name`` starts the messages (default: the path; "" for none). A missing file raises FileNotFoundError.
-    The same limit and checks as the scorers, for readers that decode files themselves (training, validation);
-    reads the header only, or with ``complete`` the whole file (JPEG, PNG) to refuse one whose data is cut.
-    """
+    """:func:`check_image_bytes` for a path or a binary file open at its start, for readers that decode files
+    themselves; ``name`` starts messages (default: the path; "" for none). A missing file: FileNotFoundError."""
     if isinstance(file, (str, os.PathLike)):
         with open(file, "rb") as fh:
             return check_image_file(fh, max_pixels, name=file if name is None else name, complete=complete)
     what = describe_source(name)
-    try:
-        size = os.fstat(file.fileno()).st_size
-    except (AttributeError, OSError, ValueError):  # an in-memory stream (io.BytesIO): measure it
-        size = file.seek(0, os.SEEK_END)
-        file.seek(0)
+    size = file.seek(0, os.SEEK_END)  # a file on disk or in memory (io.BytesIO) alike
+    file.seek(0)
     if size == 0:
         raise InvalidImageError(f"{what}the file is empty (0 bytes): not a decodable {SUPPORTED_FORMATS} image.")
     return _check_header(file, size, what, max_pixels, complete)
@@ -178,8 +142,6 @@ def check_image_file(
 
 def _check_header(stream: BinaryIO, size: int, what: str, max_pixels: int | None, complete: bool) -> ImageInfo:
     """The checks of :func:`check_image_bytes` on a seekable stream at its start (Pillow reads the header only)."""
-    from PIL import Image, UnidentifiedImageError
-
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
@@ -205,16 +167,13 @@ def _check_header(stream: BinaryIO, size: int, what: str, max_pixels: int | None
         ) from exc
     fmt = format_for_pillow(pil_format)
     if fmt is None:
-        raise InvalidImageError(
-            f"{what}the bytes are a {pil_format} image, not a decodable {SUPPORTED_FORMATS} image; "
-            "convert it to JPEG or PNG."
-        )
+        raise InvalidImageError(f"{what}the bytes are a {pil_format} image, not a decodable {SUPPORTED_FORMATS} "
+                                "image; convert it to JPEG or PNG.")
     if not decodable(fmt):
         raise InvalidImageError(f"{what}the bytes are a {fmt.name} image, but {not_decodable_reason(fmt)}.")
     if width < 1 or height < 1:
-        raise InvalidImageError(
-            f"{what}the header declares a {width}x{height} size: not a decodable {SUPPORTED_FORMATS} image."
-        )
+        raise InvalidImageError(f"{what}the header declares a {width}x{height} size: not a decodable "
+                                f"{SUPPORTED_FORMATS} image.")
     total = width * height * frames
     if max_pixels is not None and total > max_pixels:
         dims = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
@@ -222,37 +181,30 @@ def _check_header(stream: BinaryIO, size: int, what: str, max_pixels: int | None
             f"{what}the image is {dims} = {total / 1e6:.3g} MP, over the limit of {max_pixels / 1e6:g} MP "
             f"(max_pixels={max_pixels}); downscale it or pass a larger max_pixels."
         )
+    problem = None
     if fmt.name == "BMP":
         stream.seek(0)
-        unsupported, cut = bmp_problem(stream.read(66), size, mode)
+        unsupported, problem = bmp_problem(stream.read(66), size, mode)
         if unsupported is not None:
             raise InvalidImageError(
                 f"{what}the bytes are {unsupported}, which TensorFlow's decoder (and so the model) cannot read "
                 f"right: it reads {BMP_SUPPORTED}. Convert it to PNG or JPEG, e.g. "
                 "PIL.Image.open(path).convert('RGB').save('photo.png')."
             )
-        if cut is not None and complete:
-            raise truncated_image(what, cut)
     elif complete and fmt.name == "JPEG":
         stream.seek(0)
         problem = jpeg_missing_data(stream.read())
-        if problem is not None:
-            raise truncated_image(what, problem)
     elif complete and fmt.name == "PNG":
         problem = png_missing_data(stream, size)
-        if problem is not None:
-            raise truncated_image(what, problem)
+    if complete and problem is not None:
+        raise truncated_image(what, problem)
     return ImageInfo(fmt.name, width, height, orientation)
 
 
-def _cut_or_corrupt(what: str, detail: str) -> str:
-    return (f"{what}the bytes are not a decodable {SUPPORTED_FORMATS} image (truncated or corrupt: {detail}). "
-            "Re-download or re-save the file.")
-
-
 def truncated_image(what: str, detail: str) -> InvalidImageError:
-    """The error for data that ends before its pixels do; ``what`` is :func:`describe_source`'s prefix."""
-    return InvalidImageError(_cut_or_corrupt(what, detail))
+    """The error for data that ends before its pixels do (or is corrupt); ``what``: :func:`describe_source`'s."""
+    return InvalidImageError(f"{what}the bytes are not a decodable {SUPPORTED_FORMATS} image (truncated or corrupt: "
+                             f"{detail}). Re-download or re-save the file.")
 
 
 def read_image_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> bytes:
@@ -265,37 +217,21 @@ def read_image_file(path: str | Path, max_pixels: int | None = DEFAULT_MAX_PIXEL
     return data
 
 
-def tf_decode_reason(exc: BaseException) -> str:
-    """The useful first line of a TensorFlow decode error (without its ``{{function_node …}}`` noise)."""
-    text = getattr(exc, "message", None) or str(exc)
-    if "}}" in text:
-        text = text.split("}}", 1)[1]
-    text = text.split("\n", 1)[0].split(" [[", 1)[0].strip()
-    return text or type(exc).__name__
-
-
 def undecodable(name: str | Path | None, exc: BaseException, batch_size: int = 1) -> InvalidImageError:
     """The InvalidImageError for bytes whose header looked fine but TensorFlow could not decode."""
-    if batch_size == 1:
-        what = describe_source(name)
-    else:
-        what = f"one of {batch_size} images (score them one by one to find it): "
-    return InvalidImageError(_cut_or_corrupt(what, tf_decode_reason(exc)))
+    text = getattr(exc, "message", None) or str(exc)  # TF's first line, without its {{function_node …}} noise
+    text = text.split("}}", 1)[-1].split("\n", 1)[0].split(" [[", 1)[0].strip()
+    what = (describe_source(name) if batch_size == 1
+            else f"one of {batch_size} images (score them one by one to find it): ")
+    return truncated_image(what, text or type(exc).__name__)
 
 
 _JPEG_FRAMES = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}  # SOF0–SOF15 (C4 DHT, C8 JPG, CC DAC are not)
-
-
 _JPEG_DCT_FRAMES = frozenset({0xC0, 0xC1, 0xC2, 0xC9, 0xCA})  # baseline, extended, progressive; Huffman or arithmetic
-
-
 _JPEG_HUFFMAN_FRAMES = frozenset({0xC0, 0xC1, 0xC2})  # every block's DC coefficient costs at least one bit
-
-
 _JPEG_SCAN_END = re.compile(rb"\xff[\x01-\xcf\xd8-\xfe]")  # a marker: not stuffing (FF 00), a restart or fill
-
-
 _JPEG_RESTART = re.compile(rb"\xff[\xd0-\xd7]")
+_JPEG_MARKER = re.compile(rb"\xff+([\x00-\xfe])")  # fill bytes (FF) then the marker's code
 
 
 def _ceil_div(a: int, b: int) -> int:
@@ -303,32 +239,20 @@ def _ceil_div(a: int, b: int) -> int:
 
 
 def jpeg_missing_data(data: bytes) -> str | None:
-    """Why a JPEG's data cannot hold every pixel its header declares, or None when it can. No decoding.
-
-    Walks the segments and the compressed scans to the end-of-image marker (the first one: an MPO's second
-    picture is not needed). Refused: no end marker (a cut download); a colour component without a scan;
-    fewer restart markers than the scan's blocks need; and, for Huffman-coded JPEGs, fewer bytes of
-    compressed data than one bit per 8×8 block (every block codes its DC value with at least one bit).
-    A cut body with an end marker appended (libjpeg fills the rest with grey, and TensorFlow accepts it)
-    is caught by the last two when the file has restart markers (cameras often write them) or holds less
-    than that bound; any other such cut only a full decode can tell. Cost: one scan of the bytes for
-    markers (about 2 ms per MB), a small part of decoding.
-    """
+    """Why a JPEG's data cannot hold every pixel its header declares, or None. Walks segments and scans (no
+    decoding, ~2 ms/MB) to the first end marker: refused when there is none, a colour component has no scan,
+    restart markers are fewer than the blocks need, or (Huffman) there is less than one bit per 8×8 block.
+    The last two catch a cut body with an end marker appended, which libjpeg fills with grey."""
     n, pos = len(data), 2
     frame: tuple[int, int, int, dict[int, tuple[int, int]]] | None = None
     restart = entropy = scans = 0
     scanned: set[int] = set()
     stops = f"the data stops after {n:,} bytes, before the JPEG end-of-image marker"
     while True:
-        pos = data.find(b"\xff", pos)  # the next marker (libjpeg skips stray bytes before one too)
-        if pos < 0:
+        found = _JPEG_MARKER.search(data, pos)  # the next marker (libjpeg skips stray bytes before one too)
+        if found is None:
             return stops
-        while pos < n and data[pos] == 0xFF:
-            pos += 1
-        if pos >= n:
-            return stops
-        marker = data[pos]
-        pos += 1
+        marker, pos = found.group(1)[0], found.end()
         if marker == 0xD9:
             break
         if marker in (0x00, 0x01) or 0xD0 <= marker <= 0xD8:  # no length: stuffing, TEM, RSTn, SOI
@@ -426,16 +350,9 @@ def webp_missing_data(start: bytes, size: int) -> str | None:
     return None if declared <= size else f"its RIFF header declares {declared:,} bytes but there are {size:,}"
 
 
-BMP_SUPPORTED = "uncompressed 24- and 32-bit BMPs and 8-bit grayscale ones"
-"""The BMPs TensorFlow's decoder reads right: it takes the pixel bytes as they are (no palette, no RLE)."""
-
-
 def bmp_problem(header: bytes, size: int, mode: str) -> tuple[str | None, str | None]:
-    """(why TensorFlow cannot read this BMP right, why its data is cut), each None when fine.
-
-    ``header``: the file's first 66 bytes; ``mode``: Pillow's (an 8-bit BMP is grayscale only as "L").
-    TensorFlow reads the pixel bytes as they are and wants exactly the size the header declares.
-    """
+    """(why TensorFlow, which takes the pixel bytes as they are and wants the declared size, cannot read this BMP
+    right; why its data is cut), each None when fine. ``header``: the first 66 bytes; ``mode``: Pillow's."""
     if len(header) < 34:
         return None, f"the data stops after {size:,} bytes, inside the BMP header"
     offset, dib = int.from_bytes(header[10:14], "little"), int.from_bytes(header[14:18], "little")

@@ -1,7 +1,6 @@
-"""The one way the workshop writes a file or folder that a later run trusts: build it beside, then rename.
+"""The one way to write a file or folder a later run trusts: build it beside, then rename.
 
-A crash at any point leaves the old complete file/folder, the new complete one, or none — never a partial
-one under the final name. Caches, exports, labels, the model card, profile.json and notebooks use these.
+A crash leaves the old complete file/folder, the new one, or none, never a partial one under the final name.
 """
 from __future__ import annotations
 
@@ -16,8 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-LEFTOVER_AGE_SECONDS = 3600
-"""Temp/old siblings older than this are from an interrupted write and are removed by the next one."""
+LEFTOVER_AGE_SECONDS = 3600  # temp/old siblings this old are from an interrupted write: the next one removes them
 
 
 def atomic_write(path: str | os.PathLike, data: bytes | str, *, mode: int = 0o644) -> Path:
@@ -54,11 +52,8 @@ def remove_leftovers(parent: Path, name: str, max_age: float = LEFTOVER_AGE_SECO
 
 @contextlib.contextmanager
 def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces ``folder`` in one rename.
-
-    An existing ``folder`` is renamed away first and deleted after the new one is in place. On an
-    exception the temporary folder is deleted and the exception propagates.
-    """
+    """Yield a temporary sibling folder to fill; on success it replaces ``folder`` in one rename (an old
+    ``folder`` is renamed away, then deleted). On an exception the temporary folder is deleted."""
     folder = Path(folder)
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
@@ -68,18 +63,16 @@ def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
     tmp.mkdir()
     try:
         yield tmp
-        old = None
+        old = parent / f".old-{folder.name}-{token}"
         if folder.exists():
-            old = parent / f".old-{folder.name}-{token}"
             os.replace(folder, old)
         try:
             os.replace(tmp, folder)
         except BaseException:
-            if old is not None:
+            if old.exists():
                 os.replace(old, folder)  # put the old one back
             raise
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        shutil.rmtree(old, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

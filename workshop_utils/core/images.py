@@ -1,18 +1,12 @@
-"""Image decoding shared by the bottleneck pipeline, fine-tuning, Grad-CAM, the scorers and the exported model.
-
-One function, so the features a head is trained on and the pixels the saved model sees at serving
-time are produced by exactly the same operations. One orientation rule: a photo's EXIF orientation (read
-from its header with Pillow, once per file: ``predictions.ImageInfo.orientation``) is applied with
-TensorFlow ops (:func:`orient`) right after decoding, before the resize, wherever Python hands images
-to a model. Bytes fed straight into the exported SavedModel or ``.pb`` skip it: those expect upright
-images. Also what the installed TensorFlow can decode (asked at run time, once per format), which
-:mod:`workshop_utils.predictions`' format table consults.
+"""The one image decoding (bottlenecks, fine-tuning, Grad-CAM, scorers, the exported model), so training and
+serving see the same pixels. One orientation rule: the EXIF orientation from the header
+(``core.formats.ImageInfo.orientation``) is applied by :func:`orient` after decoding, before the resize,
+wherever Python hands images to a model; bytes fed straight into an exported model must be upright.
 """
 from __future__ import annotations
 
 import functools
 import os
-from pathlib import Path
 
 import numpy as np
 
@@ -22,20 +16,17 @@ from workshop_utils.core.runtime import import_tensorflow
 tf = import_tensorflow()
 
 
+# Bump when decoding or the checks change a file's pixels or which files are refused (the bottleneck cache's
+# fingerprint records it). 2: EXIF orientation applied; JPEGs whose data is cut refused.
 DECODE_VERSION = 2
-"""Bump when decoding or the image checks change the pixels a file gives or which files are refused: the
-bottleneck cache records it in its fingerprint. 2: EXIF orientation applied; JPEGs whose data is cut refused."""
 
 
 def decode_image(contents: tf.Tensor, image_size: tuple[int, int], orientation: int | tf.Tensor | None = None
                  ) -> tf.Tensor:
-    """Encoded bytes (scalar string tensor) -> float32 RGB 0–255 of shape (H, W, 3), bilinear resize.
-
-    Grayscale becomes 3 channels, alpha is dropped, an animated GIF gives its first frame. ``orientation``
-    (EXIF, 1–8) turns the photo upright before the resize; None leaves it as stored. The resize is
-    antialiased: shrinking a phone photo to 224 pixels otherwise aliases fine detail (scratches, cracks),
-    and the EfficientNet-Lite0 port matches its reference ImageNet predictions only with it.
-    """
+    """Encoded bytes (scalar string) -> float32 RGB 0–255 (H, W, 3): grey to 3 channels, no alpha, a GIF's first
+    frame; ``orientation`` (EXIF 1–8, None: as stored) turns it upright first. The resize is antialiased:
+    else shrinking a photo to 224 px aliases scratches and cracks, and the EfficientNet-Lite0 port misses
+    its reference ImageNet predictions."""
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     if orientation is not None:
         image = orient(image, orientation)
@@ -44,27 +35,21 @@ def decode_image(contents: tf.Tensor, image_size: tuple[int, int], orientation: 
     return image
 
 
-def _transposed(image: tf.Tensor) -> tf.Tensor:
-    return tf.transpose(image, [1, 0, 2])
-
-
 _ORIENT = (  # EXIF orientation 1..8 -> what makes the stored pixels upright (as Pillow's ImageOps.exif_transpose)
     lambda x: x,  # 1: as stored
     lambda x: tf.reverse(x, [1]),  # 2: mirrored left-right
     lambda x: tf.reverse(x, [0, 1]),  # 3: upside down
     lambda x: tf.reverse(x, [0]),  # 4: mirrored top-bottom
-    _transposed,  # 5: mirrored along the main diagonal
+    tf.image.transpose,  # 5: mirrored along the main diagonal
     lambda x: tf.image.rot90(x, k=3),  # 6: turned a quarter anticlockwise: turn it clockwise (phones, portrait)
-    lambda x: tf.reverse(_transposed(x), [0, 1]),  # 7: mirrored along the other diagonal
+    lambda x: tf.reverse(tf.image.transpose(x), [0, 1]),  # 7: mirrored along the other diagonal
     lambda x: tf.image.rot90(x, k=1),  # 8: turned a quarter clockwise: turn it anticlockwise
 )
 
 
 def orient(image: tf.Tensor, orientation: int | tf.Tensor) -> tf.Tensor:
-    """Decoded pixels (H, W, C) turned upright by their EXIF orientation (1–8; anything else: as stored).
-
-    TensorFlow ops, so it runs inside ``tf.data`` maps and traced functions; the result of 5–8 is W×H.
-    """
+    """Decoded pixels (H, W, C) turned upright by their EXIF orientation (1–8; anything else: as stored), with
+    TensorFlow ops so it runs inside ``tf.data`` maps and traced functions; the result of 5–8 is W×H."""
     if isinstance(orientation, (int, np.integer)):  # eager, known: no branch in the graph
         return _ORIENT[int(orientation) - 1 if 1 <= orientation <= 8 else 0](image)
     index = tf.cast(orientation, tf.int32) - 1
@@ -85,7 +70,7 @@ def decode_images(contents: tf.Tensor, image_size: tuple[int, int], orientations
 
 def file_orientation(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int:
     """A file's EXIF orientation (1 when none), from its header; a file that is no usable image raises
-    ``predictions.InvalidImageError`` naming it (the header check every reader applies)."""
+    ``core.errors.InvalidImageError`` naming it (the header check every reader applies)."""
     return check_image_file(path, max_pixels).orientation
 
 
@@ -96,5 +81,5 @@ def read_image(path: str | os.PathLike, image_size: tuple[int, int]) -> tf.Tenso
 
 def read_photo(path: str | os.PathLike) -> np.ndarray:
     """A photo's pixels at its own size (uint8 RGB), upright as it is meant to be seen (for overlays)."""
-    image = tf.io.decode_image(tf.io.read_file(str(Path(path))), channels=3, expand_animations=False)
+    image = tf.io.decode_image(tf.io.read_file(str(path)), channels=3, expand_animations=False)
     return orient(image, file_orientation(path)).numpy()

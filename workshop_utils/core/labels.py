@@ -1,63 +1,78 @@
-"""TODO: describe this module."""
+"""The one labels I/O: ``labels.txt`` (class names one a line, UTF-8) and LabelMap, class names <-> indices."""
 from __future__ import annotations
 
 import os
-import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
+from sklearn.preprocessing import LabelEncoder
 
-from workshop_utils.core.errors import (
-    DatasetError,
-    DatasetNotFoundError,
-    LabelsFileError,
-)
-from workshop_utils.data import _some
+from workshop_utils.core.errors import DatasetError, DatasetNotFoundError, LabelsFileError, listed
+from workshop_utils.core.fsutil import atomic_write
+
+LABELS_FILE = "labels.txt"
 
 
-def load_labels(labels: str | Path | Iterable[str]) -> list[str]:
-    """Class names from a list or a ``labels.txt`` path (one per line, UTF-8, blank lines ignored)."""
-    if isinstance(labels, (str, Path)):
-        path = Path(labels).expanduser()
-        if not path.is_file():
-            raise LabelsFileError(
-                f"Labels file {str(path)!r} does not exist; pass the labels as a list or the path of a labels.txt."
-            )
-        names = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
-        names = [n for n in names if n]
+def _labels_path(path: str | os.PathLike) -> Path:
+    path = Path(path).expanduser()
+    return path / LABELS_FILE if path.is_dir() else path
+
+
+def load_labels(labels: str | os.PathLike | Iterable[str], *, sorted_unique: bool = False) -> list[str]:
+    """Class names in model-output order from a list or a ``labels.txt`` path (a folder: its labels.txt).
+
+    Kept order (a model folder's file): blank lines are skipped. ``sorted_unique`` (a LabelMap's file): a blank
+    line, or names not sorted and unique, is an error, so outputs cannot be matched to the wrong names.
+    """
+    if not isinstance(labels, (str, os.PathLike)):
+        names = [str(n) for n in labels]
         if not names:
-            raise LabelsFileError(f"Labels file {str(path)!r} is empty; it needs one class name per line.")
+            raise LabelsFileError("The labels list is empty; pass one class name per model output.")
         return names
-    names = [str(n) for n in labels]
-    if not names:
-        raise LabelsFileError("The labels list is empty; pass one class name per model output.")
-    return names
+    path = _labels_path(labels)
+    if not path.is_file():
+        raise (DatasetNotFoundError if sorted_unique else LabelsFileError)(
+            f"Labels file {path} does not exist; it is written next to a saved model"
+            + ("." if sorted_unique else " (or pass the class names as a list).")
+        )
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if not sorted_unique:
+        lines = [line.strip() for line in lines if line.strip()]
+    blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
+    if not lines or blank:
+        raise LabelsFileError(f"{path}: {'empty file' if not lines else listed(blank, 'blank lines')}; "
+                              "expected one class name a line.")
+    if sorted_unique and lines != sorted(set(lines)):
+        raise LabelsFileError(
+            f"{path}: class names are not sorted and unique, so the model's outputs could be matched to "
+            "the wrong names. Re-save it with LabelMap.save() instead of editing it by hand."
+        )
+    return lines
 
 
-def write_labels(names: Iterable[str], path: str | Path) -> Path:
-    """Write class names one per line (UTF-8), the format :func:`load_labels` and ML.NET samples read."""
-    path = Path(path)
+def write_labels(names: Iterable[str], path: str | os.PathLike) -> Path:
+    """Write class names one a line (UTF-8) atomically, as :func:`load_labels` and ML.NET samples read them;
+    ``path`` is the file or its folder."""
     names = [str(n) for n in names]
-    bad = [n for n in names if not n or "\n" in n or "\r" in n or n != n.strip()]
+    bad = [n for n in names if n.splitlines() != [n] or n != n.strip()]
     if bad:
         raise LabelsFileError(
             f"Class names {bad!r} cannot be written one per line; rename them (no line breaks or outer spaces)."
         )
-    path.write_text("\n".join(names) + "\n", encoding="utf-8")
-    return path
+    return atomic_write(_labels_path(path), "\n".join(names) + "\n")
 
 
 class LabelMap:
-    """Class names <-> indices, names sorted by value (so index i is the i-th output of the model)."""
+    """Class names <-> indices, names sorted (index i is the model's i-th output); scikit-learn's LabelEncoder."""
 
     def __init__(self, names: Iterable[str]):
-        names = sorted({str(n) for n in names})
-        bad = [n for n in names if not n.strip() or "\n" in n or "\r" in n]
+        self._encoder = LabelEncoder().fit([str(n) for n in names])
+        self._names = [str(n) for n in self._encoder.classes_]
+        bad = [n for n in self._names if not n.strip() or "\n" in n or "\r" in n]
         if bad:
             raise DatasetError(f"LabelMap: class names must be non-blank single lines, got {bad!r}.")
-        self._names = names
-        self._index = {n: i for i, n in enumerate(names)}
+        self._index = {n: i for i, n in enumerate(self._names)}
 
     @classmethod
     def from_labels(cls, labels: Iterable[str]) -> LabelMap:
@@ -71,12 +86,9 @@ class LabelMap:
 
     def index(self, name: str) -> int:
         """The index of a class name."""
-        try:
-            return self._index[name]
-        except KeyError:
-            raise DatasetError(
-                f"Unknown class {name!r}; this label map knows {len(self)}: {', '.join(self._names)}."
-            ) from None
+        if name not in self._index:
+            raise DatasetError(f"Unknown class {name!r}; this label map knows {len(self)}: {', '.join(self._names)}.")
+        return self._index[name]
 
     def name(self, index: int) -> str:
         """The class name at an index."""
@@ -86,56 +98,28 @@ class LabelMap:
 
     def encode(self, labels: Iterable[str]) -> np.ndarray:
         """Class names -> int64 indices; all unknown names are reported at once."""
-        labels = list(labels)
-        unknown = sorted({str(x) for x in labels} - set(self._index))
+        labels = [str(x) for x in labels]
+        unknown = sorted(set(labels) - set(self._index))
         if unknown:
             raise DatasetError(
-                f"{_some([repr(u) for u in unknown], 'unknown classes')}; this label map knows "
+                f"{listed([repr(u) for u in unknown], 'unknown classes')}; this label map knows "
                 f"{', '.join(self._names)}. Was the model trained on another dataset?"
             )
-        return np.array([self._index[x] for x in labels], dtype=np.int64)
+        return self._encoder.transform(labels).astype(np.int64)
 
     def save(self, path: str | os.PathLike) -> Path:
-        """Write ``labels.txt`` (one name a line, UTF-8) atomically; ``path`` is the file or its folder."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "labels.txt"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
-                f.write("".join(f"{n}\n" for n in self._names))
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.remove(tmp)
-            raise
-        return path
+        """Write ``labels.txt`` atomically; ``path`` is the file or its folder."""
+        return write_labels(self._names, path)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> LabelMap:
-        """Read a ``labels.txt`` written by save(); order must be as saved (sorted, unique)."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / "labels.txt"
-        if not path.is_file():
-            raise DatasetNotFoundError(f"Label file {path} does not exist; it is written next to a saved model.")
-        lines = path.read_text(encoding="utf-8").splitlines()
-        blank = [i + 1 for i, line in enumerate(lines) if not line.strip()]
-        if not lines or blank:
-            raise LabelsFileError(f"{path}: {'empty file' if not lines else _some(blank, 'blank lines')}; "
-                                 "expected one class name a line.")
-        if lines != sorted(set(lines)):
-            raise LabelsFileError(
-                f"{path}: class names are not sorted and unique, so the model's outputs could be matched to "
-                "the wrong names. Re-save it with LabelMap.save() instead of editing it by hand."
-            )
-        return cls(lines)
+        """Read a ``labels.txt`` written by save() (a folder: its labels.txt); it must be sorted and unique."""
+        return cls(load_labels(path, sorted_unique=True))
 
     def __len__(self) -> int:
         return len(self._names)
 
-    def __iter__(self):
+    def __iter__(self) -> Iterator[str]:
         return iter(self._names)
 
     def __eq__(self, other: object) -> bool:

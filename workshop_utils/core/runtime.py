@@ -8,41 +8,33 @@ import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-
-def quiet_tensorflow() -> None:
-    """Silence TensorFlow's C++ and Python log noise; call before ``import tensorflow``."""
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-    if "tensorflow" in sys.modules:
-        sys.modules["tensorflow"].get_logger().setLevel("ERROR")
-    try:
-        import absl.logging
-
-        absl.logging.set_verbosity(absl.logging.ERROR)
-    except ImportError:  # absl comes with TensorFlow; without it there is nothing to quiet
-        pass
+from PIL import Image
 
 
 def import_tensorflow():
-    """Import TensorFlow (and Keras) without its start-up banner reaching notebook cells or the terminal.
-
-    TF 2.21 writes oneDNN/CUDA notices straight to file descriptor 2 before its logging is set up, so
-    ``TF_CPP_MIN_LOG_LEVEL`` alone does not hide them: stderr is pointed at /dev/null for the import only.
-    """
+    """Import TensorFlow (and Keras) without its start-up banner: TF 2.21 writes oneDNN/CUDA notices straight to
+    file descriptor 2 before ``TF_CPP_MIN_LOG_LEVEL`` applies, so fd 2 goes to /dev/null for the import only."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     if "tensorflow" not in sys.modules:
-        os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        sys.stderr.flush()
-        saved = os.dup(2)
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, 2)
-        try:
+        with quiet_native_stderr():  # importing is this function's job: TF loads only where a module asks for it
             import keras  # noqa: F401  (imports TensorFlow as its backend)
             import tensorflow  # noqa: F401
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            os.close(devnull)
-    quiet_tensorflow()
+    import absl.logging  # comes with TensorFlow, loaded by it
+
+    absl.logging.set_verbosity(absl.logging.ERROR)
+    sys.modules["tensorflow"].get_logger().setLevel("ERROR")
     return sys.modules["tensorflow"]
+
+
+def import_keras():
+    """Keras 3, imported quietly (after TensorFlow), for modules that load it only when a function needs it."""
+    import_tensorflow()
+    return sys.modules["keras"]
+
+
+def tf_version() -> str:
+    """The installed TensorFlow's version (for messages about what it can decode; loads it)."""
+    return str(import_tensorflow().__version__)
 
 
 def in_colab() -> bool:
@@ -50,20 +42,10 @@ def in_colab() -> bool:
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
-def tf_version() -> str:
-    """The installed TensorFlow's version string (for messages about what it can decode)."""
-    return str(import_tensorflow().__version__)
-
-
 @functools.lru_cache(maxsize=None)
 def tf_decodes(pillow_format: str) -> bool:
-    """Whether this TensorFlow's ``decode_image`` reads a format (Pillow's name, e.g. "WEBP"): decode a tiny one.
-
-    Decided by trying, not by version numbers: a 4×4 image written by Pillow must decode to the right size
-    and colour. False when Pillow cannot write the format either (then it cannot be identified anyway).
-    """
-    from PIL import Image
-
+    """Whether this TensorFlow's ``decode_image`` reads a format (Pillow's name, e.g. "WEBP"), found by decoding
+    a 4×4 image Pillow writes (not by version numbers); False when Pillow cannot write it either."""
     buffer = io.BytesIO()
     try:
         Image.new("RGB", (4, 4), (200, 30, 60)).save(buffer, format=pillow_format, lossless=True)
@@ -80,11 +62,8 @@ def tf_decodes(pillow_format: str) -> bool:
 
 @contextmanager
 def quiet_native_stderr() -> Iterator[None]:
-    """Silence what C libraries print on file descriptor 2 meanwhile (libjpeg's "Improper call to JPEG library").
-
-    Python's own ``sys.stderr`` is flushed first; use it only around a short native call (a single decode),
-    since anything else written to the process's stderr meanwhile is dropped too.
-    """
+    """Silence what C libraries print on fd 2 meanwhile (libjpeg's "Improper call to JPEG library"); only around
+    a short native call (one decode), since anything else written to the process's stderr is dropped too."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)

@@ -1,4 +1,5 @@
-"""The scorers' common base: a Prediction per image, and ImageScorer's predict/score_files/score_frame on top of one batch method."""
+"""What every scorer shares (no TensorFlow): the Prediction per image, score_frame, and ImageScorer's predict_*
+methods on top of a subclass's one batch method, ``predict_proba``."""
 from __future__ import annotations
 
 import html
@@ -10,20 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
 
-from workshop_utils.core.errors import (
-    InvalidImageError,
-    LabelsFileError,
-    UnscoredImagesWarning,
-)
-from workshop_utils.core.formats import (
-    DEFAULT_MAX_PIXELS,
-    read_image_file,
-)
-from workshop_utils.core.runtime import import_tensorflow
-
-tf = import_tensorflow()
-tf = import_tensorflow()
+from workshop_utils.core.errors import InvalidImageError, LabelsFileError, UnscoredImagesWarning
+from workshop_utils.core.formats import DEFAULT_MAX_PIXELS, read_image_file
 
 
 @dataclass(frozen=True)
@@ -40,10 +32,8 @@ class Prediction:
         """Build from one row of probabilities; ties go to the lower class index (like ``argmax``)."""
         values = [float(s) for s in scores]
         if len(values) != len(labels):
-            raise LabelsFileError(
-                f"The model returned {len(values)} scores but there are {len(labels)} labels; "
-                "use the labels file exported with this model."
-            )
+            raise LabelsFileError(f"The model returned {len(values)} scores but there are {len(labels)} labels; "
+                                  "use the labels file exported with this model.")
         best = max(range(len(values)), key=lambda i: (values[i], -i))
         return cls(labels[best], values[best], dict(zip(labels, values)), None if source is None else str(source))
 
@@ -53,9 +43,8 @@ class Prediction:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form (for ``--json`` output and web responses)."""
-        return {
-            "source": self.source, "label": self.label, "probability": self.probability, "scores": dict(self.scores)
-        }
+        return {"source": self.source, "label": self.label, "probability": self.probability,
+                "scores": dict(self.scores)}
 
     def __str__(self) -> str:
         head = f"{self.source}: " if self.source else ""
@@ -63,33 +52,20 @@ class Prediction:
         return f"{head}{self.label} ({self.probability:.1%})" + (f"   next: {others}" if others else "")
 
     def _repr_html_(self) -> str:
-        rows = "".join(
-            f"<tr><td>{html.escape(name)}</td><td style='text-align:right'>{p:.1%}</td></tr>"
-            for name, p in self.top(len(self.scores))
-        )
+        rows = "".join(f"<tr><td>{html.escape(name)}</td><td style='text-align:right'>{p:.1%}</td></tr>"
+                       for name, p in self.top(len(self.scores)))
         title = html.escape(f"{self.source}: ") if self.source else ""
         return f"<b>{title}{html.escape(self.label)}</b> ({self.probability:.1%})<table>{rows}</table>"
 
 
-def score_frame(
-    df: "pandas.DataFrame",  # noqa: F821
-    predict_proba: Any,
-    labels: list[str],
-    *,
-    path_column: str = "image_path",
-    batch_size: int = 32,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    progress: bool = False,
-) -> "pandas.DataFrame":  # noqa: F821
-    """Score each row's image file in batches; bad images are reported per row, never dropped silently.
-
-    Returns a copy of ``df`` (same index and columns) plus ``predicted`` (label or None), ``probability``,
-    one ``score_<class>`` column per class, and ``error`` (None, or why the row could not be scored: missing
-    file, not a JPEG/PNG/GIF/BMP/WebP image, too large, truncated). A warning counts the failed rows.
-    ``predict_proba(list_of_bytes, names)`` returns an (N, C) array and raises InvalidImageError on bad images.
+def score_frame(df: pd.DataFrame, predict_proba: Any, labels: list[str], *, path_column: str = "image_path",
+                batch_size: int = 32, max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: bool = False
+                ) -> pd.DataFrame:
+    """Score each row's image file in batches with ``predict_proba(list_of_bytes, names)`` ((N, C) array; raises
+    InvalidImageError on bad images). Returns a copy of ``df`` plus ``predicted`` (label or None),
+    ``probability``, ``score_<class>`` columns and ``error`` (None, or why: missing, not an image, too large,
+    truncated): bad rows are kept and reported, and an UnscoredImagesWarning counts them.
     """
-    import pandas as pd
-
     if path_column not in df.columns:
         raise KeyError(f"The frame has no {path_column!r} column (columns: {list(df.columns)}); pass path_column=...")
     if batch_size < 1:
@@ -99,11 +75,7 @@ def score_frame(
     scores = np.full((n, width), np.nan)
     errors: list[str | None] = [None] * n
     starts = range(0, n, batch_size)
-    if progress:
-        from tqdm.auto import tqdm
-
-        starts = tqdm(starts, desc="Scoring", unit="batch")
-    for start in starts:
+    for start in tqdm(starts, desc="Scoring", unit="batch") if progress else starts:
         rows, blobs = [], []
         for i in range(start, min(n, start + batch_size)):
             try:
@@ -133,19 +105,14 @@ def score_frame(
     failed = int((~ok).sum())
     if failed:
         first = next(e for e in errors if e is not None)
-        warnings.warn(
-            f"{failed} of {n} images could not be scored (first: {first}); see the 'error' column.",
-            UnscoredImagesWarning,
-            stacklevel=3,  # the caller of predict_frame
-        )
+        warnings.warn(f"{failed} of {n} images could not be scored (first: {first}); see the 'error' column.",
+                      UnscoredImagesWarning, stacklevel=3)  # stacklevel: the caller of predict_frame
     return out
 
 
 class ImageScorer:
     """What every scorer offers on top of its own ``predict_proba``: one image's bytes, a file, a frame.
-
-    Subclasses set ``labels`` (class names, or None when unknown) and ``max_pixels``.
-    """
+    Subclasses set ``labels`` (class names, or None when unknown) and ``max_pixels``."""
 
     labels: list[str] | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -153,31 +120,20 @@ class ImageScorer:
     def predict_proba(self, images: Any, names: Any = None) -> Any:  # (N, C) probabilities
         raise NotImplementedError
 
-    def _labels_for(self, width: int) -> list[str]:
-        return self.labels if self.labels is not None else [f"class_{i}" for i in range(width)]
-
     def predict_bytes(self, data: bytes, name: str | Path | None = None) -> Prediction:
         """Score one encoded image (e.g. an upload); ``name`` only labels messages and the result."""
         scores = self.predict_proba([data], [name])[0]
-        return Prediction.from_scores(scores, self._labels_for(len(scores)), source=name)
+        labels = self.labels if self.labels is not None else [f"class_{i}" for i in range(len(scores))]
+        return Prediction.from_scores(scores, labels, source=name)
 
     def predict_file(self, path: str | Path) -> Prediction:
         """Score one image file."""
         return self.predict_bytes(read_image_file(path, max_pixels=self.max_pixels), name=path)
 
-    def predict_frame(
-        self,
-        df: Any,  # pandas.DataFrame
-        path_column: str = "image_path",
-        batch_size: int = 32,
-        progress: bool = False,
-    ) -> Any:  # pandas.DataFrame
-        """Score every row's image file in batches.
-
-        Returns a copy of ``df`` plus ``predicted``, ``probability``, ``score_<class>`` columns and ``error``:
-        bad images stay in the frame with predicted=None, probability NaN and the reason in ``error``
-        (an UnscoredImagesWarning counts them), so row order and index always match the input.
-        """
+    def predict_frame(self, df: pd.DataFrame, path_column: str = "image_path", batch_size: int = 32,
+                      progress: bool = False) -> pd.DataFrame:
+        """Score every row's image file in batches (:func:`score_frame`): bad images stay in the frame with
+        predicted=None, probability NaN and the reason in ``error``, so row order and index match the input."""
         if self.labels is None:
             raise LabelsFileError("predict_frame needs labels; pass labels=[...] or a labels.txt path.")
         return score_frame(df, self.predict_proba, self.labels, path_column=path_column, batch_size=batch_size,

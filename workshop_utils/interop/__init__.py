@@ -1,1 +1,1 @@
-"""TODO"""
+"""Readers and writers for other tools' model formats: frozen TensorFlow graphs and Azure Custom Vision exports."""

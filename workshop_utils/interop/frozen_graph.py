@@ -1,10 +1,5 @@
-"""Frozen TensorFlow graphs (``.pb`` GraphDef): write one, see its inputs and outputs, score images with it.
-
-A frozen graph is what ML.NET's ``LoadTensorFlowModel`` and Azure Custom Vision's "TensorFlow" export use:
-weights baked in as constants, tensors addressed by name. :func:`inspect_graph` lists the placeholders and
-likely outputs (what people open Netron for); :class:`FrozenGraphScorer` feeds a named input and reads a
-named output, doing the image preprocessing such graphs expect (resize, mean, scale, RGB/BGR).
-"""
+"""Frozen TensorFlow graphs (``.pb`` GraphDef, as ML.NET and Custom Vision use): write one, list its inputs and
+outputs (:func:`inspect_graph`, what people open Netron for), score images with it (:class:`FrozenGraphScorer`)."""
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
@@ -12,19 +7,18 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pandas as pd
+from scipy import special
 
 from workshop_utils.core.errors import InteropError
-from workshop_utils.core.formats import (
-    DEFAULT_MAX_PIXELS,
-    check_image_bytes,
-    undecodable,
-)
+from workshop_utils.core.formats import DEFAULT_MAX_PIXELS, check_image_bytes, undecodable
 from workshop_utils.core.images import decode_image
 from workshop_utils.core.labels import load_labels
 from workshop_utils.core.runtime import import_tensorflow
 from workshop_utils.core.scorer import ImageScorer
 
 tf = import_tensorflow()
+from tensorflow.python.framework.convert_to_constants import convert_variables_to_constants_v2  # noqa: E402
 
 
 # Ops that never carry a model's result, even when nothing consumes them.
@@ -43,27 +37,19 @@ def load_graph_def(pb_path: str | Path) -> "tf.compat.v1.GraphDef":
     except Exception as exc:  # protobuf's DecodeError; its module path differs between protobuf builds
         raise InteropError(
             f"{str(path)!r} is not a frozen TensorFlow GraphDef ({exc}). A SavedModel folder's saved_model.pb is a "
-            "different format: load that folder with tf.saved_model.load instead."
-        ) from exc
+            "different format: load that folder with tf.saved_model.load instead.") from exc
     if not graph_def.node:
         raise InteropError(f"{str(path)!r} parsed as a GraphDef with no nodes; it is not a frozen model.")
     return graph_def
 
 
 def freeze_concrete_function(concrete_fn: Any) -> tuple["tf.compat.v1.GraphDef", list[str]]:
-    """Bake a concrete function's variables into constants; returns (GraphDef, output tensor names).
-
-    The function's own wrapper ``Identity`` ops on its outputs are dropped, so tensors named inside it
-    with ``tf.identity(..., name="scores")`` are the graph's leaves and keep exactly those names.
-    """
-    from tensorflow.python.framework.convert_to_constants import (
-        convert_variables_to_constants_v2,
-    )
-
+    """Bake a concrete function's variables into constants; returns (GraphDef, output tensor names). Its wrapper
+    Identity ops are dropped, so tensors named inside it (``tf.identity(x, name="scores")``) are the leaves."""
     frozen = convert_variables_to_constants_v2(concrete_fn)
     graph_def = frozen.graph.as_graph_def()
     wrappers = {t.op.name: t.op for t in frozen.outputs}
-    consumed = {_node_of(i) for n in graph_def.node for i in n.input}
+    consumed = {node_name(i) for n in graph_def.node for i in n.input}
     outputs: list[str] = []
     drop: set[str] = set()
     for t in frozen.outputs:
@@ -75,48 +61,35 @@ def freeze_concrete_function(concrete_fn: Any) -> tuple["tf.compat.v1.GraphDef",
         else:
             outputs.append(t.name)
     inputs = {t.op.name for t in frozen.inputs}
-    consumed = {_node_of(i) for n in graph_def.node if n.name not in drop for i in n.input}
+    consumed = {node_name(i) for n in graph_def.node if n.name not in drop for i in n.input}
     # lowering control flow (tf.map_fn) leaves dangling "unused_control_flow_input" placeholders: drop them
-    drop |= {
-        n.name for n in graph_def.node if n.op == "Placeholder" and n.name not in consumed and n.name not in inputs
-    }
+    drop |= {n.name for n in graph_def.node if n.op == "Placeholder" and n.name not in consumed | inputs}
     kept = [n for n in graph_def.node if n.name not in drop]
     del graph_def.node[:]
     graph_def.node.extend(kept)
     return graph_def, outputs
 
 
-def _node_of(input_name: str) -> str:
+def node_name(input_name: str) -> str:
+    """The node a GraphDef input refers to ("^ctrl" or "node:1" -> the node's name)."""
     return input_name.lstrip("^").split(":", 1)[0]
 
 
-def _tensor_name(name: str) -> str:
-    return name if ":" in name else f"{name}:0"
-
-
 def _shape(shape: Any) -> tuple | None:
-    try:
-        dims = shape.as_list()
-    except ValueError:  # unknown rank
-        return None
-    return tuple(dims)
+    return None if shape.rank is None else tuple(shape.as_list())  # None: unknown rank
 
 
-def inspect_graph(pb_path: str | Path) -> "pandas.DataFrame":  # noqa: F821
+def inspect_graph(pb_path: str | Path) -> pd.DataFrame:
     """List a frozen graph's placeholders (inputs) and likely outputs (ops nothing consumes) with dtype and shape."""
-    import pandas as pd
-
     graph_def = load_graph_def(pb_path)
     graph = tf.Graph()
     try:
         with graph.as_default():
             tf.compat.v1.import_graph_def(graph_def, name="")
     except Exception as exc:
-        raise InteropError(
-            f"Could not load {str(pb_path)!r} into TensorFlow {tf.__version__}: {exc}. It may use ops this "
-            "TensorFlow does not have."
-        ) from exc
-    consumed = {_node_of(i) for n in graph_def.node for i in n.input}
+        raise InteropError(f"Could not load {str(pb_path)!r} into TensorFlow {tf.__version__}: {exc}. It may use "
+                           "ops this TensorFlow does not have.") from exc
+    consumed = {node_name(i) for n in graph_def.node for i in n.input}
     rows = []
     for op in graph.get_operations():
         if op.type in ("Placeholder", "PlaceholderWithDefault"):
@@ -138,73 +111,45 @@ def inspect_graph(pb_path: str | Path) -> "pandas.DataFrame":  # noqa: F821
 
 class FrozenGraphScorer(ImageScorer):
     """Score images with any frozen TF graph by tensor names (e.g. Custom Vision: ``Placeholder`` → ``loss``).
+    A float/uint8 image input gets: decode → bilinear resize to ``image_size`` (default: the placeholder's H×W)
+    → ``channel_order`` (RGB or BGR) → ``(pixel − mean) * scale`` (one number or three, in the model's channel
+    order). A string input (like our ``image_bytes:0``) gets the encoded bytes. The output must be probabilities
+    (N×C); ``softmax=True`` if it gives logits."""
 
-    Preprocessing for a float (or uint8) image input: decode (JPEG/PNG/GIF/BMP) → bilinear resize to
-    ``image_size`` (default: the placeholder's own H×W) → reorder channels to ``channel_order`` (RGB or BGR)
-    → ``(pixel − mean) * scale`` → a float32 NHWC batch. ``mean``/``scale`` may be one number or three
-    (given in the model's channel order, as its documentation lists them). A string input (like this
-    project's ``model.pb``: ``image_bytes:0``) is fed the raw encoded bytes and does its own decoding.
-    The output must be per-class probabilities (N×C); pass ``softmax=True`` if it gives logits.
-    """
-
-    def __init__(
-        self,
-        pb_path: str | Path,
-        input_tensor: str,
-        output_tensor: str,
-        image_size: tuple[int, int] | None,
-        labels: str | Path | Iterable[str] | None,
-        mean: float | Sequence[float] = 0.0,
-        scale: float | Sequence[float] = 1.0,
-        channel_order: str = "RGB",
-        *,
-        softmax: bool = False,
-        max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    ) -> None:
+    def __init__(self, pb_path: str | Path, input_tensor: str, output_tensor: str, image_size: tuple[int, int] | None,
+                 labels: str | Path | Iterable[str] | None, mean: float | Sequence[float] = 0.0,
+                 scale: float | Sequence[float] = 1.0, channel_order: str = "RGB", *, softmax: bool = False,
+                 max_pixels: int | None = DEFAULT_MAX_PIXELS) -> None:
         self.pb_path = Path(pb_path).expanduser()
         graph_def = load_graph_def(self.pb_path)
         self.channel_order = str(channel_order).upper()
         if self.channel_order not in ("RGB", "BGR"):
             raise InteropError(f"channel_order must be 'RGB' or 'BGR', got {channel_order!r}.")
-        self.mean = self._per_channel(mean, "mean")
-        self.scale = self._per_channel(scale, "scale")
-        self.softmax = bool(softmax)
-        self.max_pixels = max_pixels
-
-        def _import() -> None:
-            tf.compat.v1.import_graph_def(graph_def, name="")
-
-        wrapped = tf.compat.v1.wrap_function(_import, [])
-        graph = wrapped.graph
-        self.input_name, self.output_name = _tensor_name(input_tensor), _tensor_name(output_tensor)
-        inp = self._lookup(graph, self.input_name, "input")
-        out = self._lookup(graph, self.output_name, "output")
-        self.input_dtype = inp.dtype
-        self.input_shape = _shape(inp.shape)
+        self.mean, self.scale = self._per_channel(mean, "mean"), self._per_channel(scale, "scale")
+        self.softmax, self.max_pixels = bool(softmax), max_pixels
+        wrapped = tf.compat.v1.wrap_function(lambda: tf.compat.v1.import_graph_def(graph_def, name=""), [])
+        self.input_name, self.output_name = (n if ":" in n else f"{n}:0" for n in (input_tensor, output_tensor))
+        inp = self._lookup(wrapped.graph, self.input_name, "input")
+        out = self._lookup(wrapped.graph, self.output_name, "output")
+        self.input_dtype, self.input_shape, self.string_input = inp.dtype, _shape(inp.shape), inp.dtype == tf.string
         self._fn = wrapped.prune(feeds=[inp], fetches=[out])
-        self.string_input = inp.dtype == tf.string
         if not self.string_input and not (inp.dtype.is_floating or inp.dtype == tf.uint8):
-            raise InteropError(
-                f"Input {self.input_name} has dtype {inp.dtype.name}; the scorer feeds float/uint8 pixels "
-                "or string bytes."
-            )
+            raise InteropError(f"Input {self.input_name} has dtype {inp.dtype.name}; the scorer feeds float/uint8 "
+                               "pixels or string bytes.")
         if not self.string_input and (self.input_shape is None or len(self.input_shape) != 4):
-            raise InteropError(
-                f"Input {self.input_name} has shape {self.input_shape}; expected an NHWC image batch [N, H, W, C]."
-            )
+            raise InteropError(f"Input {self.input_name} has shape {self.input_shape}; expected an NHWC image batch "
+                               "[N, H, W, C].")
         self.image_size = self._resolve_size(image_size)
         self.batch_limit = 1 if (self.input_shape and self.input_shape[0] == 1) or self.input_shape == () else None
         self.labels = load_labels(labels) if labels is not None else None
 
-    # -- set-up helpers -------------------------------------------------------------------------------
     def _lookup(self, graph: Any, name: str, role: str) -> Any:
         try:
             return graph.get_tensor_by_name(name)
         except (KeyError, ValueError) as exc:
             listing = inspect_graph(self.pb_path).to_string(index=False)
-            raise InteropError(
-                f"The {role} tensor {name!r} is not in {str(self.pb_path)!r}. Its inputs and likely outputs:\n{listing}"
-            ) from exc
+            raise InteropError(f"The {role} tensor {name!r} is not in {str(self.pb_path)!r}. Its inputs and likely "
+                               f"outputs:\n{listing}") from exc
 
     @staticmethod
     def _per_channel(value: float | Sequence[float], what: str) -> np.ndarray:
@@ -219,19 +164,15 @@ class FrozenGraphScorer(ImageScorer):
         graph_hw = self.input_shape[1:3]
         if image_size is None:
             if None in graph_hw:
-                raise InteropError(
-                    f"Input {self.input_name} has no fixed height/width {self.input_shape}; pass image_size=(h, w)."
-                )
+                raise InteropError(f"Input {self.input_name} has no fixed height/width {self.input_shape}; pass "
+                                   "image_size=(h, w).")
             return int(graph_hw[0]), int(graph_hw[1])
         size = (int(image_size[0]), int(image_size[1]))
         if None not in graph_hw and tuple(graph_hw) != size:
-            raise InteropError(
-                f"image_size {size} does not match input {self.input_name} of shape {self.input_shape}; "
-                f"use image_size={tuple(graph_hw)}."
-            )
+            raise InteropError(f"image_size {size} does not match input {self.input_name} of shape "
+                               f"{self.input_shape}; use image_size={tuple(graph_hw)}.")
         return size
 
-    # -- scoring ----------------------------------------------------------------------------------------
     def preprocess(self, data: bytes, name: str | Path | None = None) -> np.ndarray:
         """Bytes → the float32 (H, W, 3) array fed to the graph (after resize, channel order, mean, scale)."""
         info = check_image_bytes(data, name=name, max_pixels=self.max_pixels, complete=True)
@@ -268,10 +209,7 @@ class FrozenGraphScorer(ImageScorer):
             rows = int(feed.shape[0]) if feed.shape.rank else 1
             outs.append(np.asarray(result, dtype=np.float64).reshape(rows, -1))
         scores = np.concatenate(outs, axis=0)
-        if self.softmax:
-            scores = np.exp(scores - scores.max(axis=1, keepdims=True))
-            scores /= scores.sum(axis=1, keepdims=True)
-        return scores
+        return special.softmax(scores, axis=1) if self.softmax else scores
 
     def __repr__(self) -> str:
         return (f"FrozenGraphScorer({str(self.pb_path)!r}, {self.input_name!r} → {self.output_name!r}, "

@@ -1,51 +1,29 @@
-"""Publishing the course: the canonical setup cell of every notebook, the public repository URL and Colab badges.
-
-The first code cell of every notebook is generated here (:func:`setup_cell_source`), so all notebooks carry
-the same one. ``python -m workshop_utils publish --repo https://github.com/OWNER/REPO`` writes the URL (and
-``--branch``) into every notebook's setup cell, which clones it on Colab, and into the README, whose notebook
-table gets an "Open in Colab" badge per notebook. ``--normalize`` rewrites the setup cells keeping their URL;
-``--check`` lists what is not canonical and warns while no URL is set (``--check --strict`` fails then). Until a
-URL is set, the setup cell fails on Colab with one line that says what to set. No TensorFlow here.
-"""
+"""``python -m workshop_utils publish``: the canonical setup cell of every notebook (which clones the course's public
+repository on Colab, or says in one line what to set) and the README's Colab badges; ``--check`` lists deviations."""
 from __future__ import annotations
 
 import argparse
 import ast
-import os
 import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+import nbformat
+
 from workshop_utils.config import REPO_ROOT
 from workshop_utils.core.errors import ToolingError
+from workshop_utils.core.fsutil import atomic_write
 
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-
-
 README = REPO_ROOT / "README.md"
-
-
 DEFAULT_BRANCH = "main"
-
-
 TABLE_MARKER = "<!-- notebook-table -->"
-
-
 REPO_MARKER = "<!-- colab-repo -->"
-
-
 COLAB_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
-
-
 OLD_PLACEHOLDERS = ("https://github.com/your-org/car-damage-workshop",)  # never a real repository
-
-
 _GITHUB = re.compile(r"https://github\.com/(?P<owner>[A-Za-z0-9_.-]+)/(?P<repo>[A-Za-z0-9_.-]+?)(?:\.git)?/?")
-
-
 _BRANCH = re.compile(r"[A-Za-z0-9._/-]+")
-
 
 _TEMPLATE = '''\
 # Setup: quiet TensorFlow logs, seeds, the run profile and the environment.
@@ -77,10 +55,8 @@ def normalize_repo_url(url: str) -> str:
     """``https://github.com/OWNER/REPO`` from a GitHub URL (``.git`` and a trailing slash dropped)."""
     match = _GITHUB.fullmatch(url.strip())
     if not match:
-        raise ToolingError(
-            f"--repo must be a GitHub repository URL like https://github.com/OWNER/REPO (Colab opens notebooks "
-            f"from GitHub), got {url!r}."
-        )
+        raise ToolingError(f"--repo must be a GitHub repository URL like https://github.com/OWNER/REPO (Colab opens "
+                           f"notebooks from GitHub), got {url!r}.")
     return f"https://github.com/{match['owner']}/{match['repo']}"
 
 
@@ -118,48 +94,40 @@ def _assigned(source: str, name: str) -> str | None:
         return None
     try:
         value = ast.literal_eval(match[1])
+        if value is None or isinstance(value, str):
+            return value or None
     except (ValueError, SyntaxError):
-        raise ToolingError(f"{name} = {match[1]} is not a plain string or None.") from None
-    if value is not None and not isinstance(value, str):
-        raise ToolingError(f"{name} = {match[1]} is not a plain string or None.")
-    return value or None
+        pass
+    raise ToolingError(f"{name} = {match[1]} is not a plain string or None.")
 
 
 def read_setup_cell(notebook: Path) -> SetupCell:
     """The first code cell of a notebook, which must be the setup cell (it calls workshop_utils' setup)."""
-    import nbformat
-
-    nb = nbformat.read(notebook, as_version=4)
-    for index, cell in enumerate(nb.cells):
-        if cell.cell_type == "code":
-            break
-    else:
+    cells = nbformat.read(notebook, as_version=4).cells
+    index = next((i for i, cell in enumerate(cells) if cell.cell_type == "code"), None)
+    if index is None:
         raise ToolingError(f"{notebook.name} has no code cell: its first code cell must be the setup cell.")
-    source = cell.source
+    source = cells[index].source
     if "workshop_utils" not in source or "setup(" not in source:
-        raise ToolingError(
-            f"{notebook.name}: the first code cell (cell {index}) is not the setup cell (it does not call "
-            "workshop_utils' setup); copy the first code cell of notebooks/00_setup.ipynb there."
-        )
+        raise ToolingError(f"{notebook.name}: the first code cell (cell {index}) is not the setup cell (it does not "
+                           "call workshop_utils' setup); copy the first code cell of notebooks/00_setup.ipynb there.")
     try:
         url = _assigned(source, "WORKSHOP_REPO")
         branch = _assigned(source, "WORKSHOP_BRANCH") or DEFAULT_BRANCH
     except ToolingError as error:
         raise ToolingError(f"{notebook.name}, setup cell: {error}") from None
-    if url in OLD_PLACEHOLDERS:
-        url = None
-    if url is not None:
+    if url is not None and url not in OLD_PLACEHOLDERS:
         try:
             url = normalize_repo_url(url)
         except ToolingError as error:
             raise ToolingError(f"{notebook.name}, setup cell: WORKSHOP_REPO: {error}") from None
+    else:
+        url = None
     return SetupCell(notebook, index, source, url, branch)
 
 
 def write_setup_cell(notebook: Path, repo_url: str | None, branch: str = DEFAULT_BRANCH) -> bool:
     """Replace a notebook's setup cell with the canonical one (atomically); True when the file changed."""
-    import nbformat
-
     found = read_setup_cell(notebook)
     wanted = setup_cell_source(repo_url, branch)
     if found.source == wanted:
@@ -169,9 +137,7 @@ def write_setup_cell(notebook: Path, repo_url: str | None, branch: str = DEFAULT
     cell.source = wanted
     cell.outputs = []
     cell.execution_count = None
-    tmp = notebook.with_name(f".{notebook.name}.{os.getpid()}.tmp")
-    tmp.write_text(nbformat.writes(nb) + "\n", encoding="utf-8")
-    os.replace(tmp, notebook)
+    atomic_write(notebook, nbformat.writes(nb) + "\n")
     return True
 
 
@@ -200,17 +166,16 @@ def _row(cells: list[str]) -> str:
 def readme_with_repo(text: str, repo_url: str | None, branch: str = DEFAULT_BRANCH) -> str:
     """The README with the URL in its Colab section and a Colab badge per notebook (a "Colab" column)."""
     lines = text.split("\n")
-    if TABLE_MARKER not in lines or REPO_MARKER not in lines:
-        missing = TABLE_MARKER if TABLE_MARKER not in lines else REPO_MARKER
-        raise ToolingError(f"README.md lacks the line {missing}; restore it (the notebook table and the Colab "
-                           "section are found by these markers).")
+    for missing in (TABLE_MARKER, REPO_MARKER):
+        if missing not in lines:
+            raise ToolingError(f"README.md lacks the line {missing}; restore it (the notebook table and the "
+                               "Colab section are found by these markers).")
     start = lines.index(TABLE_MARKER) + 1
     end = start
     while end < len(lines) and lines[end].startswith("|"):
         end += 1
     header, rows = _cells(lines[start]), [_cells(r) for r in lines[start + 2 : end]]
-    has_column = header[-1] == "Colab"
-    if has_column:  # drop the old badges (a row may lack its badge cell)
+    if header[-1] == "Colab":  # drop the old badges (a row may lack its badge cell)
         rows = [r[:-1] if len(r) == len(header) else r for r in rows]
         header = header[:-1]
     if repo_url:
@@ -260,9 +225,7 @@ def _write_readme(readme: Path, repo_url: str | None, branch: str) -> bool:
     updated = readme_with_repo(text, repo_url, branch)
     if updated == text:
         return False
-    tmp = readme.with_name(f".{readme.name}.{os.getpid()}.tmp")
-    tmp.write_text(updated, encoding="utf-8")
-    os.replace(tmp, readme)
+    atomic_write(readme, updated)
     return True
 
 

@@ -1,16 +1,8 @@
-"""Serve an exported model over HTTP: ``POST /predict``, ``GET /health`` and a one-page web app at ``/``.
+"""Run the web API (app.py) with uvicorn: ``python -m workshop_utils serve MODEL_DIR`` (:func:`serve`) or in a
+thread of a notebook kernel (:class:`BackgroundServer`, with a clean ``stop()``).
 
-``python -m workshop_utils serve MODEL_DIR [--host 127.0.0.1] [--port 8000] [--max-bytes N] ...`` loads the
-export once (:class:`model_io.Classifier`) and scores uploads in memory, never through temp files. Like
-the pool of prediction engines in ML.NET's Web API sample, concurrent requests are safe and keep the model
-busy: a :class:`MicroBatcher` thread scores the images that arrive together as one batch. Bad uploads get
-a 4xx JSON ``{"error": "..."}`` (at most 1 KB) and the server keeps serving. Every resource is bounded:
-upload bytes (413), the time to send them (408), uploads in flight and images queued (503 with
-``Retry-After``), form fields and files (400), and the graceful shutdown. :class:`BackgroundServer` runs
-the same app in a thread of the current process (a notebook kernel), with a clean ``stop()``.
-
-This module runs the app (:func:`serve`, :class:`BackgroundServer`); the app is :mod:`serve_app`, the
-upload limits :mod:`serve_uploads`, the batcher :mod:`serve_batcher`, the page :mod:`serve_page`.
+The export is loaded once and uploads are scored in memory. Bad uploads get a 4xx JSON ``{"error": "..."}`` and
+the server keeps serving; every resource is bounded, the graceful shutdown (Ctrl+C, SIGTERM, ``stop()``) too.
 """
 from __future__ import annotations
 
@@ -18,49 +10,32 @@ import atexit
 import contextlib
 import signal
 import socket
-import sys
 import threading
 import time
 import weakref
 from collections.abc import Sequence
 from pathlib import Path
 
+try:  # the serving packages of requirements.txt: first, so that a missing one says how to install it
+    import python_multipart  # noqa: F401  (Starlette's form parser needs it)
+    import uvicorn
+    from fastapi import FastAPI
+except ImportError as _exc:  # pragma: no cover - depends on the environment
+    raise ImportError(f"Serving needs FastAPI, uvicorn and python-multipart ({_exc}); install them with `pip install "
+                      "-r requirements.txt` (or `pip install fastapi uvicorn python-multipart`).") from _exc
+
 from workshop_utils.apps.serve.app import create_app, model_info
-from workshop_utils.apps.serve.batcher import (
-    DEFAULT_MAX_BATCH,
-    DEFAULT_MAX_QUEUE,
-    DEFAULT_MAX_WAIT_MS,
-)
-from workshop_utils.apps.serve.uploads import (
-    DEFAULT_BODY_TIMEOUT_S,
-    DEFAULT_MAX_BYTES,
-    DEFAULT_MAX_CONCURRENCY,
-)
+from workshop_utils.apps.serve.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS
+from workshop_utils.apps.serve.uploads import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONCURRENCY
 from workshop_utils.core.errors import ServeError
 from workshop_utils.scoring import load_scorer
 
-try:
-    import uvicorn
-    from fastapi import FastAPI
-
-    try:
-        import python_multipart  # noqa: F401  (Starlette's form parser needs it)
-    except ImportError:  # python-multipart before 0.0.13 named its module "multipart"
-        import multipart  # type: ignore[no-redef]  # noqa: F401
-except ImportError as _exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        f"Serving needs FastAPI, uvicorn and python-multipart ({_exc}); install them with "
-        "`pip install -r requirements.txt` (or `pip install fastapi uvicorn python-multipart`)."
-    ) from _exc
+DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0  # seconds a graceful shutdown waits for open requests before cancelling them
 
 
-DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0
-"""Seconds a graceful shutdown (Ctrl+C, SIGTERM, stop()) waits for open requests before cancelling them."""
-
-
-# -- running it -------------------------------------------------------------------------------------------
-def check_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple]:
-    """(address family, socket address) to listen on; ServeError naming the flag for a bad port or host."""
+def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
+    """A listening TCP socket on host:port (port 0: a free port, read it back with ``getsockname()``); a bad or
+    taken address is a ServeError naming the flag to change."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ServeError(f"--port must be a whole number from 0 to 65535 (0: any free port), got {port!r}.")
     try:
@@ -71,12 +46,6 @@ def check_address(host: str, port: int) -> tuple[socket.AddressFamily, tuple]:
         raise ServeError(f"--host {host!r} cannot be resolved to an address ({reason}); use 127.0.0.1 (this "
                          "machine only), 0.0.0.0 (every interface) or a host name this machine resolves.") from exc
     family, _, _, _, address = infos[0]
-    return family, address
-
-
-def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: a free port, read it back with ``getsockname()``)."""
-    family, address = check_address(host, port)
     sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)  # TCP proto: asyncio sets TCP_NODELAY
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
@@ -101,32 +70,28 @@ _RUNNING: "weakref.WeakSet[BackgroundServer]" = weakref.WeakSet()
 class BackgroundServer:
     """The app served by uvicorn in a daemon thread of this process (e.g. a notebook kernel).
 
-    ``start()`` returns once the server answers (or raises why it could not start); ``stop()`` shuts it
-    down gracefully, cancelling requests still open after ``shutdown_timeout`` seconds, and closes the
-    port. The thread dies with the process, and servers still running at interpreter exit are stopped, so
-    nothing is left behind when a kernel stops.
+    ``start()`` returns once the server answers (or raises why it could not start); ``stop()`` shuts it down
+    gracefully, cancelling requests still open after ``shutdown_timeout`` seconds, and closes the port. Servers
+    still running at interpreter exit are stopped, so nothing is left behind when a kernel stops.
     """
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
                  shutdown_timeout: float = 5.0) -> None:
         self.app, self.host, self.requested_port, self.log_level = app, host, int(port), log_level
-        self.shutdown_timeout = shutdown_timeout
+        self.shutdown_timeout, self._error = shutdown_timeout, None
         self.port: int | None = None
         self.forced = False  # True when the last stop() had to force the exit (the graceful one took too long)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
 
     @property
-    def url(self) -> str:
-        """``http://host:port/`` of the running server."""
+    def url(self) -> str:  # http://host:port/ of the running server
         if self.port is None:
             raise RuntimeError("The server is not started; call start() first.")
         return _url(self.host, self.port)
 
     @property
-    def running(self) -> bool:
-        """True while the server thread runs."""
+    def running(self) -> bool:  # while the server thread runs
         return self._thread is not None and self._thread.is_alive()
 
     def start(self, timeout: float = 120.0) -> "BackgroundServer":
@@ -183,8 +148,7 @@ class BackgroundServer:
         self.stop()
 
     def __repr__(self) -> str:
-        state = f"running at {self.url}" if self.running else "stopped"
-        return f"BackgroundServer({state})"
+        return f"BackgroundServer({f'running at {self.url}' if self.running else 'stopped'})"
 
 
 @atexit.register
@@ -194,53 +158,17 @@ def _stop_all() -> None:
             server.stop(timeout=5)
 
 
-def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:
-    """True when something accepts TCP connections on host:port."""
+def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:  # something accepts TCP connections there
     with contextlib.suppress(OSError), socket.create_connection((host, port), timeout=timeout):
         return True
     return False
 
 
-class _Terminated(Exception):
-    """SIGTERM, after (or instead of) uvicorn's graceful shutdown."""
-
-
-def _raise_terminated(signum: int, frame: object) -> None:
-    raise _Terminated()
-
-
-@contextlib.contextmanager
-def _sigterm_ends_quietly():
-    """SIGTERM ends the server like Ctrl+C: uvicorn shuts down gracefully, then re-raises the signal; here
-    that becomes an exception caught below, instead of killing the process (main thread only)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
-    try:
-        yield
-    except _Terminated:
-        pass
-    finally:
-        signal.signal(signal.SIGTERM, previous)
-
-
-def serve(
-    model_dir: str | Path,
-    host: str = "127.0.0.1",
-    port: int = 8000,
-    max_bytes: int = DEFAULT_MAX_BYTES,
-    max_batch: int = DEFAULT_MAX_BATCH,
-    max_wait_ms: float = DEFAULT_MAX_WAIT_MS,
-    log_level: str = "info",
-    *,
-    body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
-    max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-    max_queue: int = DEFAULT_MAX_QUEUE,
-    shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
-    tta: bool | None = None,
-    ensemble: Sequence[str | Path] = (),
-) -> int:
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = DEFAULT_MAX_BYTES,
+          max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS, log_level: str = "info", *,
+          body_timeout: float = DEFAULT_BODY_TIMEOUT_S, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+          max_queue: int = DEFAULT_MAX_QUEUE, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
+          tta: bool | None = None, ensemble: Sequence[str | Path] = ()) -> int:
     """``python -m workshop_utils serve``: load the export once and serve it until Ctrl+C or SIGTERM; exit 0.
 
     Either signal shuts down gracefully: requests still open after ``shutdown_timeout`` s are cancelled.
@@ -249,7 +177,6 @@ def serve(
     """
     sock = bind_socket(host, port)  # first: a bad or taken address fails at once, not after loading the model
     try:
-
         classifier = load_scorer(model_dir, ensemble, tta=tta)
         app = create_app(classifier, max_bytes=max_bytes, max_batch=max_batch, max_wait_ms=max_wait_ms,
                          body_timeout=body_timeout, max_concurrency=max_concurrency, max_queue=max_queue)
@@ -262,21 +189,19 @@ def serve(
         if host in ("0.0.0.0", "::"):
             print("Note: listening on all interfaces, so other machines on the network can reach it.")
         config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=shutdown_timeout)
-        with _sigterm_ends_quietly():
-            try:
-                uvicorn.Server(config).run(sockets=[sock])
-            except KeyboardInterrupt:  # uvicorn shut down gracefully, then re-raised the Ctrl+C it caught
-                pass
+        # uvicorn shuts down gracefully on SIGINT or SIGTERM, then re-raises the signal to the handler it found:
+        # for SIGTERM too that is Python's Ctrl+C handler here, so either ends as a KeyboardInterrupt caught below
+        main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
+        previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
+        try:
+            uvicorn.Server(config).run(sockets=[sock])
+        except KeyboardInterrupt:
+            pass
+        finally:
+            if main_thread:
+                signal.signal(signal.SIGTERM, previous)
     finally:
         sock.close()
     print("Server stopped.")
     return 0
 
-
-def colab_url(port: int) -> str | None:
-    """The address of ``port`` through Colab's proxy (for the learner's browser), or None outside Colab."""
-    if "google.colab" not in sys.modules:
-        return None
-    from google.colab.output import eval_js  # type: ignore[import-not-found]
-
-    return str(eval_js(f"google.colab.kernel.proxyPort({int(port)})"))

@@ -1,11 +1,9 @@
-"""Reading one upload for the web API within limits: bytes, seconds, form fields and files, error size.
+"""Reading one upload for the web API within limits: bytes (413), seconds (408), form fields and files (400).
 
-The body is read as it arrives and counted (HTTP 413 over the byte limit), and the whole read must end
-within a deadline (HTTP 408, then the connection is closed), so a slow or stalled client cannot hold memory
-for long. A multipart form is parsed chunk by chunk by Starlette's own parser (python-multipart) with its
-``max_files``/``max_fields``/``max_part_size`` limits: a form with a second file or too many fields is refused
-as soon as that part's headers arrive, without reading or parsing the rest, and other requests are served
-meanwhile. The photo stays in memory, never in a temp file. Error bodies are at most 1 KB.
+The body is counted as it arrives and must arrive within a deadline, so a slow or stalled client cannot hold
+memory for long. A multipart form is parsed chunk by chunk by Starlette's own parser (python-multipart) with its
+``max_files``/``max_fields``/``max_part_size`` limits, so a second file or too many fields is refused as soon as
+that part's headers arrive. The photo stays in memory, never in a temp file. Error bodies are at most 1 KB.
 """
 from __future__ import annotations
 
@@ -28,38 +26,15 @@ from workshop_utils.core.errors import UploadError
 
 logger = logging.getLogger(__name__)
 
-
-DEFAULT_MAX_BYTES = 10 * 2**20
-"""Largest upload accepted by default (10 MB); larger bodies get HTTP 413."""
-
-
-DEFAULT_BODY_TIMEOUT_S = 30.0
-"""Seconds a client has to send the whole body; slower ones get HTTP 408 and the connection is closed."""
-
-
-DEFAULT_MAX_CONCURRENCY = 32
-"""Uploads read or scored at the same time by default; more get HTTP 503 with Retry-After."""
-
-
-DEFAULT_MAX_FIELDS = 16
-"""Text fields a form may have besides the photo."""
-
-
+DEFAULT_MAX_BYTES = 10 * 2**20  # largest upload (10 MB); larger bodies get HTTP 413
+DEFAULT_BODY_TIMEOUT_S = 30.0  # seconds to send the whole body; slower clients get HTTP 408 and are cut off
+DEFAULT_MAX_CONCURRENCY = 32  # uploads read or scored at once; more get HTTP 503 with Retry-After
+DEFAULT_MAX_FIELDS = 16  # text fields a form may have besides the photo
 MAX_FIELD_BYTES = 64 * 1024  # one text field of a form (the photo is a file part and may have max_bytes)
-
-
 MULTIPART_OVERHEAD = 64 * 1024  # boundaries and part headers allowed on top of max_bytes
-
-
 DRAIN_FACTOR = 4  # an over-limit body up to this many times the limit is read and dropped, so the client gets the 413
-
-
 MAX_ERROR_BYTES = 1024  # an error response's JSON body at most
-
-
 MAX_NAME_CHARS = 120  # a client's file name is shortened to this in answers and messages
-
-
 RETRY_AFTER_S = 1  # the Retry-After of a 503
 
 
@@ -93,8 +68,7 @@ class Gate:
             raise ValueError(f"max_concurrency must be at least 1, got {limit}.")
         self.limit, self.in_flight, self.refused = int(limit), 0, 0
 
-    def try_enter(self) -> bool:
-        """Take a place if one is free; False (and counted as refused) when ``limit`` are in flight."""
+    def try_enter(self) -> bool:  # take a place if one is free; False (counted as refused) when none is
         if self.in_flight >= self.limit:
             self.refused += 1
             return False
@@ -102,7 +76,6 @@ class Gate:
         return True
 
     def leave(self) -> None:
-        """Give the place back."""
         self.in_flight -= 1
 
 
@@ -125,8 +98,8 @@ def error_response(status: int, message: str, headers: dict[str, str] | None = N
 
 
 class AnswerWhenCancelled:
-    """ASGI middleware: a request that the server's graceful shutdown cancels (its timeout passed) gets a
-    503 JSON answer when nothing was sent yet, and ends quietly instead of with a traceback and a bare 500."""
+    """ASGI middleware: a request cancelled by the graceful shutdown's timeout gets a 503 JSON answer (when nothing
+    was sent yet) and ends quietly, not with a traceback and a bare 500."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -166,17 +139,14 @@ def _human(n: int) -> str:
 
 
 def _too_large(size: int | str, max_bytes: int) -> UploadError:
-    return UploadError(
-        413,
-        f"The upload is {size if isinstance(size, str) else f'{size:,} bytes'}, over this server's limit of "
-        f"{max_bytes:,} bytes ({_human(max_bytes)}); send a smaller photo (downscale it) or start the server "
-        "with a larger --max-bytes.",
-    )
+    return UploadError(413, f"The upload is {size if isinstance(size, str) else f'{size:,} bytes'}, over this "
+                            f"server's limit of {max_bytes:,} bytes ({_human(max_bytes)}); send a smaller photo "
+                            "(downscale it) or start the server with a larger --max-bytes.")
 
 
 @dataclass
 class _Progress:
-    received: int = 0
+    received: int = 0  # bytes of the body so far
 
 
 async def _chunks(request: Request, limit: int, max_bytes: int, progress: _Progress) -> AsyncIterator[bytes]:
@@ -249,17 +219,13 @@ async def _read_form(request: Request, chunks: AsyncIterator[bytes], limits: Upl
 
 
 async def _read(request: Request, limits: UploadLimits, progress: _Progress) -> tuple[bytes, str | None]:
-    content_type = request.headers.get("content-type", "")
-    multipart = content_type.lower().startswith("multipart/form-data")
+    multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
     limit = limits.max_bytes + (MULTIPART_OVERHEAD if multipart else 0)
     async with aclosing(_chunks(request, limit, limits.max_bytes, progress)) as chunks:
         if multipart:
             data, name = await _read_form(request, chunks, limits)
         else:
-            body = bytearray()
-            async for chunk in chunks:
-                body += chunk
-            data, name = bytes(body), None
+            data, name = b"".join([chunk async for chunk in chunks]), None
     if not data:
         what = f"The uploaded file {name!r} is empty" if name else "The request body is empty"
         raise UploadError(400, f"{what} (0 bytes); send the photo's bytes as the body (curl --data-binary "
@@ -272,8 +238,7 @@ async def _read(request: Request, limits: UploadLimits, progress: _Progress) -> 
 async def read_upload(request: Request, limits: UploadLimits) -> tuple[bytes, str | None]:
     """(image bytes, file name or None) from a raw body or a multipart form's one file, within ``limits``.
 
-    Raises :class:`UploadError`: 400 empty or a bad form, 408 not sent within ``limits.body_timeout``
-    (with ``Connection: close``), 413 over ``limits.max_bytes``.
+    UploadError: 400 empty or a bad form, 408 too slow (with ``Connection: close``), 413 over ``max_bytes``.
     """
     progress = _Progress()
     try:

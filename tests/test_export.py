@@ -24,13 +24,7 @@ import pytest
 from PIL import Image
 
 import image_cases
-from workshop_utils.export import writer as model_io
 from workshop_utils.architectures import feature_extractor, get_architecture
-from workshop_utils.core.runtime import import_tensorflow
-from workshop_utils.core.images import decode_image
-from workshop_utils.core.formats import SUPPORTED_FORMATS
-from workshop_utils.export.graph import INPUT_TENSOR, LABEL_TENSOR, PIXELS_TENSOR, SCORES_TENSOR
-from workshop_utils.scoring import Classifier
 from workshop_utils.core.errors import (
     ExportError,
     ImageTooLargeError,
@@ -39,8 +33,24 @@ from workshop_utils.core.errors import (
     ModelFolderError,
     UnscoredImagesWarning,
 )
+from workshop_utils.core.formats import SUPPORTED_FORMATS
+from workshop_utils.core.images import decode_image
+from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.export import writer
+from workshop_utils.export.card import UPRIGHT_NOTE, stored_classes
+from workshop_utils.export.graph import (
+    INPUT_TENSOR,
+    LABEL_TENSOR,
+    PIXELS_TENSOR,
+    SCORES_TENSOR,
+    DecodeImageBytes,
+    build_end_to_end_model,
+    float32_model,
+    uses_mixed_precision,
+)
+from workshop_utils.export.writer import export_model, export_tflite
 from workshop_utils.interop.frozen_graph import FrozenGraphScorer, inspect_graph
-from workshop_utils.export.writer import export_model
+from workshop_utils.scoring import Classifier
 
 tf = import_tensorflow()
 import keras  # noqa: E402
@@ -202,7 +212,7 @@ def test_model_card(exported):
     assert card["versions"]["tensorflow"] == tf.__version__
     assert dt.datetime.fromisoformat(card["created"]).tzinfo is not None
     assert "x * 0.00784314 - 1 (inside the model)" in card["preprocessing"]
-    assert card["orientation"] == model_io.UPRIGHT_NOTE and card["precision"] == "float32"
+    assert card["orientation"] == UPRIGHT_NOTE and card["precision"] == "float32"
     assert card["orientation"].startswith("The model expects upright images. Bytes fed straight into model.keras, "
                                           "saved_model/ or model.pb are decoded as stored")
     assert "upright image" in card["inputs"]["keras"]["description"]
@@ -321,7 +331,7 @@ def test_missing_file(classifier, tmp_path):
 
 # -- loading errors -------------------------------------------------------------------------------------------
 def test_load_missing_folder_or_files(exported, tmp_path):
-    with pytest.raises(ModelFolderError, match=r"Model folder '.*nowhere' does not exist\. Re-export it with workshop_utils\.model_io\.export_model"):
+    with pytest.raises(ModelFolderError, match=r"Model folder '.*nowhere' does not exist\. Re-export it with workshop_utils\.export\.writer\.export_model"):
         Classifier.load(tmp_path / "nowhere")
     partial = tmp_path / "partial"
     partial.mkdir()
@@ -353,7 +363,7 @@ def test_class_names_are_stored_inside_model_keras(exported):
     with zipfile.ZipFile(exported / "model.keras") as archive:
         record = json.loads(archive.read("workshop_classes.json"))
     assert record["classes"] == CLASSES and record["num_classes"] == 4
-    assert model_io.stored_classes(exported / "model.keras") == CLASSES
+    assert stored_classes(exported / "model.keras") == CLASSES
     card = json.loads((exported / "model_card.json").read_text(encoding="utf-8"))
     assert "workshop_classes.json" in card["files"]["model.keras"]
 
@@ -463,7 +473,7 @@ def test_head_must_fit_the_backbone(trained):
     bad = make_trained()
     bad.kernel = bad.kernel[:1000]
     with pytest.raises(ExportError, match=r"kernel \(1000, 4\) .* MobilenetV2 gives 1280 features and there are 4 classes; expected kernel \(1280, 4\)"):
-        model_io.build_end_to_end_model(bad)
+        build_end_to_end_model(bad)
 
 
 # -- atomic export (stubbed writer: the rules, not TensorFlow) --------------------------------------------
@@ -478,16 +488,16 @@ def fake_writer(content: str, fail: bool = False):
 
 
 def test_failed_export_leaves_nothing(monkeypatch, tmp_path):
-    monkeypatch.setattr(model_io, "_write_export", fake_writer("new", fail=True))
+    monkeypatch.setattr(writer, "_write_export", fake_writer("new", fail=True))
     with pytest.raises(RuntimeError, match="disk full"):
         export_model(None, tmp_path / "model")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_failed_export_keeps_the_previous_one(monkeypatch, tmp_path):
-    monkeypatch.setattr(model_io, "_write_export", fake_writer("old"))
+    monkeypatch.setattr(writer, "_write_export", fake_writer("old"))
     export_model(None, tmp_path / "model")
-    monkeypatch.setattr(model_io, "_write_export", fake_writer("new", fail=True))
+    monkeypatch.setattr(writer, "_write_export", fake_writer("new", fail=True))
     with pytest.raises(RuntimeError, match="disk full"):
         export_model(None, tmp_path / "model")
     assert (tmp_path / "model" / "model.keras").read_text() == "old"
@@ -495,10 +505,10 @@ def test_failed_export_keeps_the_previous_one(monkeypatch, tmp_path):
 
 
 def test_export_replaces_a_previous_export(monkeypatch, tmp_path):
-    monkeypatch.setattr(model_io, "_write_export", fake_writer("old"))
+    monkeypatch.setattr(writer, "_write_export", fake_writer("old"))
     export_model(None, tmp_path / "model")
     (tmp_path / "model" / "stale.txt").write_text("from the old export")
-    monkeypatch.setattr(model_io, "_write_export", fake_writer("new"))
+    monkeypatch.setattr(writer, "_write_export", fake_writer("new"))
     assert export_model(None, tmp_path / "model") == (tmp_path / "model").absolute()
     assert sorted(p.name for p in (tmp_path / "model").iterdir()) == ["model.keras", "model_card.json"]
     assert (tmp_path / "model" / "model.keras").read_text() == "new"
@@ -511,7 +521,7 @@ def test_export_replaces_a_previous_export(monkeypatch, tmp_path):
 
 
 def test_export_refuses_a_folder_that_is_not_an_export(monkeypatch, tmp_path):
-    monkeypatch.setattr(model_io, "_write_export", fake_writer("new"))
+    monkeypatch.setattr(writer, "_write_export", fake_writer("new"))
     (tmp_path / "notes").mkdir()
     (tmp_path / "notes" / "thesis.docx").write_text("precious")
     with pytest.raises(ExportError, match=r"notes is not empty and holds no model_card\.json, so it is not a previous export; refusing"):
@@ -527,7 +537,7 @@ def test_export_refuses_a_folder_that_is_not_an_export(monkeypatch, tmp_path):
 
 def test_verification_failure_message():
     with pytest.raises(ExportError, match=r"Export check failed: model\.pb gives scores \(1, 2\) that differ .* by 0\.1 \(tolerance 1e-05\)\. Nothing was written"):
-        model_io._check_close("model.pb", [[0.6, 0.4]], np.array([[0.5, 0.5]]))
+        writer._check_close("model.pb", [[0.6, 0.4]], np.array([[0.5, 0.5]]))
 
 
 # -- TFLite ---------------------------------------------------------------------------------------------------
@@ -537,7 +547,7 @@ def test_export_tflite(exported, trained, images, tmp_path):
         pytest.skip(f"TensorFlow {tf.__version__} has no tf.lite (Interpreter/TFLiteConverter)")
     folder = tmp_path / "model"
     shutil.copytree(exported, folder)
-    path = model_io.export_tflite(folder)
+    path = export_tflite(folder)
     assert path == folder / "model.tflite" and path.stat().st_size > 0
     card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
     assert card["tflite"]["input"]["shape"] == [1, 64, 64, 3]
@@ -569,7 +579,7 @@ def learner_model(trained) -> keras.Model:
     head = keras.Sequential([keras.Input((1280,)), keras.layers.Dense(len(CLASSES), activation="softmax")])
     head.layers[-1].set_weights([trained.kernel, trained.bias])
     inputs = keras.Input(shape=(), dtype="string")
-    outputs = head(backbone(model_io.DecodeImageBytes(SIZE)(inputs)))
+    outputs = head(backbone(DecodeImageBytes(SIZE)(inputs)))
     return keras.Model(inputs, outputs, name="fine_tuned")
 
 
@@ -589,7 +599,7 @@ def test_export_takes_the_model_as_trained(trained, images, tmp_path):
         np.testing.assert_allclose(graph.predict_proba(blobs), in_memory, atol=TOL, err_msg=tensor)
     card = json.loads((folder / "model_card.json").read_text(encoding="utf-8"))
     assert card["source"] == "the Keras model 'fine_tuned' as trained (its own weights), bytes in"
-    assert model_io.stored_classes(folder / "model.keras") == CLASSES
+    assert stored_classes(folder / "model.keras") == CLASSES
 
 
 def tiny_pixels_model() -> keras.Model:
@@ -698,10 +708,10 @@ def test_a_jpeg_that_lies_about_its_size_is_refused_not_scored(classifier, tmp_p
     assert np.isfinite(classifier.model(tf.constant([lie])).numpy()).all()  # the graph alone scores the grey filler
     message = (rf"^image '.*lie\.jpg': the bytes are not a decodable {FORMATS} image \(truncated or corrupt: the "
                r"header declares 1000x30000 pixels, whose 705,000 blocks take at least 88,125 bytes of compressed data")
-    with pytest.raises(model_io.TruncatedImageError, match=message):
+    with pytest.raises(InvalidImageError, match=message):
         classifier.predict_bytes(lie, name="lie.jpg")
     (tmp_path / "lie.jpg").write_bytes(lie)
-    with pytest.raises(model_io.TruncatedImageError, match=message):
+    with pytest.raises(InvalidImageError, match=message):
         classifier.predict_file(tmp_path / "lie.jpg")
     frame = pd.DataFrame({"image_path": [str(tmp_path / "lie.jpg")]})
     with pytest.warns(UnscoredImagesWarning, match="1 of 1 images could not be scored"):
@@ -721,17 +731,17 @@ def mixed_position_model() -> keras.Model:
 
 def test_a_mixed_precision_model_is_exported_and_served_in_float32(trained, tmp_path):
     mixed = mixed_position_model()
-    assert model_io.uses_mixed_precision(mixed) and mixed.output.dtype == "float32"
-    copy = model_io.float32_model(mixed)
-    assert not model_io.uses_mixed_precision(copy) and copy is not mixed
+    assert uses_mixed_precision(mixed) and mixed.output.dtype == "float32"
+    copy = float32_model(mixed)
+    assert not uses_mixed_precision(copy) and copy is not mixed
     assert all(np.array_equal(a, b) for a, b in zip(copy.get_weights(), mixed.get_weights()))
-    assert model_io.float32_model(copy) is copy  # nothing to do for a float32 model
+    assert float32_model(copy) is copy  # nothing to do for a float32 model
 
     out = export_model(trained, tmp_path / "model", model=mixed)
     card = json.loads((out / "model_card.json").read_text(encoding="utf-8"))
     assert card["precision"] == "float32" and card["source"].endswith("exported as its float32 copy")
     loaded = Classifier.load(out)
-    assert not model_io.uses_mixed_precision(loaded.model) and loaded.model.output.dtype == "float32"
+    assert not uses_mixed_precision(loaded.model) and loaded.model.output.dtype == "float32"
     blobs = list(varied_images().values())
     pixels = np.stack([decode_image(tf.constant(b), (32, 32)).numpy() for b in blobs])
     np.testing.assert_allclose(loaded.predict_proba(blobs), copy(pixels).numpy(), atol=TOL)  # float32 everywhere
@@ -745,7 +755,7 @@ def test_a_classifier_scores_a_mixed_precision_model_in_float32():
     its float32 copy."""
     mixed = mixed_position_model()
     classifier = Classifier.from_model(mixed, CLASSES)
-    assert not model_io.uses_mixed_precision(classifier.model)
+    assert not uses_mixed_precision(classifier.model)
     blob = image_cases.jpeg(image_cases.asymmetric_photo())
     pixels = decode_image(tf.constant(blob), (32, 32))[None]
-    np.testing.assert_allclose(classifier.predict_proba([blob]), model_io.float32_model(mixed)(pixels), atol=TOL)
+    np.testing.assert_allclose(classifier.predict_proba([blob]), float32_model(mixed)(pixels), atol=TOL)
