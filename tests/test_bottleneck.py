@@ -5,16 +5,16 @@ import json
 import os
 import time
 
+import image_cases
 import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
 
-import image_cases
 from workshop_utils import bottleneck
 from workshop_utils.architectures import Architecture
-from workshop_utils.core.errors import DatasetError as BottleneckError, SkippedImagesWarning
 from workshop_utils.bottleneck import Bottlenecks, compute_bottlenecks, load_bottlenecks
+from workshop_utils.core.errors import DatasetError, SkippedImagesWarning
 
 keras = pytest.importorskip("keras")
 
@@ -154,7 +154,7 @@ def test_pixel_limit_is_a_parameter_and_part_of_the_fingerprint(images, tmp_path
         raise AssertionError("no image over the limit may reach the decoder")
 
     monkeypatch.setattr(bottleneck, "feature_extractor", not_decoded)  # every image (40x30 = 1200 px) is over 1000
-    with pytest.raises(BottleneckError, match=r"None of the 6 images could be decoded \(first: .*rgb\.jpg: the image "
+    with pytest.raises(DatasetError, match=r"None of the 6 images could be decoded \(first: .*rgb\.jpg: the image "
                        r"is 40x30 = 0\.0012 MP, over the limit of 0\.001 MP \(max_pixels=1000\)"):
         compute_bottlenecks(images, tiny(), tmp_path / "ws", weights=None, progress=False, max_pixels=1000)
     monkeypatch.undo()
@@ -177,16 +177,16 @@ def test_nothing_decodable_is_an_error(tmp_path):
     (tmp_path / "images").mkdir()
     (tmp_path / "images" / "rgb.jpg").write_bytes(b"\xff\xd8\xff")
     frame = pd.DataFrame({"image_path": _bad_files(tmp_path / "images"), "label": ["a"] * 4})
-    with pytest.raises(BottleneckError, match=r"None of the 4 images could be decoded \(first: .*text\.jpg"):
+    with pytest.raises(DatasetError, match=r"None of the 4 images could be decoded \(first: .*text\.jpg"):
         compute_bottlenecks(frame, tiny(), tmp_path / "ws", weights=None, progress=False)
 
 
 def test_bad_tables(tmp_path):
-    with pytest.raises(BottleneckError, match="needs a DataFrame with an 'image_path' column"):
+    with pytest.raises(DatasetError, match="needs a DataFrame with an 'image_path' column"):
         compute_bottlenecks(pd.DataFrame({"path": ["x.jpg"]}), tiny(), tmp_path, weights=None)
-    with pytest.raises(BottleneckError, match="No images to compute bottlenecks for"):
+    with pytest.raises(DatasetError, match="No images to compute bottlenecks for"):
         compute_bottlenecks(pd.DataFrame({"image_path": []}), tiny(), tmp_path, weights=None)
-    with pytest.raises(BottleneckError, match="batch_size must be at least 1"):
+    with pytest.raises(DatasetError, match="batch_size must be at least 1"):
         compute_bottlenecks(pd.DataFrame({"image_path": ["x.jpg"]}), tiny(), tmp_path, batch_size=0, weights=None)
 
 
@@ -327,7 +327,7 @@ def test_manifest_without_matching_features_is_not_trusted(images, tmp_path, cap
     result = compute_bottlenecks(images, tiny(), tmp_path / "ws", reuse=True, weights=None, progress=False)
     assert not result.from_cache
     assert "features.npy is damaged" in capsys.readouterr().out
-    with pytest.raises(BottleneckError, match="is not a complete bottleneck cache"):
+    with pytest.raises(DatasetError, match="is not a complete bottleneck cache"):
         load_bottlenecks(tmp_path / "nowhere")
 
 

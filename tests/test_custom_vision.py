@@ -15,7 +15,12 @@ import pytest
 from PIL import Image
 
 from workshop_utils.architectures import feature_extractor
+from workshop_utils.core.errors import InteropError
+from workshop_utils.core.images import decode_image
+from workshop_utils.core.labels import LabelMap
 from workshop_utils.core.runtime import import_tensorflow
+from workshop_utils.export.graph import DecodeImageBytes
+from workshop_utils.head import Options, TrainedClassifier
 from workshop_utils.interop.custom_vision import (
     INPUT_TENSOR,
     MEAN_BGR,
@@ -26,13 +31,8 @@ from workshop_utils.interop.custom_vision import (
     load_export,
     tutorial_pixels,
 )
-from workshop_utils.core.errors import InteropError as CustomVisionExportError
-from workshop_utils.core.labels import LabelMap
 from workshop_utils.interop.frozen_graph import FrozenGraphScorer, inspect_graph
-from workshop_utils.core.images import decode_image
 from workshop_utils.scoring import Classifier
-from workshop_utils.export.graph import DecodeImageBytes
-from workshop_utils.head import Options, TrainedClassifier
 
 tf = import_tensorflow()
 import keras  # noqa: E402
@@ -150,22 +150,22 @@ def test_a_mean_can_still_be_asked_for(tmp_path, trained, images, reference):
 
 
 def test_bad_settings(tmp_path, trained):
-    with pytest.raises(CustomVisionExportError,
+    with pytest.raises(InteropError,
                        match=r"mean_bgr must be three finite numbers \(B, G, R\), got \(1, 2\)"):
         export_custom_vision_style(trained, tmp_path / "m.pb", mean_bgr=(1, 2))
-    with pytest.raises(CustomVisionExportError,
+    with pytest.raises(InteropError,
                        match=r"image_size must be two whole numbers \(height, width\), got 227"):
         export_custom_vision_style(trained, tmp_path / "m.pb", image_size=227)
-    with pytest.raises(CustomVisionExportError, match=r"image_size must be positive, got \(0, 227\)"):
+    with pytest.raises(InteropError, match=r"image_size must be positive, got \(0, 227\)"):
         export_custom_vision_style(trained, tmp_path / "m.pb", image_size=(0, 227))
     wrong = TrainedClassifier(
         arch=ARCH, backbone_weights=None, image_size=SIZE, label_map=LabelMap(CLASSES),
         kernel=np.zeros((10, 4), np.float32), bias=np.zeros(4, np.float32), history=pd.DataFrame(),
         best_epoch=0, stopped_early=False, options=Options(),
     )
-    with pytest.raises(CustomVisionExportError, match=r"The head does not fit MobilenetV2 at 64x64: kernel \(10, 4\)"):
+    with pytest.raises(InteropError, match=r"The head does not fit MobilenetV2 at 64x64: kernel \(10, 4\)"):
         export_custom_vision_style(wrong, tmp_path / "m.pb")
-    with pytest.raises(CustomVisionExportError, match=r"activation must be 'softmax' or 'sigmoid', got 'relu'"):
+    with pytest.raises(InteropError, match=r"activation must be 'softmax' or 'sigmoid', got 'relu'"):
         export_custom_vision_style(trained, tmp_path / "m.pb", activation="relu")
     assert not list(tmp_path.iterdir())  # nothing written on failure
 
@@ -226,17 +226,17 @@ def test_older_exports_have_only_loss_and_odd_graphs_are_refused(tmp_path):
         x = tf.compat.v1.placeholder(tf.float32, [None, 8, 8, 3], name="images")
         tf.nn.softmax(tf.reduce_mean(x, axis=[1, 2]), name="probabilities")
     (tmp_path / "model.pb").write_bytes(other.as_graph_def().SerializeToString())
-    with pytest.raises(CustomVisionExportError, match=r"(?s)has no tensor called model_outputs or loss, so it is not laid out like a Custom Vision export; pass output_tensor=.*probabilities:0"):
+    with pytest.raises(InteropError, match=r"(?s)has no tensor called model_outputs or loss, so it is not laid out like a Custom Vision export; pass output_tensor=.*probabilities:0"):
         load_export(tmp_path)
     s = load_export(tmp_path, output_tensor="probabilities")  # the single placeholder is the input
     assert (s.input_name, s.output_name) == ("images:0", "probabilities:0")
 
 
 def test_load_export_folder_errors(tmp_path):
-    with pytest.raises(CustomVisionExportError, match=r"Custom Vision export folder '.*nowhere' does not exist"):
+    with pytest.raises(InteropError, match=r"Custom Vision export folder '.*nowhere' does not exist"):
         load_export(tmp_path / "nowhere")
     (tmp_path / "labels.txt").write_text("a\n", encoding="utf-8")
-    with pytest.raises(CustomVisionExportError, match=r"is missing model\.pb: a Custom Vision TensorFlow export holds model\.pb and labels\.txt"):
+    with pytest.raises(InteropError, match=r"is missing model\.pb: a Custom Vision TensorFlow export holds model\.pb and labels\.txt"):
         load_export(tmp_path)
 
 
@@ -251,9 +251,9 @@ def test_the_folder_metadata_chooses_the_preprocessing(native, tmp_path):
     write_metadata(folder, "Bgr8", manifest_name="props.json")  # the manifest names the metadata file
     assert detect_preprocessing(folder) == ("tutorial", "props.json: Image.BitmapPixelFormat = Bgr8")
     write_metadata(folder, "Gray8")
-    with pytest.raises(CustomVisionExportError, match=r"metadata_properties\.json: Image\.BitmapPixelFormat is 'Gray8'; expected 'Bgr8' or 'Rgb8'"):
+    with pytest.raises(InteropError, match=r"metadata_properties\.json: Image\.BitmapPixelFormat is 'Gray8'; expected 'Bgr8' or 'Rgb8'"):
         load_export(folder)
-    with pytest.raises(CustomVisionExportError, match=r"preprocessing must be one of \('tutorial', 's1'\), got 'crop'"):
+    with pytest.raises(InteropError, match=r"preprocessing must be one of \('tutorial', 's1'\), got 'crop'"):
         load_export(folder, preprocessing="crop")
 
 
@@ -355,8 +355,8 @@ def test_stand_in_needs_a_softmax_dense_at_the_end(tmp_path, trained):
     inputs = keras.Input((32, 32, 3))
     pooled = keras.layers.GlobalAveragePooling2D()(inputs)
     relu = keras.Model(inputs, keras.layers.Dense(4, activation="relu")(pooled), name="relu_head")
-    with pytest.raises(CustomVisionExportError, match=r"The final Dense '.*' of model 'relu_head' has activation 'relu'; the stand-in needs the softmax classifier"):
+    with pytest.raises(InteropError, match=r"The final Dense '.*' of model 'relu_head' has activation 'relu'; the stand-in needs the softmax classifier"):
         export_custom_vision_style(trained, tmp_path / "m.pb", model=relu)
     normalised = keras.Model(inputs, keras.layers.Softmax()(keras.layers.Dense(4)(pooled)), name="softmax_layer")
-    with pytest.raises(CustomVisionExportError, match=r"The model ends in Softmax .*; the stand-in needs a final Dense layer"):
+    with pytest.raises(InteropError, match=r"The model ends in Softmax .*; the stand-in needs a final Dense layer"):
         export_custom_vision_style(trained, tmp_path / "m.pb", model=normalised)

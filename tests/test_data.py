@@ -15,7 +15,7 @@ from workshop_utils import data
 from workshop_utils.core.errors import (
     DatasetError,
     DatasetNotFoundError,
-    LabelsFileError as LabelFileError,
+    LabelsFileError,
     LeftOutFilesWarning,
     MissingImagesError,
     StratifyFallbackWarning,
@@ -242,12 +242,16 @@ def test_left_out_files_are_counted_and_named(tmp_path: Path):
 
 def test_webp_is_decided_by_what_tf_decodes(tmp_path: Path, monkeypatch):
     """WebP is taken when the installed TensorFlow decodes it (asked at run time), else left out and reported."""
-    images = pytest.importorskip("workshop_utils.images")
+    from workshop_utils.core import (  # loads TensorFlow: only this test needs it
+        images,
+        runtime,
+    )
+
     make_image(tmp_path / "cls" / "a.jpg", fmt="JPEG")
     make_image(tmp_path / "cls" / "b.webp", fmt="WEBP")
-    images.tf_decodes.cache_clear()
-    assert images.tf_decodes("WEBP") == _tf_reads_webp(images)
-    monkeypatch.setattr(images, "tf_decodes", lambda fmt: False)
+    runtime.tf_decodes.cache_clear()
+    assert runtime.tf_decodes("WEBP") == _tf_reads_webp(images)
+    monkeypatch.setattr(runtime, "tf_decodes", lambda fmt: False)
     with pytest.warns(LeftOutFilesWarning, match=r"left out 1 file — cls/b\.webp: the installed TensorFlow .* cannot "
                       r"decode WebP images; convert it to JPEG or PNG, or upgrade TensorFlow\."):
         df = data.load_images_from_directory(tmp_path)
@@ -433,7 +437,7 @@ def test_label_map_save_and_load(tmp_path: Path):
 ])
 def test_label_map_load_rejects_bad_files(tmp_path: Path, text: str, message: str):
     (tmp_path / "labels.txt").write_text(text, encoding="utf-8")
-    with pytest.raises(LabelFileError, match=message):
+    with pytest.raises(LabelsFileError, match=message):
         LabelMap.load(tmp_path / "labels.txt")
 
 
@@ -486,8 +490,9 @@ def test_validate_images_agrees_with_the_scorers_on_formats(tmp_path: Path):
                                           append_images=[Image.new("RGB", (16, 8), "blue")])
     assert Image.open(mpo).format == "MPO"
     paths = [mpo, make_image(tmp_path / "a.gif", fmt="GIF"), make_image(tmp_path / "a.bmp", fmt="BMP")]
-    images = pytest.importorskip("workshop_utils.images")
-    if images.tf_decodes("WEBP"):
+    from workshop_utils.core import runtime
+
+    if runtime.tf_decodes("WEBP"):
         paths.append(make_image(tmp_path / "a.webp", fmt="WEBP"))
     assert data.validate_images(paths).empty
 

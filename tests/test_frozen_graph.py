@@ -14,12 +14,16 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workshop_utils.core.runtime import import_tensorflow
-from workshop_utils.core.errors import InteropError as FrozenGraphError
-from workshop_utils.interop.frozen_graph import FrozenGraphScorer, inspect_graph
+from workshop_utils.core.errors import (
+    InteropError,
+    InvalidImageError,
+    LabelsFileError,
+    UnscoredImagesWarning,
+)
 from workshop_utils.core.formats import SUPPORTED_FORMATS
-from workshop_utils.core.errors import InvalidImageError, LabelsFileError, UnscoredImagesWarning
+from workshop_utils.core.runtime import import_tensorflow
 from workshop_utils.core.scorer import Prediction
+from workshop_utils.interop.frozen_graph import FrozenGraphScorer, inspect_graph
 
 tf = import_tensorflow()
 
@@ -149,23 +153,23 @@ def test_bad_images_rejected(cv_graph):
 
 def test_setting_errors(cv_graph, tmp_path):
     pb = cv_graph / "model.pb"
-    with pytest.raises(FrozenGraphError, match=r"(?s)The input tensor 'input:0' is not in .*Placeholder:0.*loss:0"):
+    with pytest.raises(InteropError, match=r"(?s)The input tensor 'input:0' is not in .*Placeholder:0.*loss:0"):
         FrozenGraphScorer(pb, "input", "loss", None, LABELS)
-    with pytest.raises(FrozenGraphError, match=r"The output tensor 'scores:0' is not in"):
+    with pytest.raises(InteropError, match=r"The output tensor 'scores:0' is not in"):
         FrozenGraphScorer(pb, "Placeholder", "scores", None, LABELS)
-    with pytest.raises(FrozenGraphError, match=r"channel_order must be 'RGB' or 'BGR', got 'RBG'"):
+    with pytest.raises(InteropError, match=r"channel_order must be 'RGB' or 'BGR', got 'RBG'"):
         FrozenGraphScorer(pb, "Placeholder", "loss", None, LABELS, channel_order="RBG")
-    with pytest.raises(FrozenGraphError, match=r"mean must be one number or three"):
+    with pytest.raises(InteropError, match=r"mean must be one number or three"):
         FrozenGraphScorer(pb, "Placeholder", "loss", None, LABELS, mean=(1.0, 2.0))
-    with pytest.raises(FrozenGraphError, match=r"image_size \(224, 224\) does not match input Placeholder:0 .*use image_size=\(227, 227\)"):
+    with pytest.raises(InteropError, match=r"image_size \(224, 224\) does not match input Placeholder:0 .*use image_size=\(227, 227\)"):
         FrozenGraphScorer(pb, "Placeholder", "loss", (224, 224), LABELS)
     with pytest.raises(LabelsFileError, match=r"returned 5 scores but there are 2 labels"):
         FrozenGraphScorer(pb, "Placeholder", "loss", None, ["a", "b"]).predict_bytes(image_bytes())
 
 
 def test_file_errors(tmp_path):
-    with pytest.raises(FrozenGraphError, match=r"Frozen graph '.*missing\.pb' does not exist"):
+    with pytest.raises(InteropError, match=r"Frozen graph '.*missing\.pb' does not exist"):
         inspect_graph(tmp_path / "missing.pb")
     (tmp_path / "junk.pb").write_bytes(b"\xff\xff\xff\xffjunk")
-    with pytest.raises(FrozenGraphError, match=r"'.*junk\.pb' is not a frozen TensorFlow GraphDef .*saved_model\.pb is a different format"):
+    with pytest.raises(InteropError, match=r"'.*junk\.pb' is not a frozen TensorFlow GraphDef .*saved_model\.pb is a different format"):
         FrozenGraphScorer(tmp_path / "junk.pb", "Placeholder", "loss", None, LABELS)

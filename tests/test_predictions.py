@@ -1,4 +1,4 @@
-"""core: untrusted-image checks (formats), labels files (labels), Prediction and score_frame (scorer); no TF."""
+"""core: untrusted-image checks (formats), labels files (labels), Prediction and predict_frame (scorer); no TF."""
 from __future__ import annotations
 
 import io
@@ -29,8 +29,15 @@ from workshop_utils.core.errors import (
     LabelsFileError,
     UnscoredImagesWarning,
 )
-from workshop_utils.core.scorer import Prediction, score_frame
+from workshop_utils.core.scorer import ImageScorer, Prediction
 from workshop_utils.core.labels import LabelMap, load_labels, write_labels
+
+
+class FakeScorer(ImageScorer):
+    """ImageScorer's predict_frame over a given predict_proba(blobs, names)."""
+
+    def __init__(self, proba, labels):
+        self.predict_proba, self.labels = proba, labels
 
 
 def encoded(fmt: str, size=(20, 10), mode="RGB", color=(200, 30, 60)) -> bytes:
@@ -229,7 +236,7 @@ def test_prediction_from_scores():
         Prediction.from_scores([0.5, 0.5], ["a", "b", "c"])
 
 
-def test_score_frame_reports_bad_rows(tmp_path):
+def test_predict_frame_reports_bad_rows(tmp_path):
     labels = ["a", "b"]
     good1, good2 = tmp_path / "g1.png", tmp_path / "g2.jpg"
     good1.write_bytes(encoded("PNG", color=(255, 0, 0)))
@@ -251,7 +258,7 @@ def test_score_frame_reports_bad_rows(tmp_path):
         index=[10, 11, 12, 13, 14],
     )
     with pytest.warns(UnscoredImagesWarning, match=r"3 of 5 images could not be scored .*see the 'error' column"):
-        out = score_frame(df, proba, labels, batch_size=4)
+        out = FakeScorer(proba, labels).predict_frame(df, batch_size=4)
     assert list(out.index) == [10, 11, 12, 13, 14]
     assert list(out.columns) == ["image_path", "label", "predicted", "probability", "score_a", "score_b", "error"]
     assert out["predicted"].tolist() == ["a", None, None, None, "b"]
@@ -265,9 +272,9 @@ def test_score_frame_reports_bad_rows(tmp_path):
     assert calls == [2, 1, 1, 1]
 
 
-def test_score_frame_needs_the_path_column():
+def test_predict_frame_needs_the_path_column():
     with pytest.raises(KeyError, match=r"no 'image_path' column \(columns: \['path'\]\)"):
-        score_frame(pd.DataFrame({"path": []}), lambda b, n: None, ["a"])
+        FakeScorer(lambda b, n: None, ["a"]).predict_frame(pd.DataFrame({"path": []}))
 
 
 # -- EXIF orientation, read with the header ----------------------------------------------------------------

@@ -1,5 +1,6 @@
 """Repository hygiene: the README's commands, CI using them, notebooks stored clean and well-formed, and the
 test session's own rules (conftest.py): plots checked as learners see them, no temp-dir litter."""
+import importlib.util
 import json
 import re
 import textwrap
@@ -8,9 +9,11 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from conftest import missing_plot_message
-
 ROOT = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("root_conftest", ROOT / "conftest.py")  # tests/ has its own conftest
+_root_conftest = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_root_conftest)
+missing_plot_message = _root_conftest.missing_plot_message
 NOTEBOOKS = sorted((ROOT / "notebooks").glob("*.ipynb"))
 EXPECTED = ["00_setup", "01_load_data", "02_bottleneck", "03_train", "04_evaluate", "05_save_model",
             "06_consume_model", "07_fine_tune", "08_explain", "09_serve", "10_your_own_photos"]

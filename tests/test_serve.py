@@ -3,7 +3,7 @@ micro-batcher's isolation of a bad image, and the real server (in a thread, and 
 under 50 concurrent requests, checked against in-process ``Classifier`` scoring.
 
 The model is a head trained on the bundled sample over a random-weights MobileNetV2 at 64x64 (cheap), exported
-once per session; test_serve_browser.py imports the same fixtures.
+once per session (tests/conftest.py).
 """
 from __future__ import annotations
 
@@ -33,90 +33,15 @@ from workshop_utils.apps.serve.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUE
 from workshop_utils.apps.serve.server import DEFAULT_SHUTDOWN_TIMEOUT_S, BackgroundServer, bind_socket, port_is_open
 from workshop_utils.apps.serve.uploads import (DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONCURRENCY,
                                                DEFAULT_MAX_FIELDS)
-from workshop_utils.config import sample_dir
-from workshop_utils.data import by_subset, load_dataset
 from workshop_utils.core.formats import SUPPORTED_FORMATS
 from workshop_utils.core.errors import InvalidImageError, QueueFullError, ServeError
 
 TOL = 1e-5
-PHOTOS = 16
 FORMATS = re.escape(SUPPORTED_FORMATS)  # "JPEG/PNG/GIF/BMP" (and more when the decoder learns them)
 SMALL_LIMIT = 300_000  # bytes: the apps below refuse larger uploads, so the 413 test sends little data
 
 
-# -- fixtures ---------------------------------------------------------------------------------------------
-_SHARED: dict = {}  # built once per session, though test_serve_browser.py imports these fixtures (a second copy)
-
-
-def _once(key, make):
-    if key not in _SHARED:
-        _SHARED[key] = make()
-    return _SHARED[key]
-
-
-@pytest.fixture(scope="session")
-def sample_frames():
-    """(train, validation) frames of the bundled sample."""
-    return by_subset(load_dataset(sample_dir()))
-
-
-def _export_stand_in(tmp_path_factory, sample_frames):
-    """An export folder: a head fitted (least squares) to tell 16 of the sample's photos apart by their class,
-    over a random-weights MobileNetV2 at 64x64, so labels come with clear margins. Cheap: no training, no
-    export verification (tests/test_model_io.py covers that)."""
-    import pandas as pd
-
-    from workshop_utils.architectures import feature_extractor
-    from workshop_utils.core.runtime import import_tensorflow
-    from workshop_utils.core.labels import LabelMap
-    from workshop_utils.core.images import decode_image
-    from workshop_utils.export.writer import export_model
-    from workshop_utils.head import Options, TrainedClassifier
-
-    tf = import_tensorflow()
-    train, validation = sample_frames
-    frame, size = validation.iloc[:PHOTOS], (64, 64)
-    label_map = LabelMap.from_labels(train["label"])
-    pixels = tf.stack([decode_image(tf.io.read_file(p), size) for p in frame["image_path"]])
-    features = np.asarray(feature_extractor("MobilenetV2", None, size)(pixels, training=False), np.float64)
-    targets = 5.0 * np.eye(len(label_map))[[label_map.index(label) for label in frame["label"]]]
-    kernel = np.linalg.lstsq(features, targets, rcond=None)[0].astype(np.float32)  # logits ≈ 5 · one-hot(class)
-    history = pd.DataFrame({"epoch": [0], "dataset": ["Train"], "accuracy": [1.0], "cross_entropy": [0.1],
-                            "learning_rate": [0.01]})
-    trained = TrainedClassifier(
-        arch="MobilenetV2", backbone_weights=None, image_size=size, label_map=label_map, kernel=kernel,
-        bias=np.zeros(len(label_map), np.float32), history=history, best_epoch=0, stopped_early=False,
-        options=Options(arch="MobilenetV2", weights=None, image_size=size))
-    return export_model(trained, tmp_path_factory.mktemp("serve-model") / "model", verify=False)
-
-
-@pytest.fixture(scope="session")
-def exported_model(tmp_path_factory, sample_frames):
-    return _once("exported_model", lambda: _export_stand_in(tmp_path_factory, sample_frames))
-
-
-@pytest.fixture(scope="session")
-def classifier(exported_model):
-    from workshop_utils.scoring import Classifier
-
-    return _once("classifier", lambda: Classifier.load(exported_model))
-
-
-@pytest.fixture(scope="session")
-def photos(sample_frames) -> dict[str, bytes]:
-    """The sample's validation photos the head was fitted on: file name -> bytes."""
-    _, validation = sample_frames
-    paths = [Path(p) for p in validation["image_path"].iloc[:PHOTOS]]
-    return {p.name: p.read_bytes() for p in paths}
-
-
-@pytest.fixture(scope="session")
-def expected(classifier, photos) -> dict[str, np.ndarray]:
-    """In-process scores of each photo (one call per photo)."""
-    return _once("expected",
-                 lambda: {name: classifier.predict_proba([data], [name])[0] for name, data in photos.items()})
-
-
+# -- fixtures (the exported stand-in model and the sample's photos are in conftest.py) ----------------
 @pytest.fixture(scope="module")
 def client(classifier):
     app = create_app(classifier, max_bytes=SMALL_LIMIT)

@@ -12,7 +12,6 @@ import warnings
 
 import numpy as np
 import pytest
-from test_serve import classifier, expected, exported_model, photos, sample_frames  # noqa: F401 (shared fixtures)
 
 from workshop_utils.apps.serve.app import create_app
 from workshop_utils.apps.serve.server import BackgroundServer, port_is_open

@@ -20,16 +20,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import requests
-from test_serve import (  # noqa: F401 (shared fixtures and helpers)
-    SMALL_LIMIT,
-    GatedScorer,
-    check_answer,
-    classifier,
-    expected,
-    exported_model,
-    photos,
-    sample_frames,
-)
+from test_serve import SMALL_LIMIT, GatedScorer, check_answer  # helpers shared with test_serve
 
 from workshop_utils.apps.serve.app import create_app
 from workshop_utils.apps.serve.server import BackgroundServer, port_is_open

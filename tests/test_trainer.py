@@ -6,23 +6,28 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from workshop_utils import head as head_module, trainer as trainer_module
+from workshop_utils import head as head_module
+from workshop_utils import trainer as trainer_module
 from workshop_utils.bottleneck import Bottlenecks
-from workshop_utils.core.labels import LabelMap
-from workshop_utils.trainer import class_weights, ImageClassificationTrainer
 from workshop_utils.core.errors import (
-    ModelFolderError as ClassifierFileError,
-    ConfigError as OptionsError,
-    DatasetError as TrainingDataError,
+    ConfigError,
+    DatasetError,
+    ModelFolderError,
 )
-from workshop_utils.schedules import EarlyStopping, ExponentialLRDecay, PolynomialLRDecay
+from workshop_utils.core.labels import LabelMap
+from workshop_utils.head import Options, TrainedClassifier
+from workshop_utils.schedules import (
+    EarlyStopping,
+    ExponentialLRDecay,
+    PolynomialLRDecay,
+)
+from workshop_utils.trainer import ImageClassificationTrainer, class_weights
 from workshop_utils.training_metrics import (
+    BottleneckMetrics,
     ImageClassificationMetrics,
     TrainMetrics,
-    BottleneckMetrics,
     format_dotnet_float,
 )
-from workshop_utils.head import Options, TrainedClassifier
 
 
 def make_bottlenecks(x, labels, arch="MobilenetV2"):
@@ -95,14 +100,14 @@ def test_options_have_mlnet_defaults():
      (dict(metrics_callback="print"), "metrics_callback must be callable")],
 )
 def test_bad_options(kwargs, message):
-    with pytest.raises(OptionsError, match=message):
+    with pytest.raises(ConfigError, match=message):
         ImageClassificationTrainer(Options(**kwargs))
 
 
 def test_early_stopping_needs_something_to_watch():
     x, labels = separable(20)
     trainer = ImageClassificationTrainer(Options(test_on_train_set=False, progress=False))
-    with pytest.raises(OptionsError, match="no validation set and test_on_train_set=False.*early_stopping=None"):
+    with pytest.raises(ConfigError, match="no validation set and test_on_train_set=False.*early_stopping=None"):
         trainer.fit_features(make_bottlenecks(x, labels), None)
 
 
@@ -197,7 +202,7 @@ def test_head_round_trips_through_keras_and_from_head():
     import keras
 
     wrong = keras.Sequential([keras.Input((6,)), keras.layers.Dense(3, activation="softmax")])
-    with pytest.raises(TrainingDataError, match=r"maps 6 features to 3 classes, but the bottlenecks have 6 "
+    with pytest.raises(DatasetError, match=r"maps 6 features to 3 classes, but the bottlenecks have 6 "
                                                 r"features and the label map 2 classes"):
         TrainedClassifier.from_head(wrong, trained.label_map, data)
 
@@ -277,14 +282,14 @@ def test_seeded_and_shuffle_changes_the_result():
 def test_bad_training_data():
     x, labels = separable(20, d=8, classes=2)
     trainer = ImageClassificationTrainer(Options(epoch=1, early_stopping=None, progress=False))
-    with pytest.raises(TrainingDataError, match="Only one class found"):
+    with pytest.raises(DatasetError, match="Only one class found"):
         trainer.fit_features(make_bottlenecks(x, ["same"] * 20))
-    with pytest.raises(TrainingDataError, match="Validation features have width 4 but training features 8"):
+    with pytest.raises(DatasetError, match="Validation features have width 4 but training features 8"):
         trainer.fit_features(make_bottlenecks(x, labels), make_bottlenecks(x[:, :4], labels))
     trained = trainer.fit_features(make_bottlenecks(x, labels))
-    with pytest.raises(TrainingDataError, match=r"expects \(N, 8\) bottlenecks of MobilenetV2"):
+    with pytest.raises(DatasetError, match=r"expects \(N, 8\) bottlenecks of MobilenetV2"):
         trained.predict_proba(x[:, :4])
-    with pytest.raises(TrainingDataError, match="lacks column"):
+    with pytest.raises(DatasetError, match="lacks column"):
         trainer.fit(pd.DataFrame({"image_path": ["a.jpg"]}))
 
 
@@ -308,9 +313,9 @@ def test_validation_split_is_a_stratified_carve_under_the_honest_protocol():
 
 
 def test_unknown_protocol_and_bad_fraction_are_named():
-    with pytest.raises(OptionsError, match=r"Options.protocol must be one of honest, mlnet, got 'fair'"):
+    with pytest.raises(ConfigError, match=r"Options.protocol must be one of honest, mlnet, got 'fair'"):
         Options(protocol="fair").check()
-    with pytest.raises(OptionsError, match=r"honest_validation_fraction must be between 0 and 1 .* got 1.5"):
+    with pytest.raises(ConfigError, match=r"honest_validation_fraction must be between 0 and 1 .* got 1.5"):
         Options(honest_validation_fraction=1.5).check()
 
 
@@ -336,7 +341,7 @@ def test_save_and_load(tmp_path):
     assert loaded.options.early_stopping.metric == "loss"
     pd.testing.assert_frame_equal(loaded.history, trained.history, check_dtype=False)
     trained.save(folder)  # overwriting works
-    with pytest.raises(ClassifierFileError, match="missing classifier.json, head.npz"):
+    with pytest.raises(ModelFolderError, match="missing classifier.json, head.npz"):
         TrainedClassifier.load(tmp_path / "nothing")
 
 
@@ -412,7 +417,7 @@ def test_fit_reuses_a_cache_computed_in_the_tables_order_and_shuffles_after(imag
 
 def test_temporary_workspace_is_removed(image_table, tmp_path, monkeypatch):
     made = tmp_path / "temporary-workspace"
-    monkeypatch.setattr(trainer_module.tempfile, "mkdtemp", lambda prefix: (made.mkdir(), str(made))[1])
+    monkeypatch.setattr(trainer_module.tempfile, "mkdtemp", lambda *args: (made.mkdir(), str(made))[1])
     trained = ImageClassificationTrainer(quick_options(tmp_path, workspace_path=None, epoch=1)).fit(image_table)
     assert not made.exists() and trained.train_bottlenecks.cache_dir is None
 
@@ -459,10 +464,10 @@ def test_class_weight_rules_and_errors():
     assert class_weights("balanced", y, label_map) == pytest.approx({0: 4 / 6, 1: 4 / 2})
     assert class_weights({"b": 3}, y, label_map) == {0: 1.0, 1: 3.0}
     assert class_weights(None, y, label_map) is None
-    with pytest.raises(OptionsError, match=r"class_weight names unknown class\(es\) c; the classes are a, b"):
+    with pytest.raises(ConfigError, match=r"class_weight names unknown class\(es\) c; the classes are a, b"):
         class_weights({"c": 2}, y, label_map)
-    with pytest.raises(OptionsError, match=r"class_weight must be 'balanced', a mapping class -> weight or None, "
-                                           r"got 'equal'"):
+    with pytest.raises(ConfigError, match=r"Options.class_weight='equal' must be 'balanced', a mapping class -> "
+                                           r"weight or None"):
         Options(class_weight="equal").check()
 
 
@@ -470,6 +475,6 @@ def test_a_diverging_run_says_to_lower_the_learning_rate():
     x, labels = separable(40, d=8, classes=2)
     options = Options(epoch=5, learning_rate=1e37, learning_rate_scheduler=None, early_stopping=None, progress=False,
                       validation_set_fraction=0, weights=None, image_size=(64, 64), class_weight=None)
-    with pytest.raises(TrainingDataError, match=r"Training diverged: the loss became nan at epoch 0 with learning "
+    with pytest.raises(DatasetError, match=r"Training diverged: the loss became nan at epoch 0 with learning "
                                                 r"rate 1e\+37\. Lower the learning rate \(--learning-rate"):
         ImageClassificationTrainer(options).fit_features(make_bottlenecks(x * 1e3, labels))

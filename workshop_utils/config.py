@@ -1,8 +1,6 @@
-"""One place for the workshop's paths, run profile and environment report; notebooks read settings from here.
-
-Profile: ``full`` (real dataset, ImageNet weights, ML.NET's settings; the default) or ``quick`` (bundled sample,
-offline backbone, few epochs; CI): a notebook's ``PROFILE``, else ``$WORKSHOP_PROFILE``, else ``full``.
-"""
+"""The workshop's paths, run profile and environment report. Profile: ``full`` (real dataset, ImageNet weights,
+ML.NET's settings; the default) or ``quick`` (bundled sample, offline backbone, few epochs; CI): a notebook's
+``PROFILE``, else ``$WORKSHOP_PROFILE``, else ``full``."""
 from __future__ import annotations
 
 import json
@@ -73,7 +71,6 @@ def data_dir() -> Path:
 
 
 def sample_dir() -> Path:
-    """The bundled synthetic car-damage sample (``data/sample`` in the repository)."""
     return REPO_ROOT / "data" / "sample"
 
 
@@ -98,15 +95,12 @@ def check_workspace(path: str | Path | None = None, setting: str = WORKSPACE_ENV
         in_the_way = next((p for p in (folder, *folder.parents) if p.exists() and not p.is_dir()), folder)
         reason = (f"{in_the_way} is a file, not a folder" if isinstance(error, (FileExistsError, NotADirectoryError))
                   else f"{error.strerror or error} ({type(error).__name__})")
-        raise ConfigError(
-            f"The workspace {folder} cannot be written: {reason}. Point {setting} at a folder you can write to "
-            "(caches, trained heads and exported models go there)."
-        ) from error
+        raise ConfigError(f"The workspace {folder} cannot be written: {reason}. Point {setting} at a folder you can "
+                          "write to (caches, trained heads and exported models go there).") from error
     return folder
 
 
 def environment_report() -> dict[str, Any]:
-    """Python/TensorFlow/Keras versions, the platform, Colab or not, and the GPUs TensorFlow sees."""
     tf, keras = import_tensorflow(), import_keras()  # loaded here: config itself stays light (paths, profiles)
     return {"python": platform.python_version(), "tensorflow": tf.__version__, "keras": keras.__version__,
             "platform": platform.platform(), "processor": platform.processor() or platform.machine(),
@@ -133,8 +127,7 @@ class Settings:
             f"Python    : {env['python']}   TensorFlow: {env['tensorflow']}   Keras: {env['keras']}",
             f"Colab     : {'yes' if env['colab'] else 'no'}   GPU: {gpu}",
             f"Data      : {self.data_dir}",
-            f"Workspace : {self.workspace}",
-        ])
+            f"Workspace : {self.workspace}"])
 
 
 def _describe(record: dict[str, Any]) -> str:
@@ -162,24 +155,19 @@ def record_profile(workspace: Path, profile: Profile, source: str) -> str | None
     return note
 
 
-def _grow_gpu_memory() -> None:
-    """Turn on memory growth for every GPU (setup's first TensorFlow call); says so when it is too late."""
+def setup(seed: int = 0, profile: str | None = None) -> Settings:
+    """Notebook start-up: seed everything, pick and record the profile, report the environment. TensorFloat-32 is
+    off (on Ampere GPUs a reloaded model would miss the course's 1e-5 checks); GPU memory grows, so kernels share it."""
+    chosen = get_profile(profile)  # a bad name fails before any work
     tf = import_tensorflow()
-    for gpu in tf.config.list_physical_devices("GPU"):
+    for gpu in tf.config.list_physical_devices("GPU"):  # memory growth: before any op runs, else TF refuses
         try:
             if not tf.config.experimental.get_memory_growth(gpu):  # on already when setup ran before in this kernel
                 tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError as exc:  # the GPU was initialised before setup() in this kernel
             print(f"Note: GPU memory growth could not be turned on for {gpu.name} ({exc}); this kernel holds "
                   "the whole GPU. Restart the kernel and run setup() first to share the GPU between notebooks.")
-
-
-def setup(seed: int = 0, profile: str | None = None) -> Settings:
-    """Notebook start-up: seed everything, pick and record the profile, report the environment. TensorFloat-32 is
-    off (on Ampere GPUs a reloaded model would miss the course's 1e-5 checks); GPU memory grows, so kernels share it."""
-    chosen = get_profile(profile)  # a bad name fails before any work
-    _grow_gpu_memory()  # before any op runs: afterwards TensorFlow refuses to change it
-    import_tensorflow().config.experimental.enable_tensor_float_32_execution(False)
+    tf.config.experimental.enable_tensor_float_32_execution(False)
     import_keras().utils.set_random_seed(seed)  # Python, NumPy and TensorFlow
     if "ipykernel" not in sys.modules and "MPLBACKEND" not in os.environ:
         matplotlib.use("Agg")  # scripts and tests: no display needed

@@ -1,7 +1,5 @@
-"""The course's shared steps: :func:`plan_run` (profile + dataset -> sets and trainer options, for the command
-line, notebooks and widgets) and the hand-over between notebooks: each step reads what an earlier notebook left
-in the workspace (data 01, bottlenecks 02, trained head 03, exported model 05) and recomputes it when missing.
-"""
+"""The course's shared steps: :func:`plan_run` (profile + dataset -> sets and trainer options) and the hand-over
+between notebooks: each reads what an earlier one left in the workspace, and recomputes it when missing."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -42,8 +40,7 @@ class RunPlan:
     protocol: str = "honest"
 
     @property
-    def reported(self) -> tuple[str, pd.DataFrame]:
-        """(set name, images) whose metrics a run reports: test (honest) or validation (mlnet)."""
+    def reported(self) -> tuple[str, pd.DataFrame]:  # (set name, images) a run reports: test, or validation (mlnet)
         return ("test", self.test) if self.protocol == "honest" else ("validation", self.validation)
 
 
@@ -78,8 +75,7 @@ def make_options(profile: Profile, workspace: str | Path, seed: int = 0, **overr
         learning_rate_scheduler=ExponentialLRDecay(), early_stopping=EarlyStopping(patience=profile.patience),
         workspace_path=str(workspace), seed=seed, weights=profile.weights, image_size=profile.image_size,
         bottleneck_batch_size=profile.bottleneck_batch_size,
-        reuse_train_set_bottleneck_cached_values=True, reuse_validation_set_bottleneck_cached_values=True,
-    )
+        reuse_train_set_bottleneck_cached_values=True, reuse_validation_set_bottleneck_cached_values=True)
     if overrides.get("protocol") == "mlnet":  # ML.NET's head: every image weighs the same
         values["class_weight"] = None
     values.update(overrides)
@@ -110,13 +106,12 @@ def dataset_folder(settings: Settings) -> Path:
 
 
 def course_data(settings: Settings) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame, pd.DataFrame]:
-    """(all images, train, validation, test) of the profile's dataset (see :func:`plan_run`)."""
+    """(all images, train, validation, test) of the profile's dataset."""
     plan = plan_run(settings.profile, workspace=settings.workspace, data_dir=settings.data_dir, seed=settings.seed)
     return plan.frame, plan.train, plan.validation, plan.test
 
 
 def course_options(settings: Settings, **overrides: Any) -> Options:
-    """The trainer options of the profile (see :func:`make_options`), with overrides."""
     return make_options(settings.profile, settings.workspace, settings.seed, **overrides)
 
 
@@ -149,13 +144,11 @@ def reported_bottlenecks(settings: Settings, trained: Any) -> tuple[str, Any]:
     return ("validation", trained.validation_bottlenecks) if mlnet else ("test", trained.test_bottlenecks)
 
 
-def trained_dir(settings: Settings | None = None) -> Path:
-    """Where 03_train saves the trained head."""
+def trained_dir(settings: Settings | None = None) -> Path:  # where 03_train saves the trained head
     return (settings.workspace if settings else workspace_dir()) / TRAINED_DIR
 
 
-def model_dir(settings: Settings | None = None) -> Path:
-    """Where 05_save_model exports the model."""
+def model_dir(settings: Settings | None = None) -> Path:  # where 05_save_model exports the model
     return (settings.workspace if settings else workspace_dir()) / MODEL_DIR
 
 

@@ -1,7 +1,5 @@
 """The image index (``image_path``, ``label``, ``subset``) from an index.csv or a folder tree: loaded, checked, split.
-
-Problems name the file and its lines (line 1 is the header) before any training starts.
-"""
+Problems name the file and its lines (line 1 is the header) before any training starts."""
 from __future__ import annotations
 
 import math
@@ -20,7 +18,7 @@ from workshop_utils.core.errors import (SHOW_AT_MOST, DatasetError, DatasetNotFo
                                         LeftOutFilesWarning, MissingImagesError, StratifyFallbackWarning,
                                         UnseenClassWarning, listed)
 from workshop_utils.core.formats import (DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, SUPPORTED_FORMATS, check_image_file,
-                                         decodable, format_for_file_name, not_decodable_reason)
+                                         format_for_file_name, not_decodable_reason)
 from workshop_utils.quality import first_names, warn_exact_duplicates
 
 INDEX_HEADER = ("image", "class", "subset")
@@ -86,28 +84,26 @@ def load_index(csv_path: str | os.PathLike, image_dir: str | os.PathLike | None 
         raise DatasetError(f"{csv_path}: the index has a header but no data rows; add one line per "
                            "image (image,class,subset).")
 
-    def check(mask: pd.Series, error: type[DatasetError], problem: str, fix: str) -> None:
+    def check(mask: pd.Series, problem: str, fix: str, error: type[DatasetError] = DatasetError) -> None:
         if mask.any():  # pandas row label i is line i + 2 of the file (the header is line 1)
             raise error(f"{csv_path}: {problem} on {listed([i + 2 for i in raw.index[mask]], 'lines')}. {fix}")
 
-    check(raw["image"] == "", DatasetError, "empty 'image' value",
-          "Every line needs the image's path, e.g. image/12.jpeg.")
-    check(raw["class"] == "", DatasetError, "empty 'class' value",
-          "Every line needs a class name; fill it in or delete the line.")
+    check(raw["image"] == "", "empty 'image' value", "Every line needs the image's path, e.g. image/12.jpeg.")
+    check(raw["class"] == "", "empty 'class' value", "Every line needs a class name; fill it in or delete the line.")
     subset = raw["subset"].str.lower().map(SUBSET_NAMES)
     values = ", ".join(repr(v) for v in sorted(set(raw.loc[subset.isna(), "subset"]))[:SHOW_AT_MOST])
-    check(subset.isna(), DatasetError, f"unknown subset value(s) {values}",
+    check(subset.isna(), f"unknown subset value(s) {values}",
           "Use T (train) or V (validation); train/validation/val/test are also accepted.")
     relative = raw["image"].str.replace("\\", "/", regex=False)
     base = Path(image_dir).expanduser().absolute() if image_dir is not None else None
     paths = [os.path.join(base, PurePosixPath(p).name) if base else os.path.normpath(os.path.join(csv_path.parent, p))
              for p in relative]
     exists = pd.Series([os.path.isfile(p) for p in paths], index=raw.index)
-    if not exists.all():
-        first = next(p for p, found in zip(paths, exists) if not found)
-        where = f"in {image_dir}" if image_dir is not None else f"relative to {csv_path.parent}"
-        check(~exists, MissingImagesError, f"image files not found (looked {where}; first: {first})",
-              "Check that the image folder sits next to index.csv (or pass image_dir=), or delete those lines.")
+    first = next((p for p, found in zip(paths, exists) if not found), None)
+    where = f"in {image_dir}" if image_dir is not None else f"relative to {csv_path.parent}"
+    check(~exists, f"image files not found (looked {where}; first: {first})",
+          "Check that the image folder sits next to index.csv (or pass image_dir=), or delete those lines.",
+          MissingImagesError)
     df = pd.DataFrame({"image_path": paths, "label": raw["class"], "subset": subset}, index=raw.index)
     df.attrs["source"] = str(csv_path)
     df.attrs["unseen_classes"] = _warn_unseen(df, lambda i: i + 2)
@@ -122,16 +118,15 @@ def load_images_from_directory(folder: str | os.PathLike, use_folder_name_as_lab
     folder = Path(folder).expanduser().absolute()
     if not folder.is_dir():
         raise DatasetNotFoundError(f"Image folder {folder} does not exist (or is not a folder). Check the path.")
-    paths: list[str] = []
-    left_out: list[tuple[str, str]] = []  # (path, why)
+    paths, left_out = [], []  # left_out: (path, why)
     for root, dirs, files in os.walk(folder):  # hidden files and folders (.DS_Store, ._x.jpg, __MACOSX) are not data
         dirs[:] = sorted(d for d in dirs if not d.startswith(".") and d != "__MACOSX")
         for name in sorted(n for n in files if not n.startswith(".")):
             path, fmt = os.path.join(root, name), format_for_file_name(name)
             if fmt is None:
                 left_out.append((path, f"not a {SUPPORTED_FORMATS} image (by its extension)"))
-            elif not decodable(fmt):
-                left_out.append((path, not_decodable_reason(fmt)))
+            elif reason := not_decodable_reason(fmt):
+                left_out.append((path, reason))
             else:
                 paths.append(path)
     relative = [Path(os.path.relpath(p, folder)).as_posix() for p, _ in left_out]
@@ -178,30 +173,28 @@ def load_dataset(path: str | os.PathLike, image_dir: str | os.PathLike | None = 
     return load_images_from_directory(path)
 
 
-def _stratified_or_random(df: pd.DataFrame, n_test: int, seed: int, stratify: bool, stage: str):
-    """sklearn's train_test_split, stratified by label when asked and possible (else warn and go random)."""
+def _stratified_or_random(df: pd.DataFrame, fraction: float, seed: int, stratify: bool, stage: str):
+    """sklearn's train_test_split of 1 to len - 1 rows, stratified by label when asked and possible (else warned)."""
+    n_test = min(max(math.ceil(len(df) * fraction), 1), len(df) - 1)
     if stratify:
         counts = df["label"].value_counts()
         lonely = sorted(counts.index[counts < 2])
-        reason = f"{listed([repr(c) for c in lonely], 'classes')} have only 1 image" if lonely else None
-        if reason is None:
-            try:
-                return train_test_split(df, test_size=n_test, random_state=seed, stratify=df["label"])
-            except ValueError as error:  # e.g. fewer held-out images than classes
-                reason = str(error)
-        warnings.warn(f"{_source(df)}: split() cannot keep class proportions in {stage} ({reason}); splitting at "
-                      "random there instead, so some classes may be missing from a part. More images per class "
-                      "avoid this.", StratifyFallbackWarning, stacklevel=3)
+        try:
+            if lonely:
+                raise ValueError(f"{listed([repr(c) for c in lonely], 'classes')} have only 1 image")
+            return train_test_split(df, test_size=n_test, random_state=seed, stratify=df["label"])
+        except ValueError as reason:  # a class of one image, or fewer held-out images than classes
+            warnings.warn(f"{_source(df)}: split() cannot keep class proportions in {stage} ({reason}); splitting "
+                          "at random there instead, so some classes may be missing from a part. More images per "
+                          "class avoid this.", StratifyFallbackWarning, stacklevel=3)
     return train_test_split(df, test_size=n_test, random_state=seed)
 
 
 def _parts(parts: Iterable[tuple[pd.DataFrame, str]], attrs: dict, sort: bool = False) -> list[pd.DataFrame]:
     """Each part marked with its subset, renumbered, with the table's attrs (unseen classes recomputed later)."""
-    marked = []
-    for part, name in parts:
-        part = (part.sort_index() if sort else part).assign(subset=name).reset_index(drop=True)
+    marked = [(part.sort_index() if sort else part).assign(subset=name).reset_index(drop=True) for part, name in parts]
+    for part in marked:
         part.attrs = {k: v for k, v in attrs.items() if k != "unseen_classes"}
-        marked.append(part)
     return marked
 
 
@@ -216,14 +209,12 @@ def split(df: pd.DataFrame, test_fraction: float = 0.3, validation_fraction: flo
         raise DatasetError(f"split(): validation_fraction must be in (0, 1], got {validation_fraction}.")
     if len(df) < 2:
         raise DatasetError(f"{_source(df)}: split() needs at least 2 images, got {len(df)}.")
-    n_held = min(max(math.ceil(len(df) * test_fraction), 1), len(df) - 1)
-    train, held = _stratified_or_random(df, n_held, seed, stratify, f"the {test_fraction:.0%} hold-out")
-    n_test = math.ceil(len(held) * (1 - validation_fraction)) if len(held) > 1 else 0
-    if n_test == 0:
+    train, held = _stratified_or_random(df, test_fraction, seed, stratify, f"the {test_fraction:.0%} hold-out")
+    if len(held) < 2 or validation_fraction == 1:
         validation, test = held, held.iloc[:0]
     else:
         stage = f"the {validation_fraction:.0%}/{1 - validation_fraction:.0%} validation/test split"
-        validation, test = _stratified_or_random(held, min(n_test, len(held) - 1), seed, stratify, stage)
+        validation, test = _stratified_or_random(held, 1 - validation_fraction, seed, stratify, stage)
     parts = _parts([(train, "train"), (validation, "validation"), (test, "test")], df.attrs)
     combined = pd.concat(parts, ignore_index=True)
     combined.attrs = dict(parts[0].attrs)
@@ -232,24 +223,21 @@ def split(df: pd.DataFrame, test_fraction: float = 0.3, validation_fraction: flo
 
 
 def carve_validation(train: pd.DataFrame, fraction: float = 0.15, seed: int = 0) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """(train, validation): a stratified, seeded share of the training images set aside to choose on (the honest
-    protocol's when a dataset's validation images are its test set); rows keep their order."""
+    """(train, validation): a stratified, seeded share of the training images set aside to choose on, in order."""
     require_columns(train, ["image_path", "label"], "Load the table with load_dataset() first.")
     if not 0 < fraction < 1:
         raise DatasetError(f"carve_validation(): fraction must be between 0 and 1 (exclusive), got {fraction}.")
     if len(train) < 2:
         raise DatasetError(f"{_source(train)}: carving a validation set needs at least 2 training images, "
                            f"got {len(train)}.")
-    n = min(max(math.ceil(len(train) * fraction), 1), len(train) - 1)
-    kept, carved = _stratified_or_random(train, n, seed, True, f"the {fraction:.0%} validation carve")
+    kept, carved = _stratified_or_random(train, fraction, seed, True, f"the {fraction:.0%} validation carve")
     return tuple(_parts([(kept, "train"), (carved, "validation")], train.attrs, sort=True))
 
 
 def by_subset(df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(train, validation) from the ``subset`` column, as the car-damage lab does with T and V."""
     require_columns(df, ["image_path", "label", "subset"], "Load the table with load_index() or use split().")
-    train = df[df["subset"] == "train"].reset_index(drop=True)
-    validation = df[df["subset"] == "validation"].reset_index(drop=True)
+    train, validation = (df[df["subset"] == name].reset_index(drop=True) for name in ("train", "validation"))
     for part, name in [(train, "train"), (validation, "validation")]:
         if part.empty:
             found = ", ".join(sorted(repr(s) for s in set(df["subset"]))) or "no rows at all"

@@ -1,7 +1,5 @@
-"""Fetch the workshop's public datasets once (``keras.utils.get_file``), unpack them safely, say what arrived.
-
-The archive is unpacked beside its target and renamed into place only once its content checks out.
-"""
+"""Fetch the workshop's public datasets once (``keras.utils.get_file``), unpack them safely, say what arrived; the
+archive is unpacked beside its target and renamed into place only once its content checks out."""
 from __future__ import annotations
 
 import gzip
@@ -72,25 +70,9 @@ DATASETS: dict[str, RemoteDataset] = {
 }
 
 
-def _refuse(archive: Path, member: str, why: str) -> None:
-    raise UnsafeArchiveError(
-        f"{archive}: refusing to unpack member {member!r} ({why}): it would be written outside the target folder. "
-        "The archive may be malicious or broken; delete it and download it from the original source."
-    )
-
-
-def _check_name(archive: Path, name: str) -> None:
-    """Refuse an absolute, drive-letter or '..' member name (zipfile and tar's data filter would rewrite it)."""
-    posix = name.replace("\\", "/")
-    why = ("absolute path" if posix.startswith("/") else "drive letter" if posix[1:2] == ":" and posix[:1].isalpha()
-           else "'..' component" if ".." in PurePosixPath(posix).parts else None)
-    if why:
-        _refuse(archive, name, why)
-
-
 def safe_extract(archive: str | os.PathLike, destination: str | os.PathLike) -> None:
-    """Unpack a zip or tar archive into ``destination``, every member checked before the first is written (tar
-    links and devices by tarfile's ``filter="data"``; zipfile writes no links or devices)."""
+    """Unpack a zip or tar into ``destination``, every member checked first: absolute, drive-letter and '..' names
+    refused (zipfile and tar's data filter would rewrite them), tar links and devices by ``filter="data"``."""
     archive, destination = Path(archive), Path(destination)
     is_zip = zipfile.is_zipfile(archive)
     if not is_zip and not tarfile.is_tarfile(archive):
@@ -99,14 +81,22 @@ def safe_extract(archive: str | os.PathLike, destination: str | os.PathLike) -> 
     with zipfile.ZipFile(archive) if is_zip else tarfile.open(archive) as opened:
         members = opened.infolist() if is_zip else opened.getmembers()
         for member in members:
-            _check_name(archive, member.filename if is_zip else member.name)
+            name = member.filename if is_zip else member.name
+            posix = name.replace("\\", "/")
+            why = ("absolute path" if posix.startswith("/")
+                   else "drive letter" if posix[1:2] == ":" and posix[:1].isalpha()
+                   else "'..' component" if ".." in PurePosixPath(posix).parts else None)
             try:
-                if not is_zip:
+                if not (why or is_zip):
                     tarfile.data_filter(member, str(destination))
             except tarfile.FilterError as error:
-                _refuse(archive, member.name, f"link to {member.linkname!r} pointing outside"
-                        if member.issym() or member.islnk() else "device or pipe"
-                        if isinstance(error, tarfile.SpecialFileError) else str(error))
+                why = (f"link to {member.linkname!r} pointing outside" if member.issym() or member.islnk()
+                       else "device or pipe" if isinstance(error, tarfile.SpecialFileError) else str(error))
+            if why:
+                raise UnsafeArchiveError(
+                    f"{archive}: refusing to unpack member {name!r} ({why}): it would be written outside the target "
+                    "folder. The archive may be malicious or broken; delete it and download it from the original "
+                    "source.")
         bar = tqdm(members, desc="Unpacking", unit="file", leave=False, disable=len(members) < 500)
         opened.extractall(destination, members=bar, **({} if is_zip else {"filter": "data"}))
 
@@ -167,10 +157,9 @@ def _download(source: RemoteDataset, data_dir: Path) -> Path:
             cache_dir=str(data_dir), cache_subdir="downloads",
             file_hash=None if url != source.url else source.sha256, hash_algorithm="sha256"))
     except Exception as error:  # noqa: BLE001  (Keras wraps HTTP/URL errors in a bare Exception)
-        raise DownloadError(
-            f"Could not download the {source.name} dataset from {url}: {error}. Check your internet connection, "
-            f"or set {source.url_env} to a mirror or a file:// URL of the archive. " + SAMPLE_ADVICE
-        ) from error
+        raise DownloadError(f"Could not download the {source.name} dataset from {url}: {error}. Check your internet "
+                            f"connection, or set {source.url_env} to a mirror or a file:// URL of the archive. "
+                            f"{SAMPLE_ADVICE}") from error
     finally:
         socket.setdefaulttimeout(previous)
 
@@ -193,11 +182,9 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
             except DownloadError as error:  # not an archive at all
                 looks = _what_it_looks_like(archive)
                 archive.unlink(missing_ok=True)
-                raise DownloadError(
-                    f"{archive}, downloaded from {source.current_url()}, is neither a zip nor a tar archive ({looks}); "
-                    f"it has been deleted. Check the URL (or set {source.url_env} to a mirror or a file:// copy) "
-                    "and run again. " + SAMPLE_ADVICE
-                ) from error
+                raise DownloadError(f"{archive}, downloaded from {source.current_url()}, is neither a zip nor a tar "
+                                    f"archive ({looks}); it has been deleted. Check the URL (or set {source.url_env} "
+                                    f"to a mirror or a file:// copy) and run again. {SAMPLE_ADVICE}") from error
             except (zipfile.BadZipFile, tarfile.TarError, gzip.BadGzipFile, zlib.error, EOFError) as error:
                 archive.unlink(missing_ok=True)
                 raise DownloadError(f"{archive} is damaged ({type(error).__name__}: {error}); it has been deleted, "
@@ -207,8 +194,8 @@ def fetch_dataset(name: str, data_dir: str | os.PathLike | None = None) -> Path:
                     warnings.simplefilter("ignore")  # shown once, below, with the final paths
                     _summarise(source.name, _data_folder(source, partial))
             except DatasetError as error:
-                raise DownloadError(f"The {source.name} archive {archive} does not hold a usable dataset: {error}"
-                                    ) from error
+                raise DownloadError(f"The {source.name} archive {archive} does not hold a usable dataset: "
+                                    f"{error}") from error
     folder = _data_folder(source, target)
     print(_summarise(source.name, folder))
     return folder
@@ -232,7 +219,5 @@ def resolve_dataset(name_or_path: str | os.PathLike, data_dir: str | os.PathLike
     path = Path(text).expanduser()
     if path.exists():
         return path.absolute()
-    raise DatasetError(
-        f"Unknown dataset {text!r}: not one of sample, {', '.join(DATASETS)}, and no file or folder "
-        f"{path.absolute()} exists. Give one of those names or the path of an index.csv / image folder."
-    )
+    raise DatasetError(f"Unknown dataset {text!r}: not one of sample, {', '.join(DATASETS)}, and no file or folder "
+                       f"{path.absolute()} exists. Give one of those names or the path of an index.csv / image folder.")

@@ -1,9 +1,6 @@
-"""Grad-CAM (Selvaraju et al., 2017; notebook 08): where in a photo did the model look for a class?
-
-Each channel of the backbone's last 4-D feature map (found by shape, so any architecture works) is weighed by the
-mean gradient of the class score; the positive part of the sum is a coarse map (7x7 for 224²). Mixed-precision
-models are explained in float32; photos are read upright (EXIF orientation applied).
-"""
+"""Grad-CAM (Selvaraju et al., 2017; notebook 08): where in a photo did the model look for a class? Each channel of
+the backbone's last 4-D feature map (found by shape) is weighed by the mean gradient of the class score; the positive
+part of the sum is a coarse map (7x7 for 224²). Mixed-precision models are explained in float32."""
 from __future__ import annotations
 
 from collections.abc import Sequence
@@ -79,25 +76,13 @@ class GradCAM:
         for i, layer in enumerate(layers):
             if isinstance(layer, DecodeImageBytes) or layer.name == "augmentation":
                 continue
+            final = last and i == len(layers) - 1
             if layer is target:
                 fmap, x = self.grad_model(x, training=False) if target is self.backbone else \
-                    self._run(target, x, depth + 1, last and i == len(layers) - 1)
-            elif fmap is not None and i == len(layers) - 1 and last and isinstance(layer, keras.Model):
-                x = self._run_head(layer, x)
-            elif fmap is not None and i == len(layers) - 1 and last and _is_softmax_dense(layer):
-                x = _logits(layer, x)
+                    self._run(target, x, depth + 1, final)
             else:
-                x = layer(x, training=False)
+                x = _final_layer(layer, x) if fmap is not None and final else layer(x, training=False)
         return fmap, x
-
-    def _run_head(self, head: keras.Model, x: Any) -> Any:
-        """A head given as a model of its own (e.g. ``trained.head``, a Sequential): its layers, logits last."""
-        layers = [layer for layer in head.layers if not isinstance(layer, keras.layers.InputLayer)]
-        for i, layer in enumerate(layers):
-            if i == len(layers) - 1 and _is_softmax_dense(layer):
-                return _logits(layer, x)
-            x = layer(x, training=False)
-        return x
 
     def scores(self, pixels: Any) -> tuple[Any, Any, Any]:
         """(feature maps, class scores used for the gradient, probabilities) for a batch of pixels."""
@@ -132,13 +117,16 @@ class GradCAM:
         return cam.astype(np.float32), np.asarray(probabilities, dtype=np.float32)
 
 
-def _is_softmax_dense(layer: keras.layers.Layer) -> bool:
-    return isinstance(layer, keras.layers.Dense) and getattr(layer.activation, "__name__", "") == "softmax"
-
-
-def _logits(dense: keras.layers.Dense, x: Any) -> tuple[str, Any]:
-    """A softmax Dense layer's output before the softmax, tagged ("logits", tensor)."""
-    return "logits", tf.matmul(tf.cast(x, dense.kernel.dtype), dense.kernel) + dense.bias
+def _final_layer(layer: keras.layers.Layer, x: Any) -> Any:
+    """The model's last layer on ``x``; a softmax Dense (also as the last layer of a head model such as
+    ``trained.head``) gives its logits, tagged ("logits", tensor)."""
+    if isinstance(layer, keras.Model):
+        *body, layer = [inner for inner in layer.layers if not isinstance(inner, keras.layers.InputLayer)]
+        for inner in body:
+            x = inner(x, training=False)
+    if isinstance(layer, keras.layers.Dense) and getattr(layer.activation, "__name__", "") == "softmax":
+        return "logits", tf.matmul(tf.cast(x, layer.kernel.dtype), layer.kernel) + layer.bias
+    return layer(x, training=False)
 
 
 def resize_heatmap(heatmap: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -168,10 +156,9 @@ def explain_files(cam: GradCAM, paths: Sequence[str], true_indices: Sequence[int
         for j, path in enumerate(chunk):
             photo = load_photo(path)
             size = photo.shape[:2]
-            item = {"path": str(path), "photo": photo, "probabilities": probabilities[j],
-                    "predicted": int(predicted[j]), "true": None if truth is None else int(truth[j]),
-                    "heatmap": resize_heatmap(predicted_maps[j], size), "true_heatmap": None}
-            if true_maps is not None and truth[j] != predicted[j]:
-                item["true_heatmap"] = resize_heatmap(true_maps[j], size)
-            results.append(item)
+            wrong = true_maps is not None and truth[j] != predicted[j]
+            results.append({"path": str(path), "photo": photo, "probabilities": probabilities[j],
+                            "predicted": int(predicted[j]), "true": None if truth is None else int(truth[j]),
+                            "heatmap": resize_heatmap(predicted_maps[j], size),
+                            "true_heatmap": resize_heatmap(true_maps[j], size) if wrong else None})
     return results

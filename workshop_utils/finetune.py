@@ -1,17 +1,12 @@
-"""Fine-tuning: train the top of the backbone together with the head, on augmented images (notebook 07).
-
-ML.NET stops after the head. Here backbone and trained head become one Keras model whose top ``unfreeze``
-layers train (BatchNorm stays frozen, in inference mode) on the photos with Keras augmentation layers: Adam on
-a warm-up + cosine schedule, label smoothing, balanced class weights, early stopping on the validation
-log-loss. Validation chooses the epoch; the test photos are scored once, after. Notebook 07 writes the steps
-out in cells; :func:`run_fine_tune` is the command line's one call.
-"""
+"""Fine-tuning (notebook 07; ML.NET stops after the head): backbone + trained head as one Keras model whose top
+layers train on augmented photos (BatchNorm frozen), Adam on warm-up + cosine, label smoothing, class weights,
+early stopping on the validation log-loss. Validation chooses the epoch; the test photos are scored once, after."""
 from __future__ import annotations
 
 import math
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -21,15 +16,16 @@ from workshop_utils.architectures import get_architecture
 from workshop_utils.core.errors import ConfigError
 from workshop_utils.core.images import decode_image, file_orientation
 from workshop_utils.core.runtime import import_tensorflow
-from workshop_utils.export.graph import float32_model
-from workshop_utils.schedules import EarlyStopping, EpochTimer
+from workshop_utils.export.graph import HEAD_LAYER, float32_model
+from workshop_utils.head import check_class_weight
+from workshop_utils.schedules import EarlyStopping, EpochTimer, Schedule
 from workshop_utils.trainer import class_weights
 
 tf = import_tensorflow()
 import keras  # noqa: E402
 from tqdm.keras import TqdmCallback  # noqa: E402  (it imports Keras)
 
-AUGMENT_LAYER, FEATURES_LAYER, HEAD_LAYER = "augmentation", "features", "head"
+AUGMENT_LAYER, FEATURES_LAYER = "augmentation", "features"
 
 
 @dataclass(frozen=True)
@@ -39,7 +35,6 @@ class FineTuneOptions:
 
     ``label_smoothing=0.1`` (Szegedy et al. 2016) keeps a few hundred photos from being memorised overconfidently;
     its price: a photo's log-loss stays above -ln(0.9 + 0.1/C) (0.09 for 8 classes; the sample: 0.17 vs 0.04).
-    ``class_weight="balanced"``: classes weigh the same, as in macro accuracy; None = ML.NET's every image.
     """
 
     unfreeze: float = 1 / 3
@@ -48,7 +43,7 @@ class FineTuneOptions:
     warmup_epochs: float = 1.0  # linear from final_lr_fraction × peak: first noisy gradients stay small (Goyal 2017)
     final_lr_fraction: float = 0.01  # the cosine ends at this fraction of the peak (Keras' ``alpha``; SGDR)
     label_smoothing: float = 0.1
-    class_weight: str | dict[str, float] | None = "balanced"
+    class_weight: str | dict[str, float] | None = "balanced"  # as macro accuracy; None: ML.NET's every image
     batch_size: int = 16
     patience: int = 4  # ~1/5 of the run, on the plain validation log-loss; the head-only model counts as epoch 0
     augmentation: float = 0.1  # strength: rotation (fraction of a turn), zoom, translation, contrast
@@ -64,33 +59,23 @@ class FineTuneOptions:
             raise ConfigError(f"unfreeze={u!r} is not a layer count or a fraction: use a whole number >= 0 (layers "
                               "from the top of the backbone) or a fraction between 0 and 1 (e.g. 0.33 for the top "
                               "third).")
-        if int(self.epochs) < 1:
-            raise ConfigError(f"epochs={self.epochs} must be at least 1 (--fine-tune-epochs).")
-        if int(self.batch_size) < 1:
-            raise ConfigError(f"batch_size={self.batch_size} must be at least 1.")
-        if not self.learning_rate > 0:
-            raise ConfigError(f"learning_rate={self.learning_rate} must be above 0 (fine-tuning uses ~1e-4).")
-        if not 0 <= self.augmentation < 0.5:
-            raise ConfigError(f"augmentation={self.augmentation} must be in [0, 0.5) (0 = no augmentation).")
-        if not 0 <= self.warmup_epochs <= self.epochs:
-            raise ConfigError(f"warmup_epochs={self.warmup_epochs} must be in [0, epochs={self.epochs}] (0 = none).")
-        if not 0 <= self.final_lr_fraction <= 1:
-            raise ConfigError(f"final_lr_fraction={self.final_lr_fraction} must be in [0, 1] (the cosine's end "
-                              "as a fraction of the peak learning rate; 1 = constant).")
-        if not 0 <= self.label_smoothing < 1:
-            raise ConfigError(f"label_smoothing={self.label_smoothing} must be in [0, 1) (0 = none, 0.1 usual).")
-        if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, dict)):
-            raise ConfigError(f"class_weight={self.class_weight!r} must be 'balanced', a mapping class -> weight "
-                              "or None (every image weighs the same).")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        rules = [("epochs", int(self.epochs) >= 1, "at least 1 (--fine-tune-epochs)"),
+                 ("batch_size", int(self.batch_size) >= 1, "at least 1"),
+                 ("learning_rate", self.learning_rate > 0, "above 0 (fine-tuning uses ~1e-4)"),
+                 ("augmentation", 0 <= self.augmentation < 0.5, "in [0, 0.5) (0 = no augmentation)"),
+                 ("warmup_epochs", 0 <= self.warmup_epochs <= self.epochs, f"in [0, epochs={self.epochs}] (0 = none)"),
+                 ("final_lr_fraction", 0 <= self.final_lr_fraction <= 1,
+                  "in [0, 1] (the cosine's end as a fraction of the peak learning rate; 1 = constant)"),
+                 ("label_smoothing", 0 <= self.label_smoothing < 1, "in [0, 1) (0 = none, 0.1 usual)")]
+        for name, valid, allowed in rules:
+            if not valid:
+                raise ConfigError(f"{name}={getattr(self, name)} must be {allowed}.")
+        check_class_weight(self.class_weight, "class_weight")
 
 
-# Measured on the 2-core CI CPU (`python -m workshop_utils bench`): a fine-tuning epoch of Lite0 at 224² costs
-# 1.6x the frozen bottleneck pass (44-100 images/s): 46-67 s for ~1,210 photos, so 20 epochs are at most ~22 min
-# and `run --fine-tune` stays inside 30 minutes. A GPU does 30 epochs at batch 64 in mixed precision in less; the
-# larger batch takes a larger peak rate (3e-4, ~square-root scaling for Adam) and one more epoch of patience.
+# On the 2-core CI CPU (`python -m workshop_utils bench`) a Lite0 epoch at 224² costs 1.6x the frozen bottleneck
+# pass: 46-67 s for ~1,210 photos, so 20 epochs take at most ~22 min and `run --fine-tune` stays inside 30 minutes.
+# A GPU's batch 64 takes a larger peak rate (3e-4, ~square-root scaling for Adam) and one more epoch of patience.
 DEFAULTS: dict[str, FineTuneOptions] = {
     "quick": FineTuneOptions(unfreeze=12, epochs=3, learning_rate=1e-4, batch_size=16, patience=2, augmentation=0.05),
     "full": FineTuneOptions(epochs=20, patience=4),
@@ -110,8 +95,7 @@ def default_options(profile: str = "full", gpu: bool | None = None, **overrides:
     return options
 
 
-def learning_rate_schedule(options: FineTuneOptions,
-                           steps_per_epoch: int) -> keras.optimizers.schedules.LearningRateSchedule:
+def learning_rate_schedule(options: FineTuneOptions, steps_per_epoch: int) -> Schedule:
     """Keras' ``CosineDecay`` with a linear warm-up from ``final_lr_fraction`` × peak to the peak over
     ``warmup_epochs`` (at most half the run), then a cosine down to ``final_lr_fraction`` × peak at the end."""
     options.check()
@@ -119,8 +103,6 @@ def learning_rate_schedule(options: FineTuneOptions,
     total = int(options.epochs) * steps_per_epoch
     warmup = min(int(round(options.warmup_epochs * steps_per_epoch)), total // 2)
     peak, alpha = float(options.learning_rate), float(options.final_lr_fraction)
-    if warmup == 0:
-        return keras.optimizers.schedules.CosineDecay(peak, decay_steps=total, alpha=alpha)
     return keras.optimizers.schedules.CosineDecay(alpha * peak, decay_steps=total - warmup, alpha=alpha,
                                                   warmup_target=peak, warmup_steps=warmup)
 
@@ -138,20 +120,10 @@ def build_augmentation(strength: float = 0.1, seed: int = 0) -> keras.Sequential
     return keras.Sequential(layers, name=AUGMENT_LAYER)
 
 
-def head_layer(trained: Any) -> keras.layers.Dense:
-    """A float32 Dense softmax layer holding the trained head's kernel and bias (built, ready to call)."""
-    kernel, bias = np.asarray(trained.kernel, dtype=np.float32), np.asarray(trained.bias, dtype=np.float32).ravel()
-    head = keras.layers.Dense(kernel.shape[1], activation="softmax", dtype="float32", name=HEAD_LAYER)
-    head.build((None, kernel.shape[0]))
-    head.set_weights([kernel, bias])
-    return head
-
-
 def compose_model(trained: Any, augmentation: keras.layers.Layer | None = None, weights: Any = "trained",
                   mixed_precision: bool = False) -> keras.Model:
-    """Pixels (RGB 0–255) → [augmentation] → backbone → trained head, one model (``weights="trained"``: the
-    head's backbone weights). ``mixed_precision``: float16 compute, a float32 head; ``compile`` then scales the loss.
-    """
+    """Pixels (RGB 0–255) → [augmentation] → backbone (``weights="trained"``: the head's) → trained head.
+    ``mixed_precision``: float16 compute, a float32 head; ``compile`` then scales the loss."""
     arch = get_architecture(trained.arch)
     size = arch.resolve_input_size(trained.image_size)
     weights = trained.backbone_weights if weights == "trained" else weights
@@ -166,9 +138,11 @@ def compose_model(trained: Any, augmentation: keras.layers.Layer | None = None, 
             raise ConfigError(f"The head's kernel has shape {np.shape(trained.kernel)} but {arch.name} gives {width} "
                               f"features for {len(trained.label_map.names)} classes; it was trained with another "
                               "architecture: retrain it (03).")
+        head = keras.layers.Dense(len(trained.label_map.names), activation="softmax", dtype="float32",
+                                  name=HEAD_LAYER)  # the softmax and its output stay float32
         inputs = keras.Input(shape=(*size, 3), dtype="float32", name="rgb_0_255")
-        x = augmentation(inputs) if augmentation is not None else inputs
-        outputs = head_layer(trained)(features(x))  # dtype="float32": the softmax and its output stay float32
+        outputs = head(features(augmentation(inputs) if augmentation is not None else inputs))
+        head.set_weights([np.asarray(trained.kernel, np.float32), np.asarray(trained.bias, np.float32).ravel()])
         return keras.Model(inputs, outputs, name=f"{arch.name}_fine_tuned")  # its policy decides loss scaling
     finally:
         keras.mixed_precision.set_global_policy(previous)
@@ -269,11 +243,8 @@ def one_hot(data: tf.data.Dataset, n_classes: int) -> tf.data.Dataset:
 
 @dataclass
 class FineTuned:
-    """A fine-tuned end-to-end model (pixels in, probabilities out) and how it got there.
-
-    ``model``: as trained (augmentation in front); ``scoring_model``: its float32 :func:`inference_model`, what
-    validation and test score, exports and serves. Validation chose the epoch; the test set was scored once after.
-    """
+    """A fine-tuned end-to-end model and how it got there. ``model``: as trained (augmentation in front);
+    ``scoring_model``: its float32 :func:`inference_model`, which scores validation and test, exports and serves."""
 
     model: keras.Model
     options: FineTuneOptions
@@ -321,11 +292,8 @@ def compile_for_fine_tuning(model: keras.Model, options: FineTuneOptions, steps_
 
 def fine_tune(trained: Any, options: FineTuneOptions | None = None, progress: bool = True,
               verbose: bool = False) -> FineTuned:
-    """Compose backbone + trained head, unfreeze the top of the backbone and train end to end on the photos.
-
-    ``trained``: a ``TrainedClassifier`` with bottlenecks attached (``course.load_trained``): validation chooses
-    the epoch (the head-only model is epoch 0); test photos, if attached, are scored once with the chosen weights.
-    """
+    """Compose backbone + trained head (bottlenecks attached: ``course.load_trained``), unfreeze the top of the
+    backbone and train end to end; validation chooses the epoch (0: head only), then test photos are scored once."""
     options = options or default_options()
     options.check()
     keras.utils.set_random_seed(options.seed)
@@ -341,8 +309,7 @@ def fine_tune(trained: Any, options: FineTuneOptions | None = None, progress: bo
                                cache_limit_mb=options.cache_limit_mb)
     val_data = image_dataset(val_paths, val_y, size, max(options.batch_size, 32),
                              cache_limit_mb=options.cache_limit_mb)
-    steps = math.ceil(len(train_paths) / options.batch_size)
-    compile_for_fine_tuning(model, options, steps)
+    compile_for_fine_tuning(model, options, math.ceil(len(train_paths) / options.batch_size))
     start_loss = model.evaluate(one_hot(val_data, n_classes), verbose=0, return_dict=True)["log_loss"]
     timer = EpochTimer()
     stopper = EarlyStopping(min_delta=0.0, patience=options.patience, monitor="val_log_loss", start_value=start_loss)
@@ -353,9 +320,7 @@ def fine_tune(trained: Any, options: FineTuneOptions | None = None, progress: bo
                         callbacks=[stopper, timer, TqdmCallback(options.epochs, verbose=1, desc="Fine-tuning",
                                                                 disable=not progress)])  # epochs + a batch bar
     seconds = time.perf_counter() - started
-    frame = pd.DataFrame(history.history)
-    frame.insert(0, "epoch", np.arange(1, len(frame) + 1))
-    frame["seconds"] = timer.seconds
+    frame = pd.DataFrame({"epoch": np.arange(1, len(timer.seconds) + 1), **history.history, "seconds": timer.seconds})
     scoring = inference_model(model)  # float32, without augmentation: what is exported and served
     test_name, test = reported_set(trained)
     test_paths, test_y, test_probabilities = [], None, None
@@ -381,11 +346,7 @@ def inference_model(model: keras.Model) -> keras.Model:
         return float32_model(model)
     inputs = keras.Input(shape=model.input.shape[1:], dtype="float32", name="rgb_0_255")
     x = inputs
-    for layer in layers:
-        if isinstance(layer.input, (list, tuple)):
-            raise ConfigError(f"Layer {layer.name!r} of {model.name!r} takes several inputs: inference_model() "
-                              "handles chains only (augmentation → backbone → head); export the model as it is "
-                              "instead.")
+    for layer in layers:  # a chain: augmentation → backbone → head
         if layer.name != AUGMENT_LAYER:
             x = layer(x)
     return float32_model(keras.Model(inputs, x, name=model.name))

@@ -1,9 +1,8 @@
-"""The fine-tuning step of ``run --fine-tune``: before/after metrics on the test set, printed, then the export.
-
-:func:`compare` and :func:`one_image_macro` are also notebook 07's before/after table and its noise scale.
-"""
+"""``run --fine-tune``'s step: before/after metrics on the test set, printed, then the export.
+:func:`compare` and :func:`one_image_macro` are also notebook 07's before/after table and its noise scale."""
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -41,8 +40,7 @@ def describe(options: FineTuneOptions) -> str:
     """One line: depth, epochs, batch, schedule, smoothing, class weights, augmentation (what the run uses)."""
     depth = f"top {options.unfreeze:.0%} of the backbone's layers" if options.unfreeze < 1 else \
         f"top {int(options.unfreeze)} backbone layers"
-    weights = options.class_weight if isinstance(options.class_weight, str) or options.class_weight is None \
-        else "custom"
+    weights = "custom" if isinstance(options.class_weight, dict) else options.class_weight
     warmup = f"{options.warmup_epochs:g} epoch{'' if options.warmup_epochs == 1 else 's'}"
     return (f"{depth}, up to {options.epochs} epochs, batch {options.batch_size}, Adam peak lr "
             f"{options.learning_rate:g} (warm-up {warmup}, cosine to "
@@ -65,8 +63,7 @@ def run_fine_tune(trained: Any, options: FineTuneOptions, export_dir: Path | Non
     print(f"Fine-tuned the top {counts.top} of {counts.layers} backbone layers: {counts.trainable} with weights "
           f"train, {counts.batchnorm_frozen} BatchNorm kept frozen, {counts.weightless} without weights; "
           f"in {result.seconds:.0f} s, {result.seconds_per_epoch:.1f} s per epoch; best epoch {result.best_epoch} "
-          f"of {len(result.history)} "
-          f"chosen on the validation log-loss ({result.start_loss:.4f} at the start)"
+          f"of {len(result.history)} chosen on the validation log-loss ({result.start_loss:.4f} at the start)"
           f"{' (the head-only weights were kept)' if result.best_epoch == 0 else ''}.")
     if not quiet:
         print(after)
@@ -76,7 +73,7 @@ def run_fine_tune(trained: Any, options: FineTuneOptions, export_dir: Path | Non
     print(compare(before, after).round(4).to_string())
     if export_dir is not None:
         out = export_model(trained, export_dir, metrics=after, model=result.scoring_model,
-                           fine_tuning={**options.to_dict(), "best_epoch": result.best_epoch})
+                           fine_tuning={**asdict(options), "best_epoch": result.best_epoch})
         print(f"Fine-tuned model exported to {out} — try: python -m workshop_utils predict {out} IMAGE")
     return result, before, after
 

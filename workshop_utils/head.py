@@ -1,10 +1,5 @@
-"""The softmax head and what training it gives: ``Options``, the head, its data, its history, the saved classifier.
-
-:class:`Options` are ML.NET's trainer options; :func:`build_head` is the one ``Dense`` softmax layer, started as
-ML.NET starts it; :func:`features_dataset` feeds it cached bottlenecks; :func:`history_frame` turns Keras'
-history into rows; :class:`TrainedClassifier` holds the trained weights and saves/loads them as a folder.
-:mod:`workshop_utils.trainer` runs the training that fills these in.
-"""
+"""The softmax head: ML.NET's trainer ``Options``, the head, its data and history, and the saved classifier
+(:mod:`workshop_utils.trainer` runs the training that fills these in)."""
 from __future__ import annotations
 
 import json
@@ -17,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from scipy.special import softmax
 
 from workshop_utils.bottleneck import Bottlenecks
 from workshop_utils.core.errors import ConfigError, DatasetError, ModelFolderError
@@ -24,13 +20,8 @@ from workshop_utils.core.fsutil import atomic_folder
 from workshop_utils.core.labels import LabelMap
 from workshop_utils.core.runtime import import_tensorflow
 from workshop_utils.data import PROTOCOLS
-from workshop_utils.schedules import (
-    EarlyStopping,
-    ExponentialLRDecay,
-    LearningRateScheduler,
-    early_stopping_from_dict,
-    schedule_from_dict,
-)
+from workshop_utils.schedules import (EarlyStopping, ExponentialLRDecay, LearningRateScheduler,
+                                      early_stopping_from_dict, schedule_from_dict)
 from workshop_utils.training_metrics import HISTORY_COLUMNS, TRAIN, VALIDATION, ImageClassificationMetrics
 
 tf = import_tensorflow()
@@ -44,12 +35,9 @@ CLASSIFIER_FILE = "classifier.json"
 class Options:
     """ML.NET's ``ImageClassificationTrainer.Options`` (same defaults) plus the workshop's improvements.
 
-    ``learning_rate`` is the one place the rate lives: the schedule starts at it (in ML.NET the schedule's own
-    0.01 wins) unless the schedule is given its own ``learning_rate=``; without a schedule it is constant.
-    When ``fit`` gets no validation set it splits one off: ``honest_validation_fraction``, stratified
-    (``protocol="honest"``), or ML.NET's ``validation_set_fraction`` (``"mlnet"``); that fraction 0 or None: none.
-    Improvements over ML.NET: ``restore_best_weights`` (the best epoch, not the last) and ``shuffle_each_epoch``
-    (False = ML.NET: one seeded shuffle, then the same order every epoch).
+    The schedule starts at ``learning_rate`` unless given its own (in ML.NET the schedule's 0.01 wins). Without a
+    validation set ``fit`` splits one off by ``protocol``; ``validation_set_fraction`` 0 or None: none.
+    ``shuffle_each_epoch=False`` is ML.NET: one seeded shuffle, then the same order every epoch.
     """
 
     arch: str = "ResnetV250"
@@ -74,54 +62,42 @@ class Options:
     mixed_precision: bool = False  # bottleneck phase on a GPU only
     protocol: str = "honest"  # data.PROTOCOLS; "mlnet" splits validation off train as ML.NET does (below)
     class_weight: str | dict[str, float] | None = "balanced"
-    """Class weights in the loss: "balanced" (n / (classes · n_class), scikit-learn's), class name → weight, or None
-    (as ML.NET). Macro accuracy weighs classes the same, so the loss should: on real photos (110 of 302 validation
-    photos ``unknown``, 16 ``bumper_scratch``) "balanced" added 0.016 macro accuracy on Lite0 features."""
+    """Loss weights: "balanced" (scikit-learn's n / (classes · n_class)), class → weight, or None (ML.NET). Macro
+    accuracy weighs classes the same, so the loss should: on real photos "balanced" added 0.016 macro accuracy."""
     honest_validation_fraction: float = 0.15
-    """honest protocol: the share of training images carved out (stratified, seeded) to choose the epoch on; 15 %
-    of ~1,500 real photos is ~200 images, enough to rank epochs, and 85 % still trains."""
+    """honest protocol: the stratified, seeded share carved out to choose the epoch: 15 % of ~1,500 real photos is
+    ~200 images, enough to rank epochs, and 85 % still trains."""
 
     def check(self) -> None:
         """Raise :class:`ConfigError` naming the first option with an unusable value."""
-        if int(self.epoch) < 1:
-            raise ConfigError(f"Options.epoch must be at least 1, got {self.epoch}.")
-        if int(self.batch_size) < 1:
-            raise ConfigError(f"Options.batch_size must be at least 1, got {self.batch_size}.")
-        if int(self.bottleneck_batch_size) < 1:
-            raise ConfigError(f"Options.bottleneck_batch_size must be at least 1, got {self.bottleneck_batch_size}.")
-        if not float(self.learning_rate) > 0:
-            raise ConfigError(f"Options.learning_rate must be above 0, got {self.learning_rate}.")
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(f"Options.protocol must be one of {', '.join(PROTOCOLS)}, got {self.protocol!r}.")
-        if not 0.0 < float(self.honest_validation_fraction) < 1.0:
-            raise ConfigError("Options.honest_validation_fraction must be between 0 and 1 (e.g. 0.15 for 15 %), "
-                               f"got {self.honest_validation_fraction}.")
-        if not (self.class_weight is None or self.class_weight == "balanced" or isinstance(self.class_weight, dict)):
-            raise ConfigError(f"Options.class_weight must be 'balanced', a mapping class -> weight or None, got "
-                               f"{self.class_weight!r}.")
         fraction = self.validation_set_fraction
-        if fraction is not None and not 0.0 <= float(fraction) < 1.0:
-            raise ConfigError(
-                f"Options.validation_set_fraction must be in [0, 1) (e.g. 0.1 for 10 %), got {fraction}."
-            )
-        if self.metrics_callback is not None and not callable(self.metrics_callback):
-            raise ConfigError("Options.metrics_callback must be callable (e.g. print), got "
-                               f"{type(self.metrics_callback).__name__}.")
+        rules = [("epoch", int(self.epoch) >= 1, "at least 1"), ("batch_size", int(self.batch_size) >= 1, "at least 1"),
+                 ("bottleneck_batch_size", int(self.bottleneck_batch_size) >= 1, "at least 1"),
+                 ("learning_rate", float(self.learning_rate) > 0, "above 0"),
+                 ("protocol", self.protocol in PROTOCOLS, f"one of {', '.join(PROTOCOLS)}"),
+                 ("honest_validation_fraction", 0.0 < float(self.honest_validation_fraction) < 1.0,
+                  "between 0 and 1 (e.g. 0.15 for 15 %)"),
+                 ("validation_set_fraction", fraction is None or 0.0 <= float(fraction) < 1.0,
+                  "in [0, 1) (e.g. 0.1 for 10 %)"),
+                 ("metrics_callback", self.metrics_callback is None or callable(self.metrics_callback),
+                  "callable (e.g. print)")]
+        for name, valid, allowed in rules:
+            if not valid:
+                raise ConfigError(f"Options.{name} must be {allowed}, got {getattr(self, name)!r}.")
+        check_class_weight(self.class_weight, "Options.class_weight")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings (the callback is left out) for saving with a trained classifier."""
+        """JSON-ready settings, without the callback."""
         out = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "metrics_callback"}
         for name in ("learning_rate_scheduler", "early_stopping"):
             out[name] = None if out[name] is None else out[name].to_dict()
-        if out["image_size"] is not None:
-            out["image_size"] = [int(v) for v in out["image_size"]]
-        if out["weights"] is not None:
-            out["weights"] = str(out["weights"])
+        out["image_size"] = None if self.image_size is None else [int(v) for v in self.image_size]
+        out["weights"] = None if self.weights is None else str(self.weights)
         return out
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> Options:
-        """Options saved by :meth:`to_dict` (unknown keys are ignored, missing ones take the defaults)."""
+        """Options saved by :meth:`to_dict`; unknown keys are ignored, missing ones take the defaults."""
         known = {f.name for f in fields(cls)}
         params = {k: v for k, v in data.items() if k in known}
         if "learning_rate_scheduler" in params:
@@ -133,12 +109,16 @@ class Options:
         return cls(**params)
 
 
-def build_head(features: int, classes: int, seed: int = 0) -> keras.Sequential:
-    """The softmax head: one ``Dense`` layer on the bottleneck vector, started as ML.NET starts it.
+def check_class_weight(rule: Any, name: str) -> None:
+    """The class-weight rule of ``Options`` and ``FineTuneOptions``."""
+    if not (rule is None or rule == "balanced" or isinstance(rule, dict)):
+        raise ConfigError(f"{name}={rule!r} must be 'balanced', a mapping class -> weight or None (every image "
+                          "weighs the same).")
 
-    ML.NET's start: kernel ~ truncated normal (stddev 0.001, cut at 2σ, seeded), bias 0: every class starts at
-    the same probability. Keras' default glorot start cost 0.01–0.02 macro accuracy on real car-damage photos.
-    """
+
+def build_head(features: int, classes: int, seed: int = 0) -> keras.Sequential:
+    """One ``Dense`` softmax layer started as ML.NET's: kernel ~ truncated normal (stddev 0.001, seeded), bias 0
+    (Keras' default glorot start cost 0.01–0.02 macro accuracy on real car-damage photos)."""
     dense = keras.layers.Dense(int(classes), activation="softmax", name="softmax", bias_initializer="zeros",
                                kernel_initializer=keras.initializers.TruncatedNormal(stddev=0.001, seed=int(seed)))
     return keras.Sequential([keras.Input((int(features),), name="bottleneck"), dense], name="head")
@@ -188,12 +168,11 @@ class TrainedClassifier:
 
     @property
     def classes(self) -> list[str]:
-        """Class names in output order."""
         return self.label_map.names
 
     @property
     def head(self) -> keras.Sequential:
-        """The head as a new Keras model (``Input`` → ``Dense`` softmax) holding these weights."""
+        """A new Keras model (``Input`` → ``Dense`` softmax) holding these weights."""
         head = build_head(self.kernel.shape[0], self.kernel.shape[1])
         head.set_weights([self.kernel, self.bias])
         return head
@@ -202,23 +181,18 @@ class TrainedClassifier:
     def from_head(cls, head: keras.Model, label_map: LabelMap, train: Bottlenecks,
                   validation: Bottlenecks | None = None, history: Any = None, options: Options | None = None,
                   best_epoch: int | None = None) -> TrainedClassifier:
-        """Wrap a head trained in a notebook cell (its last layer is the ``Dense`` softmax) for saving and export.
-
-        ``history``: Keras' ``History`` or a :func:`history_frame`; ``best_epoch``: the early-stopping callback's
-        ``best_epoch`` (default: the last epoch).
-        """
+        """Wrap a head trained in a notebook cell (last layer: the ``Dense`` softmax) for saving and export.
+        ``history``: Keras' ``History`` or a :func:`history_frame`; ``best_epoch`` default: the last epoch."""
         dense = head.layers[-1]
         if not isinstance(dense, keras.layers.Dense) or len(dense.get_weights()) != 2:
             raise DatasetError(
                 f"The head's last layer is {type(dense).__name__}, not a Dense layer with a bias; build the head "
-                "as keras.Sequential([keras.Input((features,)), keras.layers.Dense(classes, activation='softmax')])."
-            )
+                "as keras.Sequential([keras.Input((features,)), keras.layers.Dense(classes, activation='softmax')]).")
         kernel, bias = (np.asarray(w, dtype=np.float32) for w in dense.get_weights())
         if kernel.shape != (train.features.shape[1], len(label_map)):
             raise DatasetError(
                 f"The head maps {kernel.shape[0]} features to {kernel.shape[1]} classes, but the bottlenecks have "
-                f"{train.features.shape[1]} features and the label map {len(label_map)} classes."
-            )
+                f"{train.features.shape[1]} features and the label map {len(label_map)} classes.")
         frame = history if isinstance(history, pd.DataFrame) else (
             history_frame(history) if history is not None else pd.DataFrame(columns=HISTORY_COLUMNS))
         epochs = int(frame["epoch"].max()) + 1 if len(frame) else 0
@@ -231,23 +205,17 @@ class TrainedClassifier:
                    validation_bottlenecks=validation, weights_id=train.weights_id, epochs_trained=epochs)
 
     def _matrix(self, features: Any) -> np.ndarray:
-        x = features.features if isinstance(features, Bottlenecks) else features
-        x = np.asarray(x, dtype=np.float32)
-        if x.ndim == 1:
-            x = x[None, :]
+        x = np.atleast_2d(np.asarray(features.features if isinstance(features, Bottlenecks) else features, np.float32))
         if x.ndim != 2 or x.shape[1] != self.kernel.shape[0]:
             raise DatasetError(
                 f"Features of shape {x.shape} do not fit this head, which expects (N, {self.kernel.shape[0]}) "
                 f"bottlenecks of {self.arch} at {self.image_size[0]}x{self.image_size[1]}; compute them with "
-                "compute_bottlenecks() using the same architecture, weights and image size."
-            )
+                "compute_bottlenecks() using the same architecture, weights and image size.")
         return x
 
     def predict_proba(self, features: np.ndarray | Bottlenecks) -> np.ndarray:
         """Softmax probabilities (N, C) for bottleneck features (or a :class:`Bottlenecks`)."""
-        logits = (self._matrix(features) @ self.kernel + self.bias).astype(np.float64)
-        exp = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return (exp / exp.sum(axis=1, keepdims=True)).astype(np.float32)
+        return softmax((self._matrix(features) @ self.kernel + self.bias).astype(np.float64), axis=1).astype(np.float32)
 
     def predict(self, features: np.ndarray | Bottlenecks) -> list[str]:
         """The most probable class name of each row."""
@@ -273,31 +241,26 @@ class TrainedClassifier:
     def load(cls, directory: str | os.PathLike) -> TrainedClassifier:
         """Read a folder written by :meth:`save` (the bottlenecks are not saved, so they are None)."""
         directory = Path(directory).expanduser()
-        needed = [CLASSIFIER_FILE, "head.npz", "labels.txt", "history.csv"]
+        needed = (CLASSIFIER_FILE, "head.npz", "labels.txt", "history.csv")
         missing = [name for name in needed if not (directory / name).is_file()]
         if missing:
-            raise ModelFolderError(
-                f"{directory} is not a saved classifier: missing {', '.join(missing)}. "
-                "Save one with TrainedClassifier.save(folder)."
-            )
+            raise ModelFolderError(f"{directory} is not a saved classifier: missing {', '.join(missing)}. "
+                                   "Save one with TrainedClassifier.save(folder).")
         try:
             meta = json.loads((directory / CLASSIFIER_FILE).read_text(encoding="utf-8"))
         except ValueError as error:
             raise ModelFolderError(f"{directory / CLASSIFIER_FILE} is not valid JSON ({error}); save it again.") \
                 from None
         if meta.get("format") != CLASSIFIER_FORMAT:
-            raise ModelFolderError(
-                f"{directory / CLASSIFIER_FILE} has format {meta.get('format')!r}; this version reads "
-                f"{CLASSIFIER_FORMAT}. Retrain and save with this version."
-            )
+            raise ModelFolderError(f"{directory / CLASSIFIER_FILE} has format {meta.get('format')!r}; this version "
+                                   f"reads {CLASSIFIER_FORMAT}. Retrain and save with this version.")
         with np.load(directory / "head.npz", allow_pickle=False) as head:
             kernel, bias = head["kernel"].astype(np.float32), head["bias"].astype(np.float32)
         label_map = LabelMap.load(directory / "labels.txt")
         if kernel.shape[1] != len(label_map) or bias.shape != (len(label_map),):
-            raise ModelFolderError(
-                f"{directory}: head.npz has {kernel.shape[1]} outputs but labels.txt lists {len(label_map)} "
-                "classes; the files come from different models. Save the classifier again."
-            )
+            raise ModelFolderError(f"{directory}: head.npz has {kernel.shape[1]} outputs but labels.txt lists "
+                                   f"{len(label_map)} classes; the files come from different models. Save the "
+                                   "classifier again.")
         return cls(arch=meta["arch"], backbone_weights=meta.get("backbone_weights"),
                    image_size=tuple(int(v) for v in meta["image_size"]), label_map=label_map, kernel=kernel,
                    bias=bias, history=pd.read_csv(directory / "history.csv"), best_epoch=int(meta["best_epoch"]),

@@ -1,9 +1,7 @@
 """Data quality before training: duplicate images, images under two classes, and leakage between the sets.
-
 Exact copies by the SHA-1 of the bytes; re-encoded or resized ones (only reported) by a 16x16 grey thumbnail's
-cosine: on the sample, a 64-bit average hash put distinct pictures within 4 bits while copies differed by up to 14;
-the cosine separates them (distinct <= 0.953, copies >= 0.996). JPEG draft mode keeps the cost to a few percent.
-"""
+cosine: on the sample, a 64-bit average hash put distinct pictures within 4 bits while copies differed by up to
+14; the cosine separates them (distinct <= 0.953, copies >= 0.996). JPEG draft mode keeps the cost a few percent."""
 from __future__ import annotations
 
 import hashlib
@@ -42,11 +40,8 @@ KIND_LINES = {  # kind: (what was found, what is done about it, advice)
 
 def sha1_of_file(path: str | os.PathLike) -> str:
     """SHA-1 of a file's bytes: identity of content, not security (fast, hardware-assisted)."""
-    digest = hashlib.sha1(usedforsecurity=False)
     with open(path, "rb") as fh:
-        while chunk := fh.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
+        return hashlib.file_digest(fh, lambda: hashlib.sha1(usedforsecurity=False)).hexdigest()
 
 
 @lru_cache(maxsize=None)
@@ -143,14 +138,12 @@ def _kind_lines(findings: pd.DataFrame, acted: bool) -> list[str]:
     return lines
 
 
-def warn_exact_duplicates(frame: pd.DataFrame, source: str) -> pd.DataFrame:
-    """Warn (one DataQualityWarning a kind) about exact copies in a freshly loaded table; the findings."""
-    findings = exact_findings(frame)
-    for line in _kind_lines(findings, acted=True):
+def warn_exact_duplicates(frame: pd.DataFrame, source: str) -> None:
+    """Warn (one DataQualityWarning a kind) about exact copies in a freshly loaded table."""
+    for line in _kind_lines(exact_findings(frame), acted=True):
         warnings.warn(f"{source}: {line.replace('each is kept once', 'check_dataset keeps each once')}. "
                       "Every copy is listed in duplicates.csv by quality.check_dataset().",
                       DataQualityWarning, stacklevel=3)
-    return findings
 
 
 @dataclass
@@ -163,17 +156,14 @@ class DatasetCheck:
     csv_path: Path | None = None
 
     @property
-    def counts(self) -> dict[str, int]:
-        """Images per kind of finding (duplicate, leak, conflict: groups; near: pairs)."""
+    def counts(self) -> dict[str, int]:  # per kind: groups (duplicate, leak, conflict) or pairs (near)
         return {str(k): int(g["group"].nunique()) for k, g in self.findings.groupby("kind", sort=False)}
 
     @property
-    def left_out(self) -> int:
-        """Rows of the original table that are not in :attr:`frame`."""
+    def left_out(self) -> int:  # rows of the original table that are not in ``frame``
         return int((~self.findings["kept"]).sum()) if self.dropped else 0
 
     def summary(self) -> str:
-        """Several lines: what was found, and what was done with it."""
         lines = _kind_lines(self.findings, self.dropped)
         if not lines:
             return "Data check: no duplicate images, no image under two classes, no image shared between sets."

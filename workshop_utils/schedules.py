@@ -1,11 +1,7 @@
-"""ML.NET's learning-rate schedules and early stopping as the Keras objects that compute them, and the progress bar.
+"""ML.NET's learning-rate schedules and early stopping, with ML.NET's option names, built as Keras objects.
 
-ML.NET took its schedules from TensorFlow, so Keras has them with the same formulas: ML.NET
-``ExponentialLRDecay`` = ``keras.optimizers.schedules.ExponentialDecay(lr, decay_steps, 0.94, staircase=True)``
-with ``decay_steps = int(num_epochs_per_decay · batches per epoch)``; ``PolynomialLRDecay`` = ``PolynomialDecay``.
-The classes here keep ML.NET's option names (so ``Options`` reads like the .NET lab) and build those Keras
-objects: no schedule formula of our own. :class:`EarlyStopping` is Keras' callback with ML.NET's options.
-"""
+ML.NET took its schedules from TensorFlow: ``ExponentialLRDecay`` is Keras' ``ExponentialDecay`` (0.94, staircase,
+``decay_steps = int(num_epochs_per_decay · batches per epoch)``), ``PolynomialLRDecay`` is ``PolynomialDecay``."""
 from __future__ import annotations
 
 import time
@@ -20,6 +16,8 @@ from workshop_utils.core.runtime import import_tensorflow
 import_tensorflow()  # quiet TensorFlow's start-up before Keras loads it
 import keras  # noqa: E402
 
+Schedule = keras.optimizers.schedules.LearningRateSchedule
+
 
 def decay_steps(num_epochs_per_decay: float, batches_per_epoch: int) -> int:
     """ML.NET's ``(int)(num_epochs_per_decay · B)``, at least 1 (ML.NET divides by zero for tiny sets)."""
@@ -30,10 +28,7 @@ def decay_steps(num_epochs_per_decay: float, batches_per_epoch: int) -> int:
 
 @dataclass
 class LearningRateScheduler:
-    """Base class: ML.NET's schedule options; :meth:`keras_schedule` gives the Keras schedule that trains.
-
-    ``learning_rate=None`` (the default) starts at ``Options.learning_rate``; a number given here wins over it.
-    """
+    """ML.NET's schedule options. ``learning_rate=None`` starts at ``Options.learning_rate``; a number here wins."""
 
     learning_rate: float | None = None
     num_epochs_per_decay: float = 2.0
@@ -49,11 +44,10 @@ class LearningRateScheduler:
 
     @property
     def initial_learning_rate(self) -> float | None:
-        """The schedule's own starting rate (None: ``Options.learning_rate``), as Keras names it."""
+        """The schedule's own starting rate, as Keras names it (None: ``Options.learning_rate``)."""
         return self.learning_rate
 
-    def keras_schedule(self, batches_per_epoch: int,
-                       learning_rate: float | None = None) -> keras.optimizers.schedules.LearningRateSchedule:
+    def keras_schedule(self, batches_per_epoch: int, learning_rate: float | None = None) -> Schedule:
         """The Keras schedule for ``batches_per_epoch`` steps per epoch (``learning_rate``: the default start)."""
         raise NotImplementedError
 
@@ -65,7 +59,6 @@ class LearningRateScheduler:
         return float(rate)
 
     def to_dict(self) -> dict[str, Any]:
-        """Type name and parameters, for saving a trained classifier's options as JSON."""
         return {"type": type(self).__name__, **asdict(self)}
 
 
@@ -76,8 +69,7 @@ class ExponentialLRDecay(LearningRateScheduler):
     decay_rate: float = 0.94
     staircase: bool = True
 
-    def keras_schedule(self, batches_per_epoch: int,
-                       learning_rate: float | None = None) -> keras.optimizers.schedules.ExponentialDecay:
+    def keras_schedule(self, batches_per_epoch: int, learning_rate: float | None = None) -> Schedule:
         return keras.optimizers.schedules.ExponentialDecay(
             self._start(learning_rate), decay_steps(self.num_epochs_per_decay, batches_per_epoch),
             self.decay_rate, staircase=self.staircase)
@@ -91,8 +83,7 @@ class PolynomialLRDecay(LearningRateScheduler):
     power: float = 1.0
     cycle: bool = False
 
-    def keras_schedule(self, batches_per_epoch: int,
-                       learning_rate: float | None = None) -> keras.optimizers.schedules.PolynomialDecay:
+    def keras_schedule(self, batches_per_epoch: int, learning_rate: float | None = None) -> Schedule:
         return keras.optimizers.schedules.PolynomialDecay(
             self._start(learning_rate), decay_steps(self.num_epochs_per_decay, batches_per_epoch),
             end_learning_rate=self.end_learning_rate, power=self.power, cycle=self.cycle)
@@ -101,12 +92,9 @@ class PolynomialLRDecay(LearningRateScheduler):
 class EarlyStopping(keras.callbacks.EarlyStopping):
     """ML.NET's early stopping (``metric`` "accuracy" or "loss", ``min_delta``, ``patience``) as Keras' callback.
 
-    Keras stops after ``patience`` epochs without a ``min_delta`` gain, as ML.NET. Keras alone restores the last
-    epoch that beat the best by ``min_delta``; with ML.NET's coarse 0.01 a later epoch with the same accuracy
-    and a lower loss would be thrown away. Here the best epoch is the best ``monitor`` value (default: the
-    validation ``metric``), ties broken by the lower loss, and a NaN epoch is never best. ``start_value``: the
-    starting model's score, so it competes as epoch -1 (fine-tuning: the head-only model can be kept).
-    ``best_epoch`` (0-based, -1 = the start) tells which weights the model holds after training.
+    Keras stops as ML.NET does but keeps the last epoch that beat the best by ``min_delta``: with ML.NET's 0.01 a
+    later epoch with the same accuracy and a lower loss would be lost. Here the best ``monitor`` value wins, ties
+    to the lower loss, never NaN. ``start_value`` lets the starting model compete as ``best_epoch`` -1.
     """
 
     def __init__(self, min_delta: float = 0.01, patience: int = 20, metric: str = "accuracy",
@@ -128,8 +116,6 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
         self.metric = "accuracy" if increasing else "loss"
         self.tie_breaker = monitor.replace("accuracy", "loss") if increasing else None
         self.start_value, self.restore_best = start_value, bool(restore_best_weights)
-        self.best_key: tuple[float, float] | None = None
-        self.best_epoch_weights: list[Any] | None = None
 
     def keras_callback(self, validation: bool = True, restore_best_weights: bool = True) -> EarlyStopping:
         """A fresh callback for one ``fit`` watching the validation metric (the training one without validation)."""
@@ -167,7 +153,7 @@ class EarlyStopping(keras.callbacks.EarlyStopping):
             self.model.set_weights(self.best_epoch_weights)
 
     def to_dict(self) -> dict[str, Any]:
-        """ML.NET's options, for saving with a trained classifier (Keras flips ``min_delta``'s sign for losses)."""
+        # Keras flips min_delta's sign for losses
         return {"type": "EarlyStopping", "min_delta": abs(self.min_delta), "patience": self.patience,
                 "metric": self.metric}
 
@@ -198,11 +184,10 @@ def schedule_from_dict(data: dict[str, Any] | None) -> LearningRateScheduler | N
     if data is None:
         return None
     kinds = {"ExponentialLRDecay": ExponentialLRDecay, "PolynomialLRDecay": PolynomialLRDecay}
-    params = dict(data)
-    kind = params.pop("type", None)
-    if kind not in kinds:
-        raise ConfigError(f"Unknown learning-rate schedule type {kind!r}; expected one of {', '.join(kinds)}.")
-    return kinds[kind](**params)
+    if data.get("type") not in kinds:
+        raise ConfigError(f"Unknown learning-rate schedule type {data.get('type')!r}; expected one of "
+                          f"{', '.join(kinds)}.")
+    return kinds[data["type"]](**{k: v for k, v in data.items() if k != "type"})
 
 
 def early_stopping_from_dict(data: dict[str, Any] | None) -> EarlyStopping | None:

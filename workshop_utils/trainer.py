@@ -1,18 +1,14 @@
-"""The training phase: a softmax head trained with Keras ``fit`` on cached bottleneck features, as ML.NET's trainer.
+"""The training phase, as ML.NET's trainer: SGD on a softmax head with Keras ``fit`` over cached bottlenecks.
 
-``compile(SGD(schedule), "sparse_categorical_crossentropy", ["accuracy"])`` and ``fit`` over a ``tf.data``
-pipeline of features (:mod:`workshop_utils.head`), with Keras callbacks: early stopping
-(:class:`schedules.EarlyStopping`), ML.NET's metric lines (:class:`MLNetMetricsLogger`) and a progress bar.
 Improvements over ML.NET, each an option on by default: the best epoch's weights are restored, the training
-set is reshuffled every epoch, caches are fingerprinted, and the validation set is never silently dropped.
-"""
+set is reshuffled every epoch, caches are fingerprinted, and the validation set is never silently dropped."""
 from __future__ import annotations
 
 import math
 import os
-import shutil
 import tempfile
 from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import replace
 from typing import Any
 
@@ -26,7 +22,7 @@ from workshop_utils.core.labels import LabelMap
 from workshop_utils.core.runtime import import_tensorflow
 from workshop_utils.data import carve_validation
 from workshop_utils.head import Options, TrainedClassifier, build_head, features_dataset, history_frame
-from workshop_utils.schedules import EarlyStopping
+from workshop_utils.schedules import EarlyStopping, Schedule
 from workshop_utils.training_metrics import TRAIN, VALIDATION, ImageClassificationMetrics, TrainMetrics
 
 import_tensorflow()  # quiet TensorFlow's start-up before Keras loads it
@@ -34,21 +30,9 @@ import keras  # noqa: E402
 from tqdm.keras import TqdmCallback  # noqa: E402  (it imports Keras)
 
 
-def _last_step_rate(optimizer: Any) -> float:
-    """The learning rate the optimizer used for its last step (Keras reports the next step's)."""
-    schedule = optimizer._learning_rate  # noqa: SLF001  (Keras keeps the schedule object here)
-    if isinstance(schedule, keras.optimizers.schedules.LearningRateSchedule):
-        return float(schedule(max(int(optimizer.iterations.numpy()) - 1, 0)))
-    return float(optimizer.learning_rate.numpy())
-
-
 class MLNetMetricsLogger(keras.callbacks.Callback):
-    """Adds ``learning_rate`` (of the epoch's last step) to the logs and prints ML.NET's training lines.
-
-    ``metrics_callback`` (e.g. ``print``) gets one :class:`ImageClassificationMetrics` for the training set
-    (unless ``show_train`` is False) and one for the validation set per epoch, in ML.NET's format. The
-    numbers are Keras' own epoch means and step counts: what is printed is what trained.
-    """
+    """Adds ``learning_rate`` (of the epoch's last step) to the logs; ``metrics_callback`` (e.g. ``print``) gets
+    ML.NET's Train (unless ``show_train`` is False) and Validation lines, from Keras' own epoch means and steps."""
 
     def __init__(self, metrics_callback: Callable[[ImageClassificationMetrics], Any] | None = print,
                  show_train: bool = True, validation_batches: int = 1) -> None:
@@ -58,7 +42,10 @@ class MLNetMetricsLogger(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         logs = logs if logs is not None else {}
-        rate = _last_step_rate(self.model.optimizer)
+        optimizer = self.model.optimizer  # the rate of the last step: Keras' learning_rate is the next step's
+        schedule = optimizer._learning_rate  # noqa: SLF001  (Keras keeps the schedule object here)
+        rate = float(schedule(max(int(optimizer.iterations.numpy()) - 1, 0)) if isinstance(schedule, Schedule)
+                     else optimizer.learning_rate.numpy())
         logs["learning_rate"] = rate
         if self.metrics_callback is None:
             return
@@ -68,8 +55,7 @@ class MLNetMetricsLogger(keras.callbacks.Callback):
                 TRAIN, steps, epoch, float(logs.get("accuracy", math.nan)), float(logs.get("loss", math.nan)), rate)))
         if "val_accuracy" in logs:
             self.metrics_callback(ImageClassificationMetrics(train=TrainMetrics(
-                VALIDATION, self.validation_batches, epoch, float(logs["val_accuracy"]),
-                float(logs["val_loss"]))))
+                VALIDATION, self.validation_batches, epoch, float(logs["val_accuracy"]), float(logs["val_loss"]))))
 
 
 def class_weights(rule: str | dict[str, float] | None, y: np.ndarray, label_map: LabelMap) -> dict[int, float] | None:
@@ -128,12 +114,8 @@ class ImageClassificationTrainer:
                               "0), set test_on_train_set=True, or set early_stopping=None.")
 
     def split_validation(self, train_df: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """The validation set ``fit`` makes when it is given none, by the protocol.
-
-        honest: a stratified, seeded ``honest_validation_fraction`` of the images (:func:`data.carve_validation`).
-        mlnet: ML.NET's split, a seeded shuffle whose first ``int(N · validation_set_fraction)`` rows validate;
-        the rest, in the shuffled order, is the training set (ML.NET trains in that order).
-        """
+        """(train, validation) when ``fit`` gets no validation set. honest: a stratified, seeded carve; mlnet: a
+        seeded shuffle whose first ``int(N · validation_set_fraction)`` rows validate, the rest trains in order."""
         o = self.options
         if o.protocol == "honest" and o.validation_set_fraction and len(train_df) > 1:
             return carve_validation(train_df, float(o.honest_validation_fraction), int(o.seed))
@@ -151,26 +133,21 @@ class ImageClassificationTrainer:
             raise DatasetError("train_df has no rows: there is nothing to train on.")
         if validation_df is not None:
             validation_df = _check_frame(validation_df, "validation_df")
-        order = None  # ML.NET's one seeded shuffle of the training rows, applied after the bottleneck phase
-        if validation_df is None or len(validation_df) == 0:
-            train_part, validation_part = self.split_validation(train_df)
-            if o.protocol == "honest":  # the carve keeps table order: shuffle once afterwards, as below
-                order = np.random.default_rng([int(o.seed), 1]).permutation(len(train_part))
-        else:
-            # Bottlenecks are computed (and cached) in the caller's row order, so the cache a notebook or an
-            # earlier run made for this table is reused; the rows are shuffled afterwards.
-            order = np.random.default_rng([int(o.seed), 1]).permutation(len(train_df))
-            train_part, validation_part = train_df, validation_df
+        given = validation_df is not None and len(validation_df) > 0
+        train_part, validation_part = (train_df, validation_df) if given else self.split_validation(train_df)
+        # ML.NET's one seeded shuffle of the training rows (mlnet's split has made it), applied after the
+        # bottleneck phase: the cache a notebook or an earlier run made in table order is reused.
+        order = None if not given and o.protocol == "mlnet" else \
+            np.random.default_rng([int(o.seed), 1]).permutation(len(train_part))
         if len(train_part) == 0:
             raise DatasetError(f"After taking validation_set_fraction={o.validation_set_fraction} of {len(train_df)} "
                                "images for validation no training image is left; add images or lower the fraction.")
         self._check_early_stopping(len(validation_part) > 0)
         _two_classes(train_part["label"])
-        workspace = o.workspace_path
-        temporary = workspace is None
-        if temporary:
-            workspace = tempfile.mkdtemp(prefix="workshop-trainer-")
-        try:
+        temporary = o.workspace_path is None
+        folder = tempfile.TemporaryDirectory(prefix="workshop-trainer-", ignore_cleanup_errors=True) if temporary \
+            else nullcontext(o.workspace_path)
+        with folder as workspace:
             common = dict(workspace=workspace, batch_size=o.bottleneck_batch_size, metrics_callback=o.metrics_callback,
                           weights=o.weights, image_size=o.image_size, progress=o.progress,
                           mixed_precision=o.mixed_precision)
@@ -182,23 +159,16 @@ class ImageClassificationTrainer:
             validation_b = compute_bottlenecks(
                 validation_part, o.arch, cache_name="validation", reuse=o.reuse_validation_set_bottleneck_cached_values,
                 dataset_name=VALIDATION, **common) if len(validation_part) else None
-            if temporary:  # the folder goes away below
-                train_b.cache_dir = None
-                if validation_b is not None:
-                    validation_b.cache_dir = None
-        finally:
-            if temporary:
-                shutil.rmtree(workspace, ignore_errors=True)
+        for part in (train_b, validation_b):
+            if temporary and part is not None:
+                part.cache_dir = None  # the temporary folder is gone
         if order is not None:
             train_b = _shuffled(train_b, train_part, order)
         return self.fit_features(train_b, validation_b)
 
     def fit_features(self, train: Bottlenecks, validation: Bottlenecks | None = None) -> TrainedClassifier:
-        """The training phase alone, on cached features (fast: retrain with other options in seconds).
-
-        Rows are used in the given order (``fit`` has already shuffled them once, as ML.NET); no validation
-        set is split off here.
-        """
+        """The training phase alone, on cached features in the given order (``fit`` shuffled them once, as ML.NET);
+        no validation set is split off here. Fast: retrain with other options in seconds."""
         o = self.options
         o.check()
         has_validation = validation is not None and len(validation) > 0
@@ -233,16 +203,12 @@ class ImageClassificationTrainer:
         # the per-step Python overhead of a plain fit() is what made it ~7x slower. XLA was slower on CPU here.
         head.compile(optimizer=keras.optimizers.SGD(rate), loss="sparse_categorical_crossentropy",
                      metrics=["accuracy"], steps_per_execution=steps, jit_compile=False)
-        callbacks: list[keras.callbacks.Callback] = [MLNetMetricsLogger(o.metrics_callback, o.test_on_train_set),
-                                                     keras.callbacks.TerminateOnNaN()]
-        stopper = None
         restore = bool(o.restore_best_weights and has_validation)
-        if o.early_stopping is not None:
-            stopper = o.early_stopping.keras_callback(validation=has_validation, restore_best_weights=restore)
-        elif restore:  # no stopping, but still keep the best epoch
-            stopper = EarlyStopping(min_delta=0.0, patience=int(o.epoch) + 1)
-        if stopper is not None:
-            callbacks.append(stopper)
+        # without early stopping, keeping the best epoch takes a stopper that never stops
+        rule = o.early_stopping or (EarlyStopping(min_delta=0.0, patience=int(o.epoch) + 1) if restore else None)
+        stopper = rule.keras_callback(has_validation, restore) if rule is not None else None
+        callbacks = [MLNetMetricsLogger(o.metrics_callback, o.test_on_train_set), keras.callbacks.TerminateOnNaN()]
+        callbacks += [stopper] if stopper is not None else []
         if o.progress and o.metrics_callback is None:  # one bar over the epochs, with their metrics
             callbacks.append(TqdmCallback(int(o.epoch), verbose=0, desc="Training"))
         validation_data = features_dataset(xv, yv, batch_size=max(len(xv), 1)) if has_validation else None
@@ -262,7 +228,7 @@ class ImageClassificationTrainer:
             arch=train.arch, backbone_weights=None if o.weights is None else str(o.weights),
             image_size=tuple(train.image_size), label_map=label_map, kernel=np.asarray(kernel, dtype=np.float32),
             bias=np.asarray(bias, dtype=np.float32), history=history_frame(keras_history, o.test_on_train_set),
-            best_epoch=int(stopper.best_epoch if (stopper is not None and restore) else epochs_run - 1),
+            best_epoch=int(stopper.best_epoch if restore else epochs_run - 1),
             stopped_early=epochs_run < int(o.epoch), options=o, train_bottlenecks=train,
             validation_bottlenecks=validation if has_validation else None, weights_id=train.weights_id,
             epochs_trained=epochs_run)

@@ -1,8 +1,5 @@
-"""ML.NET's metric lines (bottleneck and training phases), formatted exactly as .NET prints them.
-
-The metrics callback receives an :class:`ImageClassificationMetrics` whose ``str()`` is ML.NET's ``ToString()``
-line, so ``metrics_callback=print`` shows the .NET lab's text: float32 numbers as .NET Core 3.0+ prints them.
-"""
+"""ML.NET's metric lines: ``str()`` of an :class:`ImageClassificationMetrics` is .NET's ``ToString()``, so
+``metrics_callback=print`` shows the .NET lab's text (float32 numbers as .NET Core 3.0+ prints them)."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,11 +11,8 @@ HISTORY_COLUMNS = ["epoch", "dataset", "accuracy", "cross_entropy", "learning_ra
 
 
 def format_dotnet_float(value: float) -> str:
-    """A float32 as .NET Core 3.0+ ``float.ToString()`` (invariant culture): shortest round-trip digits.
-
-    Fixed notation for decimal exponents −5 < e < max(9, digits) ("0.0001", "12.5"), otherwise
-    scientific with a signed two-digit exponent ("1E-05", "1.2345679E+09"); "NaN", "Infinity", "-Infinity".
-    """
+    """A float32 as .NET Core 3.0+ ``float.ToString()``: shortest round-trip digits, fixed for decimal exponents
+    −5 < e < max(9, digits) ("0.0001", "12.5"), else "1E-05", "1.2345679E+09"; "NaN", "Infinity", "-Infinity"."""
     x = np.float32(value)
     if np.isnan(x):
         return "NaN"
@@ -26,14 +20,12 @@ def format_dotnet_float(value: float) -> str:
         return "Infinity" if x > 0 else "-Infinity"
     if x == 0:
         return "-0" if np.signbit(x) else "0"
-    scientific = np.format_float_scientific(x, unique=True, trim="-")
-    mantissa, exponent_text = scientific.split("e")
+    mantissa, exponent_text = np.format_float_scientific(x, unique=True, trim="-").split("e")
     exponent = int(exponent_text)
     digits = len(mantissa.lstrip("-").replace(".", ""))
     if -5 < exponent < max(digits, 9):
         return np.format_float_positional(x, unique=True, trim="-")
-    sign = "-" if exponent < 0 else "+"
-    return f"{mantissa}E{sign}{abs(exponent):02d}"
+    return f"{mantissa}E{exponent:+03d}"
 
 
 @dataclass
@@ -49,11 +41,8 @@ class BottleneckMetrics:
 
 @dataclass
 class TrainMetrics:
-    """One epoch's metrics on the train or validation set (ML.NET's ``TrainMetrics``); ``epoch`` is 0-based.
-
-    ``accuracy`` and ``cross_entropy`` are the unweighted means of the per-batch means; ``learning_rate``
-    is the rate of the epoch's last step (printed for the train line only, as ML.NET does).
-    """
+    """One epoch on the train or validation set (ML.NET's ``TrainMetrics``; ``epoch`` 0-based): means of the
+    per-batch means, and the rate of the epoch's last step (printed on the train line only, as ML.NET does)."""
 
     dataset_used: str = TRAIN
     batch_processed_count: int = 0

@@ -1,12 +1,6 @@
-"""The workshop's command line: ``python -m workshop_utils run|predict|serve|publish``.
-
-``run`` does the whole lab (load → bottleneck → train → evaluate → export) and prints the lines ML.NET's sample
-prints; ``predict`` classifies image files with an export; ``serve`` puts it behind a web API; ``publish`` sets
-the course's public URL. Bad input: one line on stderr (``error: ...``, what to do) and exit code 2, checked
-before any long work; Ctrl+C: one line and exit code 130.
-"""
-from __future__ import annotations
-
+"""The workshop's command line, ``python -m workshop_utils run|predict|serve|publish``: flags and errors here, the
+commands' bodies in commands.py. Bad input: one line on stderr (``error: ...``, what to do) and exit code 2, checked
+before any long work; Ctrl+C: one line and exit code 130."""
 import argparse
 import math
 import os
@@ -90,7 +84,6 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (also documents every flag in ``--help``)."""
     parser = _Parser(prog="python -m workshop_utils", description="Car-damage image classification by transfer "
                      "learning (ML.NET's Image Classification API, in TensorFlow/Keras).")
     parser.add_argument("--version", action="version", version=f"workshop_utils {__version__}")
@@ -102,26 +95,21 @@ def build_parser() -> argparse.ArgumentParser:
         "Defaults come from the profile (WORKSHOP_PROFILE=full|quick).")
     run.add_argument("--dataset", default=None, help="'sample' (bundled synthetic data, offline), 'car-damage', "
                      "'flowers', 'concrete-cracks', or a folder/CSV path (default: the profile's dataset)")
-    run.add_argument("--arch", default=None, help="backbone architecture, e.g. ResnetV250, MobilenetV2, "
-                     "InceptionV3, ResnetV2101, EfficientNetLite0, EfficientNetLite1, EfficientNetLite2 (default: "
-                     "the profile's)")
+    run.add_argument("--arch", default=None, help="backbone architecture, e.g. ResnetV250, MobilenetV2, InceptionV3, "
+                     "ResnetV2101, EfficientNetLite0, EfficientNetLite1, EfficientNetLite2 (default: the profile's)")
     run.add_argument("--epochs", type=_positive_int, default=None, help="training epochs (ML.NET: 200)")
     run.add_argument("--batch-size", type=_positive_int, default=None, help="training batch size (ML.NET: 10)")
-    run.add_argument("--learning-rate", type=_positive_float, default=None,
-                     help="initial learning rate (ML.NET: 0.01)")
-    run.add_argument("--workspace", type=Path, default=None,
-                     help="folder for caches, skipped.csv and the exported model (default: $WORKSHOP_WORKSPACE, "
-                     f"else the repository's workspace folder, {config.REPO_ROOT / 'workspace'})")
-    run.add_argument("--image-dir", type=Path, default=None,
-                     help="folder holding the images of an index.csv dataset: each row's file name is looked up "
-                     "there (default: paths relative to the CSV's folder)")
+    run.add_argument("--learning-rate", type=_positive_float, default=None, help="initial learning rate (ML.NET: 0.01)")
+    run.add_argument("--workspace", type=Path, help="folder for caches, skipped.csv and the exported model (default: "
+                     f"$WORKSHOP_WORKSPACE, else the repository's workspace folder, {config.REPO_ROOT / 'workspace'})")
+    run.add_argument("--image-dir", type=Path, help="folder holding the images of an index.csv dataset: each row's "
+                     "file name is looked up there (default: paths relative to the CSV's folder)")
     run.add_argument("--reuse-cache", action="store_true",
                      help="reuse cached bottlenecks when their fingerprint still matches the images and model")
     run.add_argument("--weights", type=_weights_value, default=None,
                      help="backbone weights: 'imagenet', 'none' (random init) or a weights file path")
-    run.add_argument("--image-size", type=_image_size, default=None,
-                     help=f"square input size in pixels, {MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (default: the "
-                     "architecture's own)")
+    run.add_argument("--image-size", type=_image_size, default=None, help=f"square input size in pixels, "
+                     f"{MIN_IMAGE_SIZE} to {MAX_IMAGE_SIZE} (default: the architecture's own)")
     run.add_argument("--protocol", choices=PROTOCOLS, default=None,
                      help="honest (default): validation chooses the epoch, a test set never used for choosing is "
                      "reported; mlnet: ML.NET's lab, which chooses and reports on the same validation set")
@@ -137,9 +125,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="also score the reported set with this run's model averaged with an exported model "
                      "folder (same classes); repeat for more; recorded in the model card's evaluations")
     run.add_argument("--quiet", action="store_true", help="no per-image/per-epoch ML.NET lines")
-    run.add_argument("--fine-tune", action="store_true",
-                     help="after the head, fine-tune the top of the backbone on augmented images (notebook 07), "
-                     "print before/after metrics and export the fine-tuned model")
+    run.add_argument("--fine-tune", action="store_true", help="after the head, fine-tune the top of the backbone on "
+                     "augmented images (notebook 07), print before/after metrics and export the fine-tuned model")
     run.add_argument("--unfreeze", type=_unfreeze_value, default=None,
                      help="with --fine-tune: backbone layers to train, counted from the top (a whole number) or a "
                      "fraction of them (0 < N < 1); default: the profile's (full: 1/3)")
@@ -147,10 +134,9 @@ def build_parser() -> argparse.ArgumentParser:
                      help="with --fine-tune: at most this many epochs (warm-up, cosine decay; early stopping on "
                      "the validation log-loss); the class weighting follows --class-weight")
 
-    predict = subparsers.add_parser(
-        "predict", help="classify image files with an exported model",
-        description="Prints the predicted label and probability for each image, then the time of the first "
-        "prediction and the steady-state time per image.")
+    predict = subparsers.add_parser("predict", help="classify image files with an exported model", description=(
+        "Prints the predicted label and probability for each image, then the time of the first prediction and the "
+        "steady-state time per image."))
     predict.add_argument("model_dir", type=Path, help="folder written by `run` (workspace/model)")
     predict.add_argument("images", type=Path, nargs="+", help=f"image files ({SUPPORTED_FORMATS})")
     predict.add_argument("--json", action="store_true", help="print one JSON object per image")
@@ -214,27 +200,16 @@ def _show_warning(message, category, filename, lineno, file=None, line=None) -> 
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; returns the process exit code."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
         parser.print_help()
         return EXIT_USAGE
-    with warnings.catch_warnings():  # restores the caller's warning display when main() returns
-        warnings.showwarning = _show_warning
-        return _dispatch(args)
-
-
-def _dispatch(args: argparse.Namespace) -> int:
-    """Run the chosen command; user errors become one line on stderr and exit code 2, Ctrl+C one line and 130.
-
-    Ctrl+C is also noted in ``interrupts``: TensorFlow's C++ code can turn the KeyboardInterrupt into another
-    exception (seen: a bare TypeError). Only the main thread gets signals; a custom or ignored SIGINT is left alone.
-    """
+    # Ctrl+C is also noted in interrupts: TensorFlow's C++ code can turn the KeyboardInterrupt into another exception
     interrupts: list[int] = []
     watch = threading.current_thread() is threading.main_thread() and \
-        signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        signal.getsignal(signal.SIGINT) is signal.default_int_handler  # only it gets signals; a custom one stays
 
     def note(signum, frame):  # remember the Ctrl+C, then raise KeyboardInterrupt as usual
         interrupts.append(signum)
@@ -243,13 +218,12 @@ def _dispatch(args: argparse.Namespace) -> int:
     if watch:
         signal.signal(signal.SIGINT, note)
     try:
-        return {"run": commands.run, "predict": commands.predict, "serve": commands.serve,
-                "publish": publish.run}[args.command](args)
-    except KeyboardInterrupt:
-        print("Interrupted.", file=sys.stderr)
-        return EXIT_INTERRUPTED
-    except Exception as exc:
-        if interrupts:  # the Ctrl+C surfaced as another exception
+        with warnings.catch_warnings():  # restores the caller's warning display when main() returns
+            warnings.showwarning = _show_warning
+            return {"run": commands.run, "predict": commands.predict, "serve": commands.serve,
+                    "publish": publish.run}[args.command](args)
+    except (KeyboardInterrupt, Exception) as exc:
+        if interrupts or isinstance(exc, KeyboardInterrupt):  # a Ctrl+C, maybe surfaced as another exception
             print("Interrupted.", file=sys.stderr)
             return EXIT_INTERRUPTED
         if isinstance(exc, _USER_ERRORS):

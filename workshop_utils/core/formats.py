@@ -1,11 +1,10 @@
-"""The one image-format table and the checks of untrusted images: header, pixel limit, data cut short.
-
-Pillow only, no TensorFlow, so a command line or web handler can check uploads without loading it (only
-WebP asks :func:`workshop_utils.core.runtime.tf_decodes`, once). Every reader and scorer uses these checks.
-"""
+"""The one image-format table and the checks of untrusted images: header, pixel limit, data cut short. Pillow
+only, no TensorFlow, so a command line or web handler checks uploads without loading it (only WebP asks
+:func:`workshop_utils.core.runtime.tf_decodes`, once). Every reader and scorer uses these checks."""
 from __future__ import annotations
 
 import io
+import math
 import os
 import re
 import struct
@@ -48,30 +47,24 @@ _BY_EXTENSION = {ext: f for f in IMAGE_FORMATS for ext in f.extensions}
 
 
 def format_for_pillow(pillow_name: str | None) -> ImageFormat | None:
-    """The table row of a format as Pillow names it (``Image.format``), or None when not in the table."""
     return _BY_PILLOW_NAME.get(str(pillow_name or "").upper())
 
 
 def format_for_file_name(name: str | Path) -> ImageFormat | None:
-    """The table row of a file name's extension (any case), or None when it is not an image extension."""
     return _BY_EXTENSION.get(os.path.splitext(str(name))[1].lower())
 
 
-def decodable(fmt: ImageFormat) -> bool:
-    """Whether the installed TensorFlow decodes this format; asked once, only for formats marked so (loads TF)."""
-    return not fmt.checked_at_run_time or runtime.tf_decodes(fmt.pillow_names[0])
-
-
-def not_decodable_reason(fmt: ImageFormat) -> str:
-    """Why a format in the table is refused here: the installed TensorFlow cannot decode it."""
-    return (f"the installed TensorFlow {runtime.tf_version()} cannot decode {fmt.name} images; convert it "
-            "to JPEG or PNG, or upgrade TensorFlow")
+def not_decodable_reason(fmt: ImageFormat) -> str | None:
+    """Why the installed TensorFlow cannot decode a format of the table (asked once, loading TF), or None."""
+    if not fmt.checked_at_run_time or runtime.tf_decodes(fmt.pillow_names[0]):
+        return None
+    return (f"the installed TensorFlow {runtime.tf_version()} cannot decode {fmt.name} images; "
+            "convert it to JPEG or PNG, or upgrade TensorFlow")
 
 
 @dataclass(frozen=True)
 class ImageInfo:
-    """What the header says: format (a name of :data:`IMAGE_FORMATS`), stored width and height, and the EXIF
-    orientation (1–8; 1 when absent) that :func:`workshop_utils.core.images.orient` applies."""
+    """What the header says: format (an :data:`IMAGE_FORMATS` name), stored size, EXIF orientation (1–8; 1: none)."""
 
     format: str
     width: int
@@ -103,14 +96,11 @@ def describe_source(name: str | Path | None) -> str:
     return f"image {str(name)!r}: " if name is not None and str(name) != "" else ""
 
 
-def check_image_bytes(
-    data: bytes | bytearray | memoryview, name: str | Path | None = None, max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    *, complete: bool = False,
-) -> ImageInfo:
+def check_image_bytes(data: bytes | bytearray | memoryview, name: str | Path | None = None,
+                      max_pixels: int | None = DEFAULT_MAX_PIXELS, *, complete: bool = False) -> ImageInfo:
     """Check untrusted bytes: a JPEG/PNG/GIF/BMP/WebP within ``max_pixels`` (None: no limit; a GIF counts every
-    frame), else :class:`InvalidImageError` or :class:`ImageTooLargeError` naming the file. The header only,
-    or with ``complete`` (scorers, bottlenecks) a JPEG's or PNG's body walked too, not decoded, to refuse
-    data that ends before its pixels do. Other corrupt pixel data fails when TensorFlow decodes it."""
+    frame), else InvalidImageError/ImageTooLargeError naming the file. Reads the header; ``complete`` (scorers,
+    bottlenecks) also walks a JPEG's or PNG's body, undecoded, to refuse data cut short."""
     what = describe_source(name)
     if isinstance(data, str):
         raise TypeError(f"{what}got a str, expected the file's bytes; read it with open(path, 'rb').read() "
@@ -123,10 +113,8 @@ def check_image_bytes(
     return _check_header(io.BytesIO(data), len(data), what, max_pixels, complete)
 
 
-def check_image_file(
-    file: str | os.PathLike | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS, name: str | Path | None = None,
-    *, complete: bool = False,
-) -> ImageInfo:
+def check_image_file(file: str | os.PathLike | BinaryIO, max_pixels: int | None = DEFAULT_MAX_PIXELS,
+                     name: str | Path | None = None, *, complete: bool = False) -> ImageInfo:
     """:func:`check_image_bytes` for a path or a binary file open at its start, for readers that decode files
     themselves; ``name`` starts messages (default: the path; "" for none). A missing file: FileNotFoundError."""
     if isinstance(file, (str, os.PathLike)):
@@ -141,7 +129,6 @@ def check_image_file(
 
 
 def _check_header(stream: BinaryIO, size: int, what: str, max_pixels: int | None, complete: bool) -> ImageInfo:
-    """The checks of :func:`check_image_bytes` on a seekable stream at its start (Pillow reads the header only)."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # we apply our own limit below
@@ -156,41 +143,37 @@ def _check_header(stream: BinaryIO, size: int, what: str, max_pixels: int | None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
         stream.seek(0)
         start = stream.read(12)
-        riff = webp_missing_data(start, size)
-        if riff is not None:
-            raise truncated_image(what, riff) from exc
+        declared = int.from_bytes(start[4:8], "little") + 8  # a WebP's RIFF header declares its size
+        if start[:4] == b"RIFF" and start[8:12] == b"WEBP" and declared > size:
+            raise truncated_image(what, f"its RIFF header declares {declared:,} bytes but there are {size:,}") from exc
         # Pillow's own text for unknown bytes names an in-memory object address: of no use to a reader.
         detail = "" if isinstance(exc, UnidentifiedImageError) else f" ({exc})"
-        raise InvalidImageError(
-            f"{what}the bytes ({size} bytes, starting {start[:8]!r}) are not a decodable {SUPPORTED_FORMATS} "
-            f"image{detail}. Check that the file is a photo and was fully downloaded."
-        ) from exc
+        raise InvalidImageError(f"{what}the bytes ({size} bytes, starting {start[:8]!r}) are not a decodable "
+                                f"{SUPPORTED_FORMATS} image{detail}. Check that the file is a photo and was fully "
+                                "downloaded.") from exc
     fmt = format_for_pillow(pil_format)
     if fmt is None:
         raise InvalidImageError(f"{what}the bytes are a {pil_format} image, not a decodable {SUPPORTED_FORMATS} "
                                 "image; convert it to JPEG or PNG.")
-    if not decodable(fmt):
-        raise InvalidImageError(f"{what}the bytes are a {fmt.name} image, but {not_decodable_reason(fmt)}.")
+    if reason := not_decodable_reason(fmt):
+        raise InvalidImageError(f"{what}the bytes are a {fmt.name} image, but {reason}.")
     if width < 1 or height < 1:
         raise InvalidImageError(f"{what}the header declares a {width}x{height} size: not a decodable "
                                 f"{SUPPORTED_FORMATS} image.")
     total = width * height * frames
     if max_pixels is not None and total > max_pixels:
         dims = f"{width}x{height}" + (f" x {frames} frames" if frames > 1 else "")
-        raise ImageTooLargeError(
-            f"{what}the image is {dims} = {total / 1e6:.3g} MP, over the limit of {max_pixels / 1e6:g} MP "
-            f"(max_pixels={max_pixels}); downscale it or pass a larger max_pixels."
-        )
+        raise ImageTooLargeError(f"{what}the image is {dims} = {total / 1e6:.3g} MP, over the limit of "
+                                 f"{max_pixels / 1e6:g} MP (max_pixels={max_pixels}); downscale it or pass a larger "
+                                 "max_pixels.")
     problem = None
     if fmt.name == "BMP":
         stream.seek(0)
         unsupported, problem = bmp_problem(stream.read(66), size, mode)
         if unsupported is not None:
-            raise InvalidImageError(
-                f"{what}the bytes are {unsupported}, which TensorFlow's decoder (and so the model) cannot read "
-                f"right: it reads {BMP_SUPPORTED}. Convert it to PNG or JPEG, e.g. "
-                "PIL.Image.open(path).convert('RGB').save('photo.png')."
-            )
+            raise InvalidImageError(f"{what}the bytes are {unsupported}, which TensorFlow's decoder (and so the model) "
+                                    f"cannot read right: it reads {BMP_SUPPORTED}. Convert it to PNG or JPEG, e.g. "
+                                    "PIL.Image.open(path).convert('RGB').save('photo.png').")
     elif complete and fmt.name == "JPEG":
         stream.seek(0)
         problem = jpeg_missing_data(stream.read())
@@ -234,10 +217,6 @@ _JPEG_RESTART = re.compile(rb"\xff[\xd0-\xd7]")
 _JPEG_MARKER = re.compile(rb"\xff+([\x00-\xfe])")  # fill bytes (FF) then the marker's code
 
 
-def _ceil_div(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 def jpeg_missing_data(data: bytes) -> str | None:
     """Why a JPEG's data cannot hold every pixel its header declares, or None. Walks segments and scans (no
     decoding, ~2 ms/MB) to the first end marker: refused when there is none, a colour component has no scan,
@@ -276,17 +255,15 @@ def jpeg_missing_data(data: bytes) -> str | None:
             end = _JPEG_SCAN_END.search(data, pos)
             if end is None:
                 return stops
-            segment = data[pos:end.start()]
-            pos = end.start()
-            scans += 1
-            entropy += len(segment)
+            segment, pos = data[pos:end.start()], end.start()
+            scans, entropy = scans + 1, entropy + len(segment)
             if frame is None or not body:
                 return None  # a scan before the frame header: the decoder says what is wrong
             ids = [body[1 + 2 * i] for i in range(body[0]) if 1 + 2 * i < len(body)]
             scanned.update(ids)
             if restart and frame[0] in _JPEG_DCT_FRAMES and frame[1] > 0:
                 mcus = _jpeg_scan_mcus(frame, ids)
-                expected, found = _ceil_div(mcus, restart) - 1, len(_JPEG_RESTART.findall(segment))
+                expected, found = math.ceil(mcus / restart) - 1, len(_JPEG_RESTART.findall(segment))
                 if found < expected:
                     return (f"scan {scans} of the {frame[2]}x{frame[1]} picture holds {found} of the {expected} "
                             f"restart markers its {mcus:,} coding units need: its data stops early")
@@ -299,8 +276,8 @@ def jpeg_missing_data(data: bytes) -> str | None:
     if missing and marker in _JPEG_DCT_FRAMES:
         return f"colour component {missing[0]} of the {width}x{height} picture has no data"
     if marker in _JPEG_HUFFMAN_FRAMES and height > 0:
-        blocks = sum(_ceil_div(c, 8) * _ceil_div(r, 8) for c, r in _jpeg_component_sizes(frame))
-        need = _ceil_div(blocks, 8)
+        blocks = sum(math.ceil(c / 8) * math.ceil(r / 8) for c, r in _jpeg_component_sizes(frame))
+        need = math.ceil(blocks / 8)
         if entropy < need:
             return (f"the header declares {width}x{height} pixels, whose {blocks:,} blocks take at least {need:,} "
                     f"bytes of compressed data, but the file holds {entropy:,}")
@@ -311,7 +288,7 @@ def _jpeg_component_sizes(frame: tuple[int, int, int, dict[int, tuple[int, int]]
     """Each colour component's size in samples (columns, rows), after chroma subsampling."""
     _, height, width, sampling = frame
     hmax, vmax = max(h for h, _ in sampling.values()), max(v for _, v in sampling.values())
-    return [(_ceil_div(width * h, hmax), _ceil_div(height * v, vmax)) for h, v in sampling.values()]
+    return [(math.ceil(width * h / hmax), math.ceil(height * v / vmax)) for h, v in sampling.values()]
 
 
 def _jpeg_scan_mcus(frame: tuple[int, int, int, dict[int, tuple[int, int]]], ids: list[int]) -> int:
@@ -319,9 +296,9 @@ def _jpeg_scan_mcus(frame: tuple[int, int, int, dict[int, tuple[int, int]]], ids
     _, height, width, sampling = frame
     if len(ids) == 1 and ids[0] in sampling:  # non-interleaved: one block per MCU
         columns, rows = _jpeg_component_sizes(frame)[list(sampling).index(ids[0])]
-        return _ceil_div(columns, 8) * _ceil_div(rows, 8)
+        return math.ceil(columns / 8) * math.ceil(rows / 8)
     hmax, vmax = max(h for h, _ in sampling.values()), max(v for _, v in sampling.values())
-    return _ceil_div(width, 8 * hmax) * _ceil_div(height, 8 * vmax)
+    return math.ceil(width / (8 * hmax)) * math.ceil(height / (8 * vmax))
 
 
 def png_missing_data(stream: BinaryIO, size: int) -> str | None:
@@ -342,25 +319,15 @@ def png_missing_data(stream: BinaryIO, size: int) -> str | None:
         pos = end
 
 
-def webp_missing_data(start: bytes, size: int) -> str | None:
-    """For bytes Pillow could not open: a WebP whose RIFF header declares more bytes than there are, else None."""
-    if len(start) < 12 or start[:4] != b"RIFF" or start[8:12] != b"WEBP":
-        return None
-    declared = int.from_bytes(start[4:8], "little") + 8
-    return None if declared <= size else f"its RIFF header declares {declared:,} bytes but there are {size:,}"
-
-
 def bmp_problem(header: bytes, size: int, mode: str) -> tuple[str | None, str | None]:
     """(why TensorFlow, which takes the pixel bytes as they are and wants the declared size, cannot read this BMP
     right; why its data is cut), each None when fine. ``header``: the first 66 bytes; ``mode``: Pillow's."""
     if len(header) < 34:
         return None, f"the data stops after {size:,} bytes, inside the BMP header"
-    offset, dib = int.from_bytes(header[10:14], "little"), int.from_bytes(header[14:18], "little")
+    offset, dib, width, height, _, bits, compression = struct.unpack_from("<IIiiHHI", header, 10)
     if dib < 40:
         return "an OS/2 BMP (a 12-byte header)", None
-    width = int.from_bytes(header[18:22], "little", signed=True)
-    height = abs(int.from_bytes(header[22:26], "little", signed=True))
-    bits, compression = int.from_bytes(header[28:30], "little"), int.from_bytes(header[30:34], "little")
+    height = abs(height)
     masks = tuple(int.from_bytes(header[54 + 4 * i:58 + 4 * i], "little") for i in range(3))
     if compression == 3 and not (bits == 32 and masks == (0xFF0000, 0xFF00, 0xFF)):
         return f"a {bits}-bit BMP with its own colour masks", None

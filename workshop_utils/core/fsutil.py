@@ -1,7 +1,5 @@
-"""The one way to write a file or folder a later run trusts: build it beside, then rename.
-
-A crash leaves the old complete file/folder, the new one, or none, never a partial one under the final name.
-"""
+"""The one way to write a file or folder a later run trusts: build it beside, then rename. A crash leaves the
+old complete file/folder, the new one, or none, never a partial one under the final name."""
 from __future__ import annotations
 
 import contextlib
@@ -35,29 +33,21 @@ def atomic_write(path: str | os.PathLike, data: bytes | str, *, mode: int = 0o64
 
 
 def atomic_json(path: str | os.PathLike, obj: Any, **dump_options: Any) -> Path:
-    """Write ``obj`` as indented JSON (plus a final newline) with :func:`atomic_write`."""
     dump_options.setdefault("indent", 2)
     return atomic_write(path, json.dumps(obj, **dump_options) + "\n")
 
 
-def remove_leftovers(parent: Path, name: str, max_age: float = LEFTOVER_AGE_SECONDS) -> None:
-    """Delete the temp/old siblings of ``name`` that interrupted writes left behind (older than ``max_age``)."""
-    now = time.time()
-    for pattern in (f".tmp-{name}-*", f".old-{name}-*"):
-        for leftover in parent.glob(pattern):
-            with contextlib.suppress(OSError):  # another process may be removing it too
-                if now - leftover.stat().st_mtime > max_age:
-                    shutil.rmtree(leftover, ignore_errors=True)
-
-
 @contextlib.contextmanager
 def atomic_folder(folder: str | os.PathLike) -> Iterator[Path]:
-    """Yield a temporary sibling folder to fill; on success it replaces ``folder`` in one rename (an old
-    ``folder`` is renamed away, then deleted). On an exception the temporary folder is deleted."""
+    """Yield a temporary sibling folder to fill; on success it replaces ``folder`` in one rename (an old one is
+    renamed away, then deleted), on an exception it is deleted. Leftovers of interrupted writes go first."""
     folder = Path(folder)
     parent = folder.parent
     parent.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(parent, folder.name)
+    for leftover in [*parent.glob(f".tmp-{folder.name}-*"), *parent.glob(f".old-{folder.name}-*")]:
+        with contextlib.suppress(OSError):  # another process may be removing it too
+            if time.time() - leftover.stat().st_mtime > LEFTOVER_AGE_SECONDS:
+                shutil.rmtree(leftover, ignore_errors=True)
     token = f"{os.getpid()}-{uuid.uuid4().hex[:8]}"
     tmp = parent / f".tmp-{folder.name}-{token}"
     tmp.mkdir()

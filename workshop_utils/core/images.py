@@ -1,8 +1,6 @@
-"""The one image decoding (bottlenecks, fine-tuning, Grad-CAM, scorers, the exported model), so training and
-serving see the same pixels. One orientation rule: the EXIF orientation from the header
-(``core.formats.ImageInfo.orientation``) is applied by :func:`orient` after decoding, before the resize,
-wherever Python hands images to a model; bytes fed straight into an exported model must be upright.
-"""
+"""The one image decoding (bottlenecks, fine-tuning, Grad-CAM, scorers, the exported model): training and serving
+see the same pixels. The header's EXIF orientation is applied by :func:`orient` after decoding, before the resize,
+wherever Python hands images to a model; bytes fed straight into an exported model must be upright."""
 from __future__ import annotations
 
 import functools
@@ -15,7 +13,6 @@ from workshop_utils.core.runtime import import_tensorflow
 
 tf = import_tensorflow()
 
-
 # Bump when decoding or the checks change a file's pixels or which files are refused (the bottleneck cache's
 # fingerprint records it). 2: EXIF orientation applied; JPEGs whose data is cut refused.
 DECODE_VERSION = 2
@@ -23,10 +20,9 @@ DECODE_VERSION = 2
 
 def decode_image(contents: tf.Tensor, image_size: tuple[int, int], orientation: int | tf.Tensor | None = None
                  ) -> tf.Tensor:
-    """Encoded bytes (scalar string) -> float32 RGB 0–255 (H, W, 3): grey to 3 channels, no alpha, a GIF's first
-    frame; ``orientation`` (EXIF 1–8, None: as stored) turns it upright first. The resize is antialiased:
-    else shrinking a photo to 224 px aliases scratches and cracks, and the EfficientNet-Lite0 port misses
-    its reference ImageNet predictions."""
+    """Encoded bytes (scalar string) -> float32 RGB 0–255 (H, W, 3), a GIF's first frame, turned upright by
+    ``orientation`` (EXIF 1–8; None: as stored). Antialiased resize: else shrinking a photo to 224 px aliases
+    scratches and cracks, and the EfficientNet-Lite0 port misses its reference ImageNet predictions."""
     image = tf.io.decode_image(contents, channels=3, expand_animations=False)
     if orientation is not None:
         image = orient(image, orientation)
@@ -69,8 +65,7 @@ def decode_images(contents: tf.Tensor, image_size: tuple[int, int], orientations
 
 
 def file_orientation(path: str | os.PathLike, max_pixels: int | None = DEFAULT_MAX_PIXELS) -> int:
-    """A file's EXIF orientation (1 when none), from its header; a file that is no usable image raises
-    ``core.errors.InvalidImageError`` naming it (the header check every reader applies)."""
+    """A file's EXIF orientation (1 when none) from its header; no usable image: InvalidImageError naming it."""
     return check_image_file(path, max_pixels).orientation
 
 

@@ -20,11 +20,8 @@ def _labels_path(path: str | os.PathLike) -> Path:
 
 
 def load_labels(labels: str | os.PathLike | Iterable[str], *, sorted_unique: bool = False) -> list[str]:
-    """Class names in model-output order from a list or a ``labels.txt`` path (a folder: its labels.txt).
-
-    Kept order (a model folder's file): blank lines are skipped. ``sorted_unique`` (a LabelMap's file): a blank
-    line, or names not sorted and unique, is an error, so outputs cannot be matched to the wrong names.
-    """
+    """Class names in model-output order from a list or a ``labels.txt`` path (a folder: its labels.txt). Kept order
+    skips blank lines; ``sorted_unique`` (a LabelMap's file) refuses them and names not sorted and unique."""
     if not isinstance(labels, (str, os.PathLike)):
         names = [str(n) for n in labels]
         if not names:
@@ -32,10 +29,9 @@ def load_labels(labels: str | os.PathLike | Iterable[str], *, sorted_unique: boo
         return names
     path = _labels_path(labels)
     if not path.is_file():
+        fix = "." if sorted_unique else " (or pass the class names as a list)."
         raise (DatasetNotFoundError if sorted_unique else LabelsFileError)(
-            f"Labels file {path} does not exist; it is written next to a saved model"
-            + ("." if sorted_unique else " (or pass the class names as a list).")
-        )
+            f"Labels file {path} does not exist; it is written next to a saved model{fix}")
     lines = path.read_text(encoding="utf-8").splitlines()
     if not sorted_unique:
         lines = [line.strip() for line in lines if line.strip()]
@@ -44,22 +40,19 @@ def load_labels(labels: str | os.PathLike | Iterable[str], *, sorted_unique: boo
         raise LabelsFileError(f"{path}: {'empty file' if not lines else listed(blank, 'blank lines')}; "
                               "expected one class name a line.")
     if sorted_unique and lines != sorted(set(lines)):
-        raise LabelsFileError(
-            f"{path}: class names are not sorted and unique, so the model's outputs could be matched to "
-            "the wrong names. Re-save it with LabelMap.save() instead of editing it by hand."
-        )
+        raise LabelsFileError(f"{path}: class names are not sorted and unique, so the model's outputs could be "
+                              "matched to the wrong names. Re-save it with LabelMap.save() instead of editing it by "
+                              "hand.")
     return lines
 
 
 def write_labels(names: Iterable[str], path: str | os.PathLike) -> Path:
-    """Write class names one a line (UTF-8) atomically, as :func:`load_labels` and ML.NET samples read them;
-    ``path`` is the file or its folder."""
+    """Write class names one a line (UTF-8) atomically, as :func:`load_labels` and ML.NET read them (file or folder)."""
     names = [str(n) for n in names]
     bad = [n for n in names if n.splitlines() != [n] or n != n.strip()]
     if bad:
-        raise LabelsFileError(
-            f"Class names {bad!r} cannot be written one per line; rename them (no line breaks or outer spaces)."
-        )
+        raise LabelsFileError(f"Class names {bad!r} cannot be written one per line; rename them (no line breaks "
+                              "or outer spaces).")
     return atomic_write(_labels_path(path), "\n".join(names) + "\n")
 
 
@@ -75,23 +68,19 @@ class LabelMap:
         self._index = {n: i for i, n in enumerate(self._names)}
 
     @classmethod
-    def from_labels(cls, labels: Iterable[str]) -> LabelMap:
-        """The map of the distinct labels in a column or list."""
+    def from_labels(cls, labels: Iterable[str]) -> LabelMap:  # the distinct labels of a column or list
         return cls(labels)
 
     @property
     def names(self) -> list[str]:
-        """Class names in index order."""
         return list(self._names)
 
     def index(self, name: str) -> int:
-        """The index of a class name."""
         if name not in self._index:
             raise DatasetError(f"Unknown class {name!r}; this label map knows {len(self)}: {', '.join(self._names)}.")
         return self._index[name]
 
     def name(self, index: int) -> str:
-        """The class name at an index."""
         if not 0 <= int(index) < len(self):
             raise IndexError(f"Class index {index} is out of range: this label map has {len(self)} classes.")
         return self._names[int(index)]
@@ -101,14 +90,11 @@ class LabelMap:
         labels = [str(x) for x in labels]
         unknown = sorted(set(labels) - set(self._index))
         if unknown:
-            raise DatasetError(
-                f"{listed([repr(u) for u in unknown], 'unknown classes')}; this label map knows "
-                f"{', '.join(self._names)}. Was the model trained on another dataset?"
-            )
+            raise DatasetError(f"{listed([repr(u) for u in unknown], 'unknown classes')}; this label map knows "
+                               f"{', '.join(self._names)}. Was the model trained on another dataset?")
         return self._encoder.transform(labels).astype(np.int64)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``labels.txt`` atomically; ``path`` is the file or its folder."""
+    def save(self, path: str | os.PathLike) -> Path:  # labels.txt, atomically; ``path``: the file or its folder
         return write_labels(self._names, path)
 
     @classmethod

@@ -26,19 +26,16 @@ def import_tensorflow():
     return sys.modules["tensorflow"]
 
 
-def import_keras():
-    """Keras 3, imported quietly (after TensorFlow), for modules that load it only when a function needs it."""
+def import_keras():  # Keras 3, quietly: for modules that load it only when a function needs it
     import_tensorflow()
     return sys.modules["keras"]
 
 
-def tf_version() -> str:
-    """The installed TensorFlow's version (for messages about what it can decode; loads it)."""
+def tf_version() -> str:  # for messages about what TensorFlow decodes (loads it)
     return str(import_tensorflow().__version__)
 
 
 def in_colab() -> bool:
-    """True when running inside Google Colab."""
     return "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ
 
 
@@ -72,10 +69,8 @@ def quiet_native_stderr() -> Iterator[None]:
         return
     try:
         with open(os.devnull, "wb") as devnull:
-            os.dup2(devnull.fileno(), 2)
-            try:
-                yield
-            finally:
-                os.dup2(saved, 2)
+            os.dup2(devnull.fileno(), 2)  # fd 2 keeps /dev/null open after devnull closes
+        yield
     finally:
+        os.dup2(saved, 2)
         os.close(saved)

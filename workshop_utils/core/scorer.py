@@ -1,5 +1,5 @@
-"""What every scorer shares (no TensorFlow): the Prediction per image, score_frame, and ImageScorer's predict_*
-methods on top of a subclass's one batch method, ``predict_proba``."""
+"""What every scorer shares (no TensorFlow): the Prediction per image and ImageScorer's predict_* methods on top
+of a subclass's one batch method, ``predict_proba``."""
 from __future__ import annotations
 
 import html
@@ -58,61 +58,8 @@ class Prediction:
         return f"<b>{title}{html.escape(self.label)}</b> ({self.probability:.1%})<table>{rows}</table>"
 
 
-def score_frame(df: pd.DataFrame, predict_proba: Any, labels: list[str], *, path_column: str = "image_path",
-                batch_size: int = 32, max_pixels: int | None = DEFAULT_MAX_PIXELS, progress: bool = False
-                ) -> pd.DataFrame:
-    """Score each row's image file in batches with ``predict_proba(list_of_bytes, names)`` ((N, C) array; raises
-    InvalidImageError on bad images). Returns a copy of ``df`` plus ``predicted`` (label or None),
-    ``probability``, ``score_<class>`` columns and ``error`` (None, or why: missing, not an image, too large,
-    truncated): bad rows are kept and reported, and an UnscoredImagesWarning counts them.
-    """
-    if path_column not in df.columns:
-        raise KeyError(f"The frame has no {path_column!r} column (columns: {list(df.columns)}); pass path_column=...")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
-    paths = [str(p) for p in df[path_column].tolist()]
-    n, width = len(paths), len(labels)
-    scores = np.full((n, width), np.nan)
-    errors: list[str | None] = [None] * n
-    starts = range(0, n, batch_size)
-    for start in tqdm(starts, desc="Scoring", unit="batch") if progress else starts:
-        rows, blobs = [], []
-        for i in range(start, min(n, start + batch_size)):
-            try:
-                blobs.append(read_image_file(paths[i], max_pixels=max_pixels))
-                rows.append(i)
-            except (OSError, InvalidImageError) as exc:
-                errors[i] = str(exc)
-        if not rows:
-            continue
-        try:
-            scores[rows] = predict_proba(blobs, [paths[i] for i in rows])
-        except InvalidImageError:  # one bad image fails its whole batch: find it by scoring one by one
-            for i, data in zip(rows, blobs):
-                try:
-                    scores[i] = predict_proba([data], [paths[i]])[0]
-                except InvalidImageError as exc:
-                    errors[i] = str(exc)
-    ok = np.array([e is None for e in errors], dtype=bool)
-    best = np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1) if width else np.zeros(n, dtype=int)
-    out = df.copy()
-    predicted = [labels[b] if good else None for b, good in zip(best, ok)]
-    out["predicted"] = pd.Series(predicted, index=df.index, dtype=object)
-    out["probability"] = np.where(ok, scores[np.arange(n), best] if n else np.array([]), np.nan)
-    for j, name in enumerate(labels):
-        out[f"score_{name}"] = scores[:, j]
-    out["error"] = pd.Series(errors, index=df.index, dtype=object)
-    failed = int((~ok).sum())
-    if failed:
-        first = next(e for e in errors if e is not None)
-        warnings.warn(f"{failed} of {n} images could not be scored (first: {first}); see the 'error' column.",
-                      UnscoredImagesWarning, stacklevel=3)  # stacklevel: the caller of predict_frame
-    return out
-
-
 class ImageScorer:
-    """What every scorer offers on top of its own ``predict_proba``: one image's bytes, a file, a frame.
-    Subclasses set ``labels`` (class names, or None when unknown) and ``max_pixels``."""
+    """predict_* (bytes, file, frame) over a subclass's ``predict_proba``; it sets ``labels`` and ``max_pixels``."""
 
     labels: list[str] | None = None
     max_pixels: int | None = DEFAULT_MAX_PIXELS
@@ -127,14 +74,52 @@ class ImageScorer:
         return Prediction.from_scores(scores, labels, source=name)
 
     def predict_file(self, path: str | Path) -> Prediction:
-        """Score one image file."""
         return self.predict_bytes(read_image_file(path, max_pixels=self.max_pixels), name=path)
 
     def predict_frame(self, df: pd.DataFrame, path_column: str = "image_path", batch_size: int = 32,
                       progress: bool = False) -> pd.DataFrame:
-        """Score every row's image file in batches (:func:`score_frame`): bad images stay in the frame with
-        predicted=None, probability NaN and the reason in ``error``, so row order and index match the input."""
+        """Score every row's image file in batches: a copy of ``df`` plus ``predicted`` (label or None),
+        ``probability``, ``score_<class>`` and ``error`` (None, or why); bad rows stay, counted by a warning."""
         if self.labels is None:
             raise LabelsFileError("predict_frame needs labels; pass labels=[...] or a labels.txt path.")
-        return score_frame(df, self.predict_proba, self.labels, path_column=path_column, batch_size=batch_size,
-                           max_pixels=self.max_pixels, progress=progress)
+        if path_column not in df.columns:
+            raise KeyError(f"The frame has no {path_column!r} column (columns: {list(df.columns)}); "
+                           "pass path_column=...")
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be at least 1, got {batch_size}.")
+        paths, labels = [str(p) for p in df[path_column].tolist()], self.labels
+        n, width = len(paths), len(labels)
+        scores = np.full((n, width), np.nan)
+        errors: list[str | None] = [None] * n
+        for start in tqdm(range(0, n, batch_size), desc="Scoring", unit="batch", disable=not progress):
+            rows, blobs = [], []
+            for i in range(start, min(n, start + batch_size)):
+                try:
+                    blobs.append(read_image_file(paths[i], max_pixels=self.max_pixels))
+                    rows.append(i)
+                except (OSError, InvalidImageError) as exc:
+                    errors[i] = str(exc)
+            if not rows:
+                continue
+            try:
+                scores[rows] = self.predict_proba(blobs, [paths[i] for i in rows])
+            except InvalidImageError:  # one bad image fails its whole batch: find it by scoring one by one
+                for i, data in zip(rows, blobs):
+                    try:
+                        scores[i] = self.predict_proba([data], [paths[i]])[0]
+                    except InvalidImageError as exc:
+                        errors[i] = str(exc)
+        ok = np.array([e is None for e in errors], dtype=bool)
+        best = np.argmax(np.nan_to_num(scores, nan=-np.inf), axis=1) if width else np.zeros(n, dtype=int)
+        out = df.copy()
+        predicted = [labels[b] if good else None for b, good in zip(best, ok)]
+        out["predicted"] = pd.Series(predicted, index=df.index, dtype=object)
+        out["probability"] = np.where(ok, scores[np.arange(n), best] if n else np.array([]), np.nan)
+        for j, name in enumerate(labels):
+            out[f"score_{name}"] = scores[:, j]
+        out["error"] = pd.Series(errors, index=df.index, dtype=object)
+        if failed := int((~ok).sum()):
+            first = next(e for e in errors if e is not None)
+            warnings.warn(f"{failed} of {n} images could not be scored (first: {first}); see the 'error' column.",
+                          UnscoredImagesWarning, stacklevel=2)
+        return out

@@ -19,6 +19,7 @@ from workshop_utils import __version__
 from workshop_utils.architectures import get_architecture
 from workshop_utils.core.errors import ModelFolderError
 from workshop_utils.core.formats import SUPPORTED_FORMATS
+from workshop_utils.core.labels import LABELS_FILE
 from workshop_utils.core.runtime import import_tensorflow
 from workshop_utils.export.graph import INPUT_TENSOR, LABEL_TENSOR, PIXELS_TENSOR, SCORES_TENSOR
 
@@ -26,7 +27,7 @@ tf = import_tensorflow()
 import keras  # noqa: E402
 
 MODEL_FILE, SAVED_MODEL_DIR, FROZEN_GRAPH_FILE = "model.keras", "saved_model", "model.pb"
-LABELS_FILE, CARD_FILE, TFLITE_FILE = "labels.txt", "model_card.json", "model.tflite"
+CARD_FILE, TFLITE_FILE = "model_card.json", "model.tflite"
 REQUIRED_FILES = (MODEL_FILE, LABELS_FILE)  # what Classifier.load needs; a plain Keras folder has no card
 CLASSES_ENTRY = "workshop_classes.json"  # an extra zip entry in model.keras (Keras ignores it): names + checksum
 

@@ -19,11 +19,9 @@ PAINTS = (  # car paint colours (sRGB 0-1): white, silver, black, grey, red, dar
 
 class _Canvas:
     """A float RGB picture (0-1), coordinate grids in canvas fractions, and compositing helpers."""
-
     def __init__(self, rng: np.random.Generator) -> None:
         self.rng = rng
-        self.w = round(IMAGE_SIZE[0] * _SS * _MARGIN)
-        self.h = round(IMAGE_SIZE[1] * _SS * _MARGIN)
+        self.w, self.h = (round(side * _SS * _MARGIN) for side in IMAGE_SIZE)
         ys, xs = np.mgrid[0 : self.h, 0 : self.w].astype(np.float32)
         self.x = (xs + 0.5) / self.w  # 0..1 left to right
         self.y = (ys + 0.5) / self.h  # 0..1 top to bottom
@@ -65,10 +63,6 @@ class _Canvas:
         colour = np.asarray(colour, np.float32)
         colour = colour[box] if colour.ndim == 3 else colour
         self.img[box] += (colour - self.img[box]) * mask[box][..., None]
-
-
-def _grey(values: np.ndarray) -> np.ndarray:  # (h, w) -> (h, w, 3) grey colour array
-    return np.repeat(values[..., None], 3, axis=2)
 
 
 def _paint_params(rng: np.random.Generator) -> dict:
@@ -136,10 +130,11 @@ def _dent_field(c: _Canvas, region: tuple) -> tuple:
     return 0.3 * gx, 0.3 * gy, shade
 
 
-def _scratches(c: _Canvas, region: tuple, paint_colour: np.ndarray) -> None:
-    """A cluster of thin jagged lines with a scuffed halo: pale on dark paint, dark on light paint."""
+def _scratches(c: _Canvas, scene: Callable) -> None:
+    """A door or bumper with a cluster of thin jagged lines and a scuffed halo: pale on dark paint, dark on light."""
     rng = c.rng
-    u0, v0, u1, v1 = region
+    p = _paint_params(rng)
+    u0, v0, u1, v1 = scene(c, p)
     cx, cy = c.px(rng.uniform(u0, u1), rng.uniform(v0, v1))
     theta = rng.normal(0, 0.4) + (math.pi if rng.random() < 0.5 else 0.0)
     cos, sin = math.cos(theta), math.sin(theta)
@@ -152,7 +147,7 @@ def _scratches(c: _Canvas, region: tuple, paint_colour: np.ndarray) -> None:
         lines.append((pts, int(rng.integers(2, 5))))
     core = c.mask(lambda d: [d.line(pts, fill=255, width=w, joint="curve") for pts, w in lines], 0.5)
     halo = Image.fromarray((core * 255).astype(np.uint8)).filter(ImageFilter.GaussianBlur(4))
-    light_paint = float(np.dot(paint_colour, [0.3, 0.59, 0.11])) > 0.55
+    light_paint = float(np.dot(p["colour"], [0.3, 0.59, 0.11])) > 0.55
     scuff, edge, line = (0.25, 0.95, 0.3) if light_paint else (0.9, 0.05, 0.92)
     c.over(np.clip(np.asarray(halo, np.float32) / 255 * 1.2, 0, 0.45), (scuff,) * 3)
     c.over(np.roll(core, 2, axis=0) * 0.5, (edge,) * 3)  # the lit or shadowed lip of the groove
@@ -176,30 +171,16 @@ def _cracks(c: _Canvas, u: float, v: float, radius: float, clip: np.ndarray, col
                 mid = ((a[0] + b[0]) / 2 * 0.85 + cx * 0.15, (a[1] + b[1]) / 2 * 0.85 + cy * 0.15)  # sags inwards
                 rings.append([a, mid, b])
     splinters = [(rng.uniform(0, 6.3), rng.uniform(0.05, 0.2) * r) for _ in range(25)]
+    strokes = [(pts, 255, 2) for pts in rays] + [(pts, 200, 1) for pts in rings]  # (points, grey level, width)
+    strokes += [([(cx, cy), (cx + s * math.cos(a), cy + s * math.sin(a))], 180, 1) for a, s in splinters]
     crush = 0.06 * r
 
     def draw(d: ImageDraw.ImageDraw) -> None:
-        for pts in rays:
-            d.line(pts, fill=255, width=2, joint="curve")
-        for pts in rings:
-            d.line(pts, fill=200, width=1)
-        for a, s in splinters:
-            d.line([(cx, cy), (cx + s * math.cos(a), cy + s * math.sin(a))], fill=180, width=1)
+        for pts, fill, width in strokes:
+            d.line(pts, fill=fill, width=width)
         d.ellipse((cx - crush, cy - crush, cx + crush, cy + crush), fill=230)
 
     c.over(c.mask(draw, 0.4) * clip, colour)
-
-
-def _hole(c: _Canvas, u: float, v: float, radius: float, clip: np.ndarray) -> None:
-    """A jagged missing piece of lens: dark lamp interior inside a bright broken edge."""
-    rng = c.rng
-    n = int(rng.integers(7, 12))
-    angles = np.sort(rng.uniform(0, 2 * math.pi, n))
-    radii = radius * rng.uniform(0.45, 1.0, n)
-    pts = [(u + rr * math.cos(a) * c.h / c.w, v + rr * math.sin(a)) for a, rr in zip(angles, radii)]
-    edge = c.mask(lambda d: d.line([c.px(*p) for p in pts + pts[:1]], fill=255, width=3), 0.5)
-    c.over(edge * clip, (0.85, 0.85, 0.85))
-    c.over(c.polygon(pts, 0.5) * clip, (0.04, 0.04, 0.05))
 
 
 def _door(c: _Canvas, p: dict, dent: bool = False) -> tuple:
@@ -245,8 +226,8 @@ def _bumper(c: _Canvas, p: dict, dent: bool = False) -> tuple:
     c.over(c.rect(0, seam, 1, lip, 0.5), _paint(c, p, _dent_field(c, region) if dent else None, curve))
     c.over(c.rect(0, seam - 0.004, 1, seam + 0.004, 0.5), (0.02, 0.02, 0.02))
     box = (*c.px(left, intake), *c.px(right, lip - 0.05))
-    mesh = 0.05 + 0.06 * ((np.sin(c.x * c.w / 2.2) * np.sin(c.y * c.h / 2.2)) > 0.3)
-    c.over(c.mask(lambda d: d.rounded_rectangle(box, radius=int(0.05 * c.h), fill=255)), _grey(mesh))
+    mesh = (0.05 + 0.06 * ((np.sin(c.x * c.w / 2.2) * np.sin(c.y * c.h / 2.2)) > 0.3))[..., None].repeat(3, axis=2)
+    c.over(c.mask(lambda d: d.rounded_rectangle(box, radius=int(0.05 * c.h), fill=255)), mesh)
     if plate:
         c.over(c.rect(pu - 0.1, pv, pu + 0.1, pv + 0.1), (1.0, 0.85, 0.1) if rng.random() < 0.3 else (0.93, 0.93, 0.9))
         for k in range(6):  # characters
@@ -265,8 +246,9 @@ def _body(c: _Canvas, p: dict) -> None:
     c.over(c.mask(lambda d: d.line(pts, fill=255, width=3), 0.6), (0.02, 0.02, 0.02))
 
 
-def _lamp(c: _Canvas, tail: bool) -> tuple:
-    """A head lamp (chrome, projectors, strip) or tail lamp (red ribs, amber, reverse): centre, size, lens mask."""
+def _broken_lamp(c: _Canvas, tail: bool) -> None:
+    """A head lamp (chrome, projectors, strip) or tail lamp (red ribs, amber, reverse) with a cracked lens, usually
+    with a piece missing."""
     rng = c.rng
     _body(c, _paint_params(rng))
     u, v = rng.uniform(0.4, 0.6), rng.uniform(0.42, 0.55)
@@ -297,7 +279,16 @@ def _lamp(c: _Canvas, tail: bool) -> tuple:
             c.over(c.ellipse(pu, v, 0.24 * h, 0.24 * h) * lens, (0.85, 0.92, 1.0))  # its lens
         strip = c.mask(lambda d: d.line([c.px(x, y) for x, y in outline[6:20]], fill=255, width=5), 1.0)
         c.over(strip * lens, (0.97, 0.99, 1.0))  # daytime running light
-    return u, v, w, h, lens
+    iu, iv = u + rng.uniform(-0.2, 0.2) * w, v + rng.uniform(-0.2, 0.2) * h
+    _cracks(c, iu, iv, rng.uniform(0.15, 0.3), clip=lens, colour=(0.95, 0.8, 0.8) if tail else (0.9, 0.92, 0.94))
+    if rng.random() < 0.8:  # a jagged missing piece: dark lamp interior inside a bright broken edge
+        radius, n = rng.uniform(0.05, 0.1), int(rng.integers(7, 12))
+        angles = np.sort(rng.uniform(0, 2 * math.pi, n))
+        radii = radius * rng.uniform(0.45, 1.0, n)
+        pts = [(iu + rr * math.cos(a) * c.h / c.w, iv + rr * math.sin(a)) for a, rr in zip(angles, radii)]
+        edge = c.mask(lambda d: d.line([c.px(*p) for p in pts + pts[:1]], fill=255, width=3), 0.5)
+        c.over(edge * lens, (0.85, 0.85, 0.85))
+        c.over(c.polygon(pts, 0.5) * lens, (0.04, 0.04, 0.05))
 
 
 def _wheel(c: _Canvas, p: dict) -> None:
@@ -309,21 +300,13 @@ def _wheel(c: _Canvas, p: dict) -> None:
     c.over(c.ellipse(u, v, 0.45, 0.45), (0.03, 0.03, 0.03))  # arch
     c.over(c.ellipse(u, v + 0.03, 0.4, 0.4), (0.08, 0.08, 0.08))  # tyre
     rim = 0.6 + 0.3 * np.exp(-((((c.x - u) * c.w / c.h) ** 2 + (c.y - v - 0.03) ** 2) / 0.04))
-    c.over(c.ellipse(u, v + 0.03, 0.27, 0.27), _grey(rim))
+    c.over(c.ellipse(u, v + 0.03, 0.27, 0.27), np.repeat(rim[..., None], 3, axis=2))
     cx, cy = c.px(u, v + 0.03)
     rr, first, n = 0.22 * c.h, rng.uniform(0, 72), int(rng.integers(5, 7))
     windows = [(first + k * 360 / n, first + (k + 0.62) * 360 / n) for k in range(n)]
     box = (cx - rr, cy - rr, cx + rr, cy + rr)
     c.over(c.mask(lambda d: [d.pieslice(box, a, b, fill=255) for a, b in windows]), (0.06, 0.06, 0.07))
     c.over(c.ellipse(u, v + 0.03, 0.07, 0.07), (0.55, 0.56, 0.58))  # hub
-
-
-def _scratched(scene: Callable) -> Callable[[_Canvas], None]:
-    """A door or bumper with a cluster of scratches."""
-    def draw(c: _Canvas) -> None:
-        p = _paint_params(c.rng)
-        _scratches(c, scene(c, p), p["colour"])
-    return draw
 
 
 def _glass_shatter(c: _Canvas) -> None:
@@ -344,15 +327,6 @@ def _glass_shatter(c: _Canvas) -> None:
         _cracks(c, u, v, rng.uniform(0.25, 0.45) * (1 if k == 0 else 0.6), clip=glass)
 
 
-def _broken_lamp(c: _Canvas, tail: bool) -> None:
-    """Head lamp or tail lamp with a cracked lens, usually with a piece missing."""
-    u, v, w, h, lens = _lamp(c, tail=tail)
-    iu, iv = u + c.rng.uniform(-0.2, 0.2) * w, v + c.rng.uniform(-0.2, 0.2) * h
-    _cracks(c, iu, iv, c.rng.uniform(0.15, 0.3), clip=lens, colour=(0.95, 0.8, 0.8) if tail else (0.9, 0.92, 0.94))
-    if c.rng.random() < 0.8:
-        _hole(c, iu, iv, c.rng.uniform(0.05, 0.1), lens)
-
-
 def _unknown(c: _Canvas) -> None:
     """No damage: an intact door or bumper, or a wheel."""
     p = _paint_params(c.rng)
@@ -362,9 +336,9 @@ def _unknown(c: _Canvas) -> None:
 
 DRAWERS: dict[str, Callable[[_Canvas], None]] = {  # dents: shaded depressions that bend the reflections
     "bumper_dent": lambda c: _bumper(c, _paint_params(c.rng), dent=True),
-    "bumper_scratch": _scratched(_bumper),
+    "bumper_scratch": lambda c: _scratches(c, _bumper),
     "door_dent": lambda c: _door(c, _paint_params(c.rng), dent=True),
-    "door_scratch": _scratched(_door),
+    "door_scratch": lambda c: _scratches(c, _door),
     "glass_shatter": _glass_shatter,
     "head_lamp": lambda c: _broken_lamp(c, tail=False),
     "tail_lamp": lambda c: _broken_lamp(c, tail=True),

@@ -1,8 +1,6 @@
 """The bundled synthetic car-damage sample (``data/sample``), drawn by :mod:`workshop_utils.tooling.paint`.
-
-In the real dataset's layout (``index.csv`` + ``image/<n>.jpeg``), so the workshop runs offline and in CI.
-``python -m workshop_utils sample`` regenerates it byte-identically; ``--check`` verifies it.
-"""
+In the real dataset's layout (``index.csv`` + ``image/<n>.jpeg``), so the workshop runs offline and in CI;
+``python -m workshop_utils sample`` regenerates it byte-identically, ``--check`` verifies it."""
 from __future__ import annotations
 
 import argparse
@@ -22,16 +20,10 @@ from workshop_utils.core.errors import ToolingError
 from workshop_utils.core.fsutil import atomic_folder
 from workshop_utils.tooling.paint import render
 
-COUNTS = {  # (subset T, subset V) images per class: unbalanced like the real photos' validation set
-    "bumper_dent": (16, 4),  # real: 26 validation photos
-    "bumper_scratch": (12, 3),  # 16
-    "door_dent": (24, 6),  # 38
-    "door_scratch": (20, 5),  # 31
-    "glass_shatter": (16, 4),  # 27
-    "head_lamp": (16, 4),  # 27
-    "tail_lamp": (16, 4),  # 27
-    "unknown": (72, 18),  # 110: most real photos show no damage of the seven kinds
-}
+# (subset T, subset V) images per class, unbalanced like the real validation set (26, 16, 38, 31, 27, 27, 27 and
+# 110 photos: most real photos show no damage of the seven kinds)
+COUNTS = {"bumper_dent": (16, 4), "bumper_scratch": (12, 3), "door_dent": (24, 6), "door_scratch": (20, 5),
+          "glass_shatter": (16, 4), "head_lamp": (16, 4), "tail_lamp": (16, 4), "unknown": (72, 18)}
 CLASSES = tuple(COUNTS)  # the order seeds each picture: never reorder
 JPEG_QUALITY = 85
 SEED = 0
@@ -41,8 +33,7 @@ MEAN_ABS = 0.5  # levels: the mean difference per image allowed for the same rea
 
 
 def build_index(seed: int = SEED, n_train: int | None = None, n_val: int | None = None) -> pd.DataFrame:
-    """The rows of index.csv (image, class, subset): classes interleaved in a seeded order, files 1..N; per class
-    the counts of :data:`COUNTS`, or ``n_train``/``n_val`` images of every class when given."""
+    """index.csv's rows (image, class, subset) in a seeded order; :data:`COUNTS` per class, or n_train/n_val."""
     counts = {label: (COUNTS[label][0] if n_train is None else int(n_train),
                       COUNTS[label][1] if n_val is None else int(n_val)) for label in CLASSES}
     if min(min(c) for c in counts.values()) < 1:
@@ -75,9 +66,8 @@ def generate(out_dir: str | os.PathLike | None = None, seed: int = SEED, n_train
 
 def picture_differences(expected: str | os.PathLike, actual: str | os.PathLike, max_abs: float = MAX_ABS,
                         mean_abs: float = MEAN_ABS) -> list[str]:
-    """What differs between two samples as pictures: the index (labels, subsets, counts), the file names, the
-    image sizes, and decoded pixels beyond max_abs / mean_abs levels. JPEG bytes may differ: another JPEG
-    library (or CPU) encodes the same pixels into other bytes, which is not a change of the sample."""
+    """What differs between two samples as pictures: index, file names, image sizes, and pixels beyond max_abs /
+    mean_abs levels. Not JPEG bytes: another JPEG library (or CPU) encodes the same pixels into other bytes."""
     expected, actual = Path(expected), Path(actual)
     problems = []
     index_a, index_b = pd.read_csv(expected / "index.csv"), pd.read_csv(actual / "index.csv")
@@ -117,16 +107,7 @@ def pillow_build() -> str:
     return f"Pillow {PIL.__version__}, " + (f"libjpeg-turbo {jpeg}" if jpeg else f"libjpeg {features.version('jpg')}")
 
 
-def check(target: str | os.PathLike | None = None, seed: int = SEED) -> list[str]:
-    """Regenerate into a temporary folder and list how target (default data/sample) differs, as pictures
-    (within :data:`MAX_ABS` / :data:`MEAN_ABS` levels; labels, names and sizes exactly)."""
-    with tempfile.TemporaryDirectory() as tmp:
-        generate(Path(tmp) / "sample", seed=seed)
-        return picture_differences(Path(tmp) / "sample", target if target is not None else sample_dir())
-
-
 def main(argv: Sequence[str] | None = None) -> int:
-    """Command line: regenerate the sample (default data/sample) or --check it. Returns the exit code."""
     parser = argparse.ArgumentParser(prog="python -m workshop_utils sample", description=__doc__.splitlines()[0])
     parser.add_argument("--out", type=Path, default=None, help="the sample folder (default: data/sample)")
     parser.add_argument("--seed", type=int, default=SEED, help=f"random seed (default {SEED}: the committed sample)")
@@ -134,11 +115,12 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "exit 1 if anything differs")
     args = parser.parse_args(argv)
     out = args.out if args.out is not None else sample_dir()
-    if args.check:
-        problems = check(out, args.seed)
+    if args.check:  # regenerate into a temporary folder and compare, as pictures
+        with tempfile.TemporaryDirectory() as tmp:
+            generate(Path(tmp) / "sample", seed=args.seed)
+            problems = picture_differences(Path(tmp) / "sample", out)
         if problems:
-            more = f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else ""
-            listed = "\n  ".join(problems[:20]) + more
+            listed = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if problems[20:] else "")
             print(f"{out} does not match a fresh generation; {len(problems)} difference(s):\n  {listed}\n"
                   f"Regenerate it with `python -m workshop_utils sample`. This build is {pillow_build()}; the "
                   f"committed files were made with {REFERENCE_BUILD} (another JPEG library changes bytes, so pixels "

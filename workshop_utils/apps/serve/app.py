@@ -1,10 +1,5 @@
-"""The web API's FastAPI app: ``POST /predict``, ``GET /health`` and the page at ``/``, with every limit applied.
-
-A full server answers 503 with ``Retry-After`` before reading anything; an upload is read within its byte, time
-and form limits (uploads.py), its image header is checked, then it is queued for the model (batcher.py).
-"""
-from __future__ import annotations
-
+"""The web API's FastAPI app: ``POST /predict``, ``GET /health`` and the page at ``/``. A full server answers 503
+before reading; an upload is read within its limits (uploads.py), its header checked, then queued (batcher.py)."""
 import asyncio
 import contextlib
 import time
@@ -31,10 +26,7 @@ DEFAULT_TIMEOUT_S = 120.0  # seconds a request waits for the model before it get
 
 
 def model_info(classifier: Classifier | Ensemble) -> dict[str, Any]:
-    """What responses say about the model: name, folder name, architecture, image size, classes, TTA, members.
-
-    The folder's name only, never its path: /health is public and the path tells about the machine.
-    """
+    """What responses say about the model; the folder's name only (/health is public: no path of the machine)."""
     card = classifier.card or {}
     model = getattr(classifier, "model", None)  # an Ensemble has members instead
     name = model.name if model is not None else classifier.name
@@ -52,12 +44,8 @@ def create_app(classifier: Classifier | Ensemble | str | Path, *, max_bytes: int
                timeout: float = DEFAULT_TIMEOUT_S, warm_up: bool = True, body_timeout: float = DEFAULT_BODY_TIMEOUT_S,
                max_concurrency: int = DEFAULT_MAX_CONCURRENCY, max_queue: int = DEFAULT_MAX_QUEUE,
                max_fields: int = DEFAULT_MAX_FIELDS) -> FastAPI:
-    """The FastAPI app scoring with ``classifier`` (a loaded scorer, or an export folder loaded now).
-
-    ``body_timeout``: seconds to send an upload (408 after); ``max_concurrency``: uploads read or scored at once
-    and ``max_queue``: images waiting for the model (503 beyond); ``max_fields``: text fields a form may have
-    besides its file. The batcher runs during the app's lifespan (uvicorn's, or ``with TestClient(app):``).
-    """
+    """The app scoring with ``classifier`` (a loaded scorer, or an export folder loaded now); the limits are the
+    serve command's flags. The batcher runs during the app's lifespan (uvicorn's, or ``with TestClient(app):``)."""
     limits = UploadLimits(max_bytes=max_bytes, body_timeout=body_timeout, max_fields=max_fields)
     gate = Gate(max_concurrency)
     model = Classifier.load(classifier) if isinstance(classifier, (str, Path)) else classifier
@@ -80,7 +68,6 @@ def create_app(classifier: Classifier | Ensemble | str | Path, *, max_bytes: int
     app = FastAPI(title="Car-damage classifier", summary=f"{info['arch']}: {', '.join(info['classes'])}",
                   lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.classifier, app.state.batcher, app.state.max_bytes = model, batcher, max_bytes
-    app.state.limits, app.state.gate = limits, gate
     app.add_middleware(AnswerWhenCancelled)
 
     @app.exception_handler(UploadError)

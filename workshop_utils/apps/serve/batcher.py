@@ -1,15 +1,12 @@
 """Micro-batching for the web API (as ML.NET's pool of prediction engines): one worker thread scores the images
 that arrive together as one batch. The queue is bounded: a full one refuses at once (QueueFullError, HTTP 503)."""
-from __future__ import annotations
-
 import logging
 import queue
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from workshop_utils.core.errors import InvalidImageError, QueueFullError
 
@@ -19,31 +16,15 @@ DEFAULT_MAX_BATCH = 32
 DEFAULT_MAX_WAIT_MS = 10.0
 DEFAULT_MAX_QUEUE = 64  # images waiting for the worker at most (two full batches)
 
-
-@dataclass(frozen=True)
-class BatchResult:
-    """One image's scores (C,) and the size of the batch they were computed in."""
-    scores: Any
-    batch_size: int
-
-
-@dataclass
-class _Job:
-    data: bytes
-    name: str | None
-    future: Future
-
-
+BatchResult = NamedTuple("BatchResult", [("scores", Any), ("batch_size", int)])  # one image's (C,) scores
+_Job = NamedTuple("_Job", [("data", bytes), ("name", "str | None"), ("future", Future)])
 _STOP = object()
 
 
 class MicroBatcher:
-    """One worker thread that scores queued images in batches: ``submit`` returns a Future per image.
-
-    The worker takes what is queued, waits up to ``max_wait`` seconds for more (at most ``max_batch``), then
-    calls ``score(list_of_bytes, names)`` once. A batch that fails on an invalid image is scored again one by
-    one, so only the bad image's request fails. At most ``max_queue`` images wait.
-    """
+    """One worker thread: takes what is queued, waits up to ``max_wait`` s for more (at most ``max_batch``), then
+    calls ``score(list_of_bytes, names)`` once. A batch failing on an invalid image is rescored one by one, so only
+    the bad image's request fails. ``submit`` returns a Future per image; at most ``max_queue`` images wait."""
 
     def __init__(self, score: Callable[[list[bytes], list[str | None]], Any], max_batch: int = DEFAULT_MAX_BATCH,
                  max_wait: float = DEFAULT_MAX_WAIT_MS / 1000, max_queue: int = DEFAULT_MAX_QUEUE) -> None:
@@ -54,13 +35,10 @@ class MicroBatcher:
         if max_queue < 1:
             raise ValueError(f"max_queue must be at least 1, got {max_queue}.")
         self.score, self.max_batch, self.max_wait = score, int(max_batch), float(max_wait)
-        self.max_queue = int(max_queue)
-        self._queue: queue.SimpleQueue = queue.SimpleQueue()
-        self._lock = threading.Lock()
+        self.max_queue, self._queue, self._lock = int(max_queue), queue.SimpleQueue(), threading.Lock()
         self._accepting = False
         self.thread: threading.Thread | None = None  # the worker, while started
-        self.images = self.batches = self.largest_batch = 0  # what was scored (for /health)
-        self.refused = 0  # submits refused because the queue was full
+        self.images = self.batches = self.largest_batch = self.refused = 0  # for /health (refused: queue full)
 
     @property
     def running(self) -> bool:  # the worker thread runs and accepts images
@@ -94,10 +72,8 @@ class MicroBatcher:
                 logger.warning("The scoring worker did not finish within %g s; it ends with the process.", timeout)
 
     def submit(self, data: bytes, name: str | None = None) -> Future:
-        """Queue one image; the Future gives a :class:`BatchResult` or raises what scoring raised.
-
-        Raises QueueFullError when ``max_queue`` images wait already, RuntimeError when the worker is not running.
-        """
+        """Queue one image; the Future gives a BatchResult or raises what scoring raised. QueueFullError when
+        ``max_queue`` images wait already, RuntimeError when the worker is not running."""
         job = _Job(bytes(data), name, Future())
         with self._lock:  # producers hold the lock, the worker only takes: the size cannot pass max_queue
             if not self.running:

@@ -1,11 +1,5 @@
 """Run the web API (app.py) with uvicorn: ``python -m workshop_utils serve MODEL_DIR`` (:func:`serve`) or in a
-thread of a notebook kernel (:class:`BackgroundServer`, with a clean ``stop()``).
-
-The export is loaded once and uploads are scored in memory. Bad uploads get a 4xx JSON ``{"error": "..."}`` and
-the server keeps serving; every resource is bounded, the graceful shutdown (Ctrl+C, SIGTERM, ``stop()``) too.
-"""
-from __future__ import annotations
-
+thread of a notebook kernel (:class:`BackgroundServer`); both shut down gracefully, within a time limit."""
 import atexit
 import contextlib
 import signal
@@ -25,8 +19,6 @@ except ImportError as _exc:  # pragma: no cover - depends on the environment
                       "-r requirements.txt` (or `pip install fastapi uvicorn python-multipart`).") from _exc
 
 from workshop_utils.apps.serve.app import create_app, model_info
-from workshop_utils.apps.serve.batcher import DEFAULT_MAX_BATCH, DEFAULT_MAX_QUEUE, DEFAULT_MAX_WAIT_MS
-from workshop_utils.apps.serve.uploads import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONCURRENCY
 from workshop_utils.core.errors import ServeError
 from workshop_utils.scoring import load_scorer
 
@@ -34,8 +26,7 @@ DEFAULT_SHUTDOWN_TIMEOUT_S = 10.0  # seconds a graceful shutdown waits for open 
 
 
 def bind_socket(host: str = "127.0.0.1", port: int = 0) -> socket.socket:
-    """A listening TCP socket on host:port (port 0: a free port, read it back with ``getsockname()``); a bad or
-    taken address is a ServeError naming the flag to change."""
+    """A listening TCP socket on host:port (0: any free port); a bad or taken address: ServeError naming the flag."""
     if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ServeError(f"--port must be a whole number from 0 to 65535 (0: any free port), got {port!r}.")
     try:
@@ -68,18 +59,13 @@ _RUNNING: "weakref.WeakSet[BackgroundServer]" = weakref.WeakSet()
 
 
 class BackgroundServer:
-    """The app served by uvicorn in a daemon thread of this process (e.g. a notebook kernel).
-
-    ``start()`` returns once the server answers (or raises why it could not start); ``stop()`` shuts it down
-    gracefully, cancelling requests still open after ``shutdown_timeout`` seconds, and closes the port. Servers
-    still running at interpreter exit are stopped, so nothing is left behind when a kernel stops.
-    """
+    """The app served by uvicorn in a daemon thread (e.g. of a notebook kernel). ``stop()`` cancels requests still
+    open after ``shutdown_timeout`` s and closes the port; servers still running at interpreter exit are stopped."""
 
     def __init__(self, app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning",
                  shutdown_timeout: float = 5.0) -> None:
         self.app, self.host, self.requested_port, self.log_level = app, host, int(port), log_level
-        self.shutdown_timeout, self._error = shutdown_timeout, None
-        self.port: int | None = None
+        self.shutdown_timeout, self.port, self._error = shutdown_timeout, None, None
         self.forced = False  # True when the last stop() had to force the exit (the graceful one took too long)
         self._server: uvicorn.Server | None = None
         self._thread: threading.Thread | None = None
@@ -164,22 +150,15 @@ def port_is_open(host: str, port: int, timeout: float = 0.5) -> bool:  # somethi
     return False
 
 
-def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, max_bytes: int = DEFAULT_MAX_BYTES,
-          max_batch: int = DEFAULT_MAX_BATCH, max_wait_ms: float = DEFAULT_MAX_WAIT_MS, log_level: str = "info", *,
-          body_timeout: float = DEFAULT_BODY_TIMEOUT_S, max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
-          max_queue: int = DEFAULT_MAX_QUEUE, shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S,
-          tta: bool | None = None, ensemble: Sequence[str | Path] = ()) -> int:
-    """``python -m workshop_utils serve``: load the export once and serve it until Ctrl+C or SIGTERM; exit 0.
-
-    Either signal shuts down gracefully: requests still open after ``shutdown_timeout`` s are cancelled.
-    ``tta``: average each photo with its mirror (None: the card's setting); ``ensemble``: more model folders
-    whose probabilities are averaged with this one's (same classes, same order).
-    """
+def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", *,
+          shutdown_timeout: float = DEFAULT_SHUTDOWN_TIMEOUT_S, tta: bool | None = None,
+          ensemble: Sequence[str | Path] = (), **limits: float) -> int:
+    """``python -m workshop_utils serve``: load the export (``tta``/``ensemble`` as in predict), serve it with
+    create_app's ``limits`` until Ctrl+C or SIGTERM (requests open after ``shutdown_timeout`` s are cancelled)."""
     sock = bind_socket(host, port)  # first: a bad or taken address fails at once, not after loading the model
     try:
         classifier = load_scorer(model_dir, ensemble, tta=tta)
-        app = create_app(classifier, max_bytes=max_bytes, max_batch=max_batch, max_wait_ms=max_wait_ms,
-                         body_timeout=body_timeout, max_concurrency=max_concurrency, max_queue=max_queue)
+        app = create_app(classifier, **limits)
         url = _url(host, sock.getsockname()[1])
         info = model_info(classifier)
         print(f"Serving {info['arch']} ({len(info['classes'])} classes: {', '.join(info['classes'])}) "
@@ -189,14 +168,13 @@ def serve(model_dir: str | Path, host: str = "127.0.0.1", port: int = 8000, max_
         if host in ("0.0.0.0", "::"):
             print("Note: listening on all interfaces, so other machines on the network can reach it.")
         config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=shutdown_timeout)
-        # uvicorn shuts down gracefully on SIGINT or SIGTERM, then re-raises the signal to the handler it found:
-        # for SIGTERM too that is Python's Ctrl+C handler here, so either ends as a KeyboardInterrupt caught below
+        # uvicorn re-raises SIGINT/SIGTERM to the handler it found after its graceful shutdown: for SIGTERM too
+        # that is Python's Ctrl+C handler here, so either ends as a KeyboardInterrupt caught below
         main_thread = threading.current_thread() is threading.main_thread()  # only it may set signal handlers
         previous = signal.signal(signal.SIGTERM, signal.default_int_handler) if main_thread else None
         try:
-            uvicorn.Server(config).run(sockets=[sock])
-        except KeyboardInterrupt:
-            pass
+            with contextlib.suppress(KeyboardInterrupt):
+                uvicorn.Server(config).run(sockets=[sock])
         finally:
             if main_thread:
                 signal.signal(signal.SIGTERM, previous)

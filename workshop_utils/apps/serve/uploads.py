@@ -1,14 +1,8 @@
 """Reading one upload for the web API within limits: bytes (413), seconds (408), form fields and files (400).
-
-The body is counted as it arrives and must arrive within a deadline, so a slow or stalled client cannot hold
-memory for long. A multipart form is parsed chunk by chunk by Starlette's own parser (python-multipart) with its
-``max_files``/``max_fields``/``max_part_size`` limits, so a second file or too many fields is refused as soon as
-that part's headers arrive. The photo stays in memory, never in a temp file. Error bodies are at most 1 KB.
+The body is counted as it arrives; a form is parsed as it arrives by Starlette's parser, with its limits, so a
+second file or too many fields is refused at once. The photo stays in memory. Error bodies are at most 1 KB.
 """
-from __future__ import annotations
-
 import asyncio
-import json
 import logging
 from collections.abc import AsyncIterator
 from contextlib import aclosing
@@ -39,14 +33,12 @@ RETRY_AFTER_S = 1  # the Retry-After of a 503
 
 
 def busy_error(message: str) -> UploadError:
-    """A 503 that tells the client when to retry (``Retry-After``)."""
     return UploadError(503, f"{message} Try again in a moment.", headers={"Retry-After": str(RETRY_AFTER_S)})
 
 
 @dataclass(frozen=True)
 class UploadLimits:
     """What one upload may cost: bytes, seconds to arrive, and text fields beside the photo in a form."""
-
     max_bytes: int = DEFAULT_MAX_BYTES
     body_timeout: float = DEFAULT_BODY_TIMEOUT_S
     max_fields: int = DEFAULT_MAX_FIELDS
@@ -79,21 +71,14 @@ class Gate:
         self.in_flight -= 1
 
 
-def _json_size(message: str) -> int:
-    """Bytes of ``{"error": message}`` as Starlette's JSONResponse renders it."""
-    return len(json.dumps({"error": message}, ensure_ascii=False, separators=(",", ":")).encode("utf-8"))
-
-
 def clip_message(message: str, limit: int = MAX_ERROR_BYTES) -> str:
     """``message`` shortened (ending in "…") so that its JSON error body is at most ``limit`` bytes."""
-    while _json_size(message) > limit:
-        excess = _json_size(message) - limit
+    while (excess := len(JSONResponse({"error": message}).body) - limit) > 0:
         message = message[: max(0, len(message) - excess - 2)] + "…"
     return message
 
 
 def error_response(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    """The JSON error ``{"error": message}``, at most 1 KB."""
     return JSONResponse({"error": clip_message(message)}, status_code=status, headers=headers)
 
 
@@ -134,13 +119,11 @@ def short_name(name: str) -> str:
     return name if len(name) <= MAX_NAME_CHARS else name[: MAX_NAME_CHARS - 1] + "…"
 
 
-def _human(n: int) -> str:
-    return f"{n / 2**20:.1f} MB" if n >= 2**20 else f"{n / 1024:.0f} KB" if n >= 1024 else f"{n} bytes"
-
-
 def _too_large(size: int | str, max_bytes: int) -> UploadError:
+    human = f"{max_bytes / 2**20:.1f} MB" if max_bytes >= 2**20 else (
+        f"{max_bytes / 1024:.0f} KB" if max_bytes >= 1024 else f"{max_bytes} bytes")
     return UploadError(413, f"The upload is {size if isinstance(size, str) else f'{size:,} bytes'}, over this "
-                            f"server's limit of {max_bytes:,} bytes ({_human(max_bytes)}); send a smaller photo "
+                            f"server's limit of {max_bytes:,} bytes ({human}); send a smaller photo "
                             "(downscale it) or start the server with a larger --max-bytes.")
 
 
@@ -174,9 +157,8 @@ def _form_error(exc: MultiPartException, limits: UploadLimits) -> UploadError:
     """Starlette's form-limit error as a message that names the rule and the fix."""
     message = exc.message
     if message.startswith("Too many files"):
-        return UploadError(400, "The form has more than one file, and this API scores one photo per request: "
-                                "send each photo in a request of its own, as the form field 'file' "
-                                "(curl -F file=@photo.jpg).")
+        return UploadError(400, "The form has more than one file, and this API scores one photo per request: send each "
+                                "photo in a request of its own, as the form field 'file' (curl -F file=@photo.jpg).")
     if message.startswith("Too many fields"):
         return UploadError(400, f"The form has more than {limits.max_fields} text fields besides the photo (this "
                                 "server's limit); send the photo alone, as the form field 'file' "
@@ -218,32 +200,19 @@ async def _read_form(request: Request, chunks: AsyncIterator[bytes], limits: Upl
         await form.close()
 
 
-async def _read(request: Request, limits: UploadLimits, progress: _Progress) -> tuple[bytes, str | None]:
+async def read_upload(request: Request, limits: UploadLimits) -> tuple[bytes, str | None]:
+    """(image bytes, file name or None) from a raw body or a multipart form's one file, within ``limits``;
+    UploadError 400 (empty, bad form), 408 (too slow; with ``Connection: close``) or 413 (over ``max_bytes``)."""
+    progress = _Progress()
     multipart = request.headers.get("content-type", "").lower().startswith("multipart/form-data")
     limit = limits.max_bytes + (MULTIPART_OVERHEAD if multipart else 0)
-    async with aclosing(_chunks(request, limit, limits.max_bytes, progress)) as chunks:
-        if multipart:
-            data, name = await _read_form(request, chunks, limits)
-        else:
-            data, name = b"".join([chunk async for chunk in chunks]), None
-    if not data:
-        what = f"The uploaded file {name!r} is empty" if name else "The request body is empty"
-        raise UploadError(400, f"{what} (0 bytes); send the photo's bytes as the body (curl --data-binary "
-                               "@photo.jpg) or as a form field named 'file' (curl -F file=@photo.jpg).")
-    if len(data) > limits.max_bytes:
-        raise _too_large(len(data), limits.max_bytes)
-    return data, name or None
-
-
-async def read_upload(request: Request, limits: UploadLimits) -> tuple[bytes, str | None]:
-    """(image bytes, file name or None) from a raw body or a multipart form's one file, within ``limits``.
-
-    UploadError: 400 empty or a bad form, 408 too slow (with ``Connection: close``), 413 over ``max_bytes``.
-    """
-    progress = _Progress()
     try:
         with anyio.fail_after(limits.body_timeout):
-            return await _read(request, limits, progress)
+            async with aclosing(_chunks(request, limit, limits.max_bytes, progress)) as chunks:
+                if multipart:
+                    data, name = await _read_form(request, chunks, limits)
+                else:
+                    data, name = b"".join([chunk async for chunk in chunks]), None
     except TimeoutError as exc:
         declared = request.headers.get("content-length", "")
         of = f" of {int(declared):,}" if declared.isdigit() else ""
@@ -253,3 +222,10 @@ async def read_upload(request: Request, limits: UploadLimits) -> tuple[bytes, st
     except ClientDisconnect as exc:  # nobody reads the answer, but the request ends cleanly
         raise UploadError(400, f"The client closed the connection after {progress.received:,} bytes, before the "
                                "whole body arrived.") from exc
+    if not data:
+        what = f"The uploaded file {name!r} is empty" if name else "The request body is empty"
+        raise UploadError(400, f"{what} (0 bytes); send the photo's bytes as the body (curl --data-binary "
+                               "@photo.jpg) or as a form field named 'file' (curl -F file=@photo.jpg).")
+    if len(data) > limits.max_bytes:
+        raise _too_large(len(data), limits.max_bytes)
+    return data, name or None

@@ -1,16 +1,13 @@
 """Benchmark: how fast each phase is, next to its physical limit and to what a learner would write instead.
-
-``python -m workshop_utils bench [--arch NAME] [--images N] [--quick] [--out DIR]`` measures the ratios the
-workshop rests on (memory in child processes) into ``bench/results/<date>-<arch>.json`` plus a markdown table;
-``--serve`` measures the web API. Targets are reported, never asserted.
-"""
+``python -m workshop_utils bench`` writes ``bench/results/<date>-<arch>.json`` and prints a markdown table;
+``--serve`` measures the web API. Targets are reported, never asserted."""
 from __future__ import annotations
 
 import argparse
 import datetime as _dt
-import json
 import os
 import platform
+import re
 import tempfile
 from dataclasses import replace
 from pathlib import Path
@@ -19,34 +16,24 @@ from typing import Any
 from workshop_utils.config import REPO_ROOT, environment_report
 from workshop_utils.core.fsutil import atomic_json
 from workshop_utils.tooling.bench.cases import (BenchSettings, bench_data_check, bench_finetune, bench_fingerprint,
-                                                bench_head, bench_images, bench_memory, bench_naive, bench_pipeline,
-                                                rss_probe)
+                                                bench_head, bench_images, bench_memory, bench_naive, bench_pipeline)
 from workshop_utils.tooling.bench.serve import bench_serve
 
-TARGETS = {
-    "pipeline_vs_raw": ("≥", 0.9),
-    "pipeline_vs_forward": ("≥", 0.9),
-    "cache_speedup": ("≥", 50.0),
-    "head_train_seconds": ("≤", 15.0),
-    "naive_vs_cached_speedup": ("≥", 10.0),
-    "fingerprint_vs_decode": ("≤", 0.05),
-    "data_check_vs_bottleneck": ("≤", 0.10),
-}
+TARGETS = {"pipeline_vs_raw": ("≥", 0.9), "pipeline_vs_forward": ("≥", 0.9), "cache_speedup": ("≥", 50.0),
+           "head_train_seconds": ("≤", 15.0), "naive_vs_cached_speedup": ("≥", 10.0),
+           "fingerprint_vs_decode": ("≤", 0.05), "data_check_vs_bottleneck": ("≤", 0.10)}
 
 
 def machine_info() -> dict[str, Any]:
     """CPU model, cores, GPUs and library versions, so a result file says where it was measured."""
     env = environment_report()
-    cpu = platform.processor() or platform.machine()
     try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.lower().startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
+        found = re.search(r"^model name\s*:(.*)$", Path("/proc/cpuinfo").read_text(), re.M | re.I)
     except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "gpus": env["gpus"], "tensorflow": env["tensorflow"],
-            "keras": env["keras"], "python": env["python"], "platform": env["platform"]}
+        found = None
+    cpu = found[1].strip() if found else platform.processor() or platform.machine()
+    keys = ("gpus", "tensorflow", "keras", "python", "platform")
+    return {"cpu": cpu, "cores": os.cpu_count(), **{k: env[k] for k in keys}}
 
 
 def run_benchmark(settings: BenchSettings, out_dir: Path | None = None) -> dict[str, Any]:
@@ -161,39 +148,24 @@ def run_serve_benchmark(out_dir: Path | None = None, **kwargs: Any) -> dict[str,
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point."""
     parser = argparse.ArgumentParser(prog="python -m workshop_utils bench", description=__doc__.splitlines()[0])
-    parser.add_argument("--arch", default="EfficientNetLite0", help="backbone to measure (default EfficientNetLite0)")
-    parser.add_argument("--images", type=int, default=None,
-                        help="images for the bottleneck measures (default 512; quick 96)")
-    parser.add_argument("--quick", action="store_true", help="small settings, about 3 minutes on 2 CPU cores")
-    parser.add_argument("--out", type=Path, default=None, help="result folder (default bench/results)")
-    parser.add_argument("--serve", action="store_true",
-                        help="measure the web API instead: concurrent clients vs in-process scoring")
-    parser.add_argument("--model", type=Path, default=None,
-                        help="--serve: the exported model (default: the profile's workspace/model, made if missing)")
-    parser.add_argument("--clients", type=int, default=8, help="--serve: concurrent clients (default 8)")
-    parser.add_argument("--requests", type=int, default=256, help="--serve: requests in all (default 256)")
-    parser.add_argument("--_rss-probe", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("--_settings", default="{}", help=argparse.SUPPRESS)
+    add = parser.add_argument
+    add("--arch", default="EfficientNetLite0", help="backbone to measure (default EfficientNetLite0)")
+    add("--images", type=int, help="images for the bottleneck measures (default 512; quick 96)")
+    add("--quick", action="store_true", help="small settings, about 3 minutes on 2 CPU cores")
+    add("--out", type=Path, help="result folder (default bench/results)")
+    add("--serve", action="store_true", help="measure the web API instead: concurrent clients vs in-process scoring")
+    add("--model", type=Path, help="--serve: the exported model (default: the profile's workspace/model, made if "
+        "missing)")
+    add("--clients", type=int, default=8, help="--serve: concurrent clients (default 8)")
+    add("--requests", type=int, default=256, help="--serve: requests in all (default 256)")
     args = parser.parse_args(argv)
-    if args._rss_probe:
-        extra = json.loads(args._settings)
-        if extra.get("image_size"):
-            extra["image_size"] = tuple(extra["image_size"])
-        s = replace(BenchSettings(arch=args.arch), **extra)
-        print(json.dumps(rss_probe(s, args._rss_probe, args.out)))
-        return 0
     if args.serve:
         result = run_serve_benchmark(args.out, model_dir=args.model, clients=args.clients, requests_total=args.requests)
-        print(serve_table(result))
-        print(f"\nResults written to {result['path']}")
-        return 0
-    # --quick: fewer images, the naive recipe timed over 2 epochs and scaled to E = 20
-    settings = BenchSettings(arch=args.arch, **(dict(images=96, naive_epochs_run=2) if args.quick else {}))
-    if args.images:
-        settings = replace(settings, images=args.images)
-    result = run_benchmark(settings, args.out)
-    print(markdown_table(result))
-    print(f"\nResults written to {result['path']}")
+        table = serve_table(result)
+    else:  # --quick: fewer images, the naive recipe timed over 2 epochs and scaled to E = 20
+        settings = BenchSettings(arch=args.arch, **(dict(images=96, naive_epochs_run=2) if args.quick else {}))
+        result = run_benchmark(replace(settings, images=args.images) if args.images else settings, args.out)
+        table = markdown_table(result)
+    print(f"{table}\n\nResults written to {result['path']}")
     return 0

@@ -1,15 +1,16 @@
 """The benchmark's timed cases, each returning its measures as a dict; the settings they all share."""
 from __future__ import annotations
 
-import json
 import math
+import multiprocessing
 import os
 import shutil
-import subprocess
-import sys
 import threading
 import time
+from collections.abc import Callable
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -40,7 +41,6 @@ import keras  # noqa: E402  (after import_tensorflow, which quiets TensorFlow's 
 @dataclass(frozen=True)
 class BenchSettings:
     """What to measure with; ``quick`` shrinks everything to fit in about three minutes on 2 cores."""
-
     arch: str = "EfficientNetLite0"
     weights: str | None = "imagenet"
     image_size: tuple[int, int] | None = None
@@ -54,6 +54,11 @@ class BenchSettings:
     naive_epochs: int = 20  # E of the naive-vs-cached comparison
     naive_epochs_run: int = 20  # epochs the naive recipe really runs (per-epoch time × E when fewer)
     memory_probe: bool = True
+
+    def bottlenecks(self, frame: pd.DataFrame, workspace: Path, cache_name: str, **kwargs: Any) -> Bottlenecks:
+        return compute_bottlenecks(frame, self.arch, cache_name=cache_name, workspace=workspace, progress=False,
+                                   batch_size=self.batch_size, weights=self.weights, image_size=self.image_size,
+                                   **kwargs)
 
 
 def source_images() -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -71,22 +76,20 @@ def bench_images(n: int, folder: Path) -> pd.DataFrame:
     for i in range(n):
         source = train.iloc[i % len(train)]
         target = folder / f"{i:06d}{Path(source.image_path).suffix}"
-        if not target.exists():
-            shutil.copyfile(source.image_path, target)
+        shutil.copyfile(source.image_path, target)
         rows.append({"image_path": str(target), "label": source.label, "subset": "train"})
     return pd.DataFrame(rows)
 
 
-def _common(s: BenchSettings, workspace: Path) -> dict[str, Any]:
-    """compute_bottlenecks' keyword arguments for these settings."""
-    return dict(workspace=workspace, batch_size=s.batch_size, weights=s.weights, image_size=s.image_size,
-                progress=False)
-
-
-def _seconds(run) -> float:
+def timed(run: Callable[[], Any]) -> tuple[Any, float]:
+    """(what ``run()`` returns, the seconds it took)."""
     started = time.perf_counter()
-    run()
-    return time.perf_counter() - started
+    result = run()
+    return result, time.perf_counter() - started
+
+
+def seconds(run: Callable[[], Any]) -> float:
+    return timed(run)[1]
 
 
 def bench_pipeline(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> dict[str, Any]:
@@ -96,25 +99,16 @@ def bench_pipeline(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> di
     # the 'raw' side: every image decoded and resized in memory, exactly as the pipeline does
     pixels = np.stack([decode_image(tf.io.read_file(p), size).numpy() for p in frame["image_path"]])
     model.predict(pixels[: s.batch_size], batch_size=s.batch_size, verbose=0)  # warm-up
-    started = time.perf_counter()
-    model.predict(pixels, batch_size=s.batch_size, verbose=0)
-    raw_seconds = time.perf_counter() - started
+    raw_seconds = seconds(lambda: model.predict(pixels, batch_size=s.batch_size, verbose=0))
     forward = _runner(model)  # the bare forward pass the pipeline itself calls, batch by batch
     forward(pixels[: s.batch_size])
-    started = time.perf_counter()
-    for i in range(0, len(pixels), s.batch_size):
-        forward(pixels[i: i + s.batch_size]).numpy()
-    forward_seconds = time.perf_counter() - started
-    del pixels
+    forward_seconds = seconds(lambda: [forward(pixels[i: i + s.batch_size]).numpy()
+                                        for i in range(0, len(pixels), s.batch_size)])
+    pixels = None  # free the decoded images (hundreds of MB) before the pipeline runs
 
-    common = _common(s, workspace)
-    compute_bottlenecks(frame.head(s.batch_size), s.arch, cache_name="warmup", **common)  # trace + warm
-    started = time.perf_counter()
-    first = compute_bottlenecks(frame, s.arch, cache_name="bench", reuse=False, **common)
-    pipeline_seconds = time.perf_counter() - started
-    started = time.perf_counter()
-    again = compute_bottlenecks(frame, s.arch, cache_name="bench", reuse=True, **common)
-    reuse_seconds = time.perf_counter() - started
+    s.bottlenecks(frame.head(s.batch_size), workspace, "warmup")  # trace + warm
+    first, pipeline_seconds = timed(lambda: s.bottlenecks(frame, workspace, "bench", reuse=False))
+    again, reuse_seconds = timed(lambda: s.bottlenecks(frame, workspace, "bench", reuse=True))
     assert again.from_cache and again.features.shape == first.features.shape
     n = len(frame)
     return {
@@ -134,7 +128,8 @@ def structured_features(n: int, d: int, classes: int, seed: int = 0) -> tuple[np
     return x.astype(np.float32), y
 
 
-def _bottlenecks(features: np.ndarray, labels: list[str], arch: str) -> Bottlenecks:
+def _bottlenecks(features: np.ndarray, y: np.ndarray, arch: str) -> Bottlenecks:
+    labels = [f"class_{k}" for k in y]
     return Bottlenecks(features=features, labels=labels, image_paths=[f"{i}.jpeg" for i in range(len(labels))],
                        skipped=pd.DataFrame(columns=["path", "reason"]), from_cache=False, arch=arch,
                        weights_id="bench", image_size=(224, 224))
@@ -145,24 +140,20 @@ def bench_head(s: BenchSettings) -> dict[str, Any]:
     n_val = max(s.head_samples // 4, 1)
     x_all, y_all = structured_features(s.head_samples + n_val, s.head_features, s.head_classes)
     x, y, xv, yv = x_all[:s.head_samples], y_all[:s.head_samples], x_all[s.head_samples:], y_all[s.head_samples:]
-    labels = [f"class_{k}" for k in y_all]
-    train = _bottlenecks(x, labels[:s.head_samples], s.arch)
-    validation = _bottlenecks(xv, labels[s.head_samples:], s.arch)
+    train, validation = _bottlenecks(x, y, s.arch), _bottlenecks(xv, yv, s.arch)
     options = Options(arch=s.arch, epoch=s.head_epochs, batch_size=s.head_batch_size, early_stopping=None,
                       test_on_train_set=True, progress=False)
-    trainer = ImageClassificationTrainer(options)
-    started = time.perf_counter()
-    trained = trainer.fit_features(train, validation)
-    head_seconds = time.perf_counter() - started  # tracing included: a learner pays it too
+    # tracing included: a learner pays it too
+    trained, head_seconds = timed(lambda: ImageClassificationTrainer(options).fit_features(train, validation))
 
     # Keras' plain recipe: fit on numpy arrays, one Python step per batch. Timed over a few epochs, scaled.
     plain_epochs = min(s.head_epochs, 10)
     plain = build_head(s.head_features, s.head_classes)
     plain.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     plain.fit(x[:s.head_batch_size], y[:s.head_batch_size], epochs=1, verbose=0)  # trace once
-    plain_seconds = _seconds(lambda: plain.fit(x, y, batch_size=s.head_batch_size, epochs=plain_epochs,
+    plain_seconds = seconds(lambda: plain.fit(x, y, batch_size=s.head_batch_size, epochs=plain_epochs,
                                                validation_data=(xv, yv), verbose=0)) * s.head_epochs / plain_epochs
-    sklearn_seconds = _seconds(lambda: LogisticRegression(max_iter=1000).fit(x, y))
+    sklearn_seconds = seconds(lambda: LogisticRegression(max_iter=1000).fit(x, y))
     final = trained.history[trained.history["dataset"] == "Validation"].iloc[-1]
     return {
         "head_train_seconds": head_seconds, "head_train_epochs": s.head_epochs,
@@ -191,7 +182,7 @@ def bench_naive(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> dict[
                               keras.layers.Dense(len(label_map), activation="softmax")])
     naive.compile(optimizer=keras.optimizers.SGD(0.01), loss="sparse_categorical_crossentropy", metrics=["accuracy"])
     naive.fit(dataset(train_df.head(s.head_batch_size)), epochs=1, verbose=0, shuffle=False)  # trace + warm
-    naive_run_seconds = _seconds(lambda: naive.fit(dataset(train_df, shuffle=True), epochs=s.naive_epochs_run,
+    naive_run_seconds = seconds(lambda: naive.fit(dataset(train_df, shuffle=True), epochs=s.naive_epochs_run,
                                                    verbose=0, shuffle=False))
     naive_seconds = naive_run_seconds * s.naive_epochs / s.naive_epochs_run
     naive_accuracy = float(naive.evaluate(dataset(val_df), verbose=0)[1])
@@ -199,8 +190,8 @@ def bench_naive(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> dict[
     options = Options(arch=s.arch, epoch=s.naive_epochs, batch_size=s.head_batch_size, early_stopping=None,
                       weights=s.weights, image_size=s.image_size, workspace_path=str(workspace), progress=False)
     started = time.perf_counter()
-    train_b = compute_bottlenecks(train_df, s.arch, cache_name="naive-train", **_common(s, workspace))
-    val_b = compute_bottlenecks(val_df, s.arch, cache_name="naive-validation", **_common(s, workspace))
+    train_b = s.bottlenecks(train_df, workspace, "naive-train")
+    val_b = s.bottlenecks(val_df, workspace, "naive-validation")
     trained = ImageClassificationTrainer(options).fit_features(train_b, val_b)
     cached_seconds = time.perf_counter() - started
     predicted = trained.predict(val_b.features)
@@ -214,8 +205,7 @@ def bench_naive(s: BenchSettings, frame: pd.DataFrame, workspace: Path) -> dict[
 
 
 def bench_finetune(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds: float) -> dict[str, Any]:
-    """(6) one fine-tuning epoch (07's defaults for a CPU: top third unfrozen, augmentation, Adam) over the
-    same N images, as a ratio to the frozen bottleneck pass over them; images cached after the first epoch."""
+    """(6) one fine-tuning epoch (07's CPU defaults) over the same N images, next to the frozen bottleneck pass."""
     arch = get_architecture(s.arch)
     size = arch.resolve_input_size(s.image_size)
     label_map = LabelMap.from_labels(list(frame["label"]))
@@ -231,12 +221,9 @@ def bench_finetune(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds: fl
     data = one_hot(image_dataset(list(frame["image_path"]), y, size, options.batch_size, shuffle=True),
                    len(label_map))
     weights = class_weights(options.class_weight, y, label_map)
-
-    def epoch() -> None:
-        model.fit(data, epochs=1, verbose=0, shuffle=False, class_weight=weights)
-
-    first_seconds = _seconds(epoch)  # traces, decodes, caches the images
-    epoch_seconds = _seconds(epoch)
+    epoch = partial(model.fit, data, epochs=1, verbose=0, shuffle=False, class_weight=weights)
+    first_seconds = seconds(epoch)  # traces, decodes, caches the images
+    epoch_seconds = seconds(epoch)
     return {
         "finetune_unfreeze": options.unfreeze, "finetune_batch_size": options.batch_size,
         "finetune_first_epoch_seconds": first_seconds, "finetune_epoch_seconds": epoch_seconds,
@@ -246,21 +233,20 @@ def bench_finetune(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds: fl
 
 
 def bench_fingerprint(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds: float) -> dict[str, Any]:
-    """(7) what the cache fingerprint costs: SHA-1 of every image's bytes, and the header check (format, pixel
-    limit), each next to decoding the same images (read + decode + resize, as the pipeline does). All on one
-    thread, files in the page cache; also as a share of the whole bottleneck pass over them."""
+    """(7) the cache fingerprint's cost: SHA-1 of the files, and the header check, each next to decoding them (read,
+    decode, resize) on one thread, files in the page cache; also as a share of the bottleneck pass."""
     size = get_architecture(s.arch).resolve_input_size(s.image_size)
     paths = [str(p) for p in frame["image_path"]]
     decode = (tf.data.Dataset.from_tensor_slices(paths)
               .map(lambda p: decode_image(tf.io.read_file(p), size)))  # one image at a time, like the hashing
 
-    def timed(run) -> float:
+    def best_of_3(run: Callable[[], Any]) -> float:
         run()  # warm: traced, files read once
-        return min(_seconds(run) for _ in range(3))
+        return min(seconds(run) for _ in range(3))
 
-    decode_seconds = timed(lambda: [None for _ in decode])
-    hash_seconds = timed(lambda: [quality.sha1_of_file(path) for path in paths])
-    header_seconds = timed(lambda: [check_image_file(path, DEFAULT_MAX_PIXELS) for path in paths])
+    decode_seconds = best_of_3(lambda: [None for _ in decode])
+    hash_seconds = best_of_3(lambda: [quality.sha1_of_file(path) for path in paths])
+    header_seconds = best_of_3(lambda: [check_image_file(path, DEFAULT_MAX_PIXELS) for path in paths])
     return {
         "fingerprint_hash_seconds": hash_seconds, "fingerprint_header_seconds": header_seconds,
         "fingerprint_decode_seconds": decode_seconds, "fingerprint_vs_decode": hash_seconds / decode_seconds,
@@ -271,13 +257,12 @@ def bench_fingerprint(s: BenchSettings, frame: pd.DataFrame, bottleneck_seconds:
 
 
 def bench_data_check(frame: pd.DataFrame, bottleneck_seconds: float) -> dict[str, Any]:
-    """(8) what the data-quality check costs next to the bottleneck pass over the same images: the SHA-1 of every
-    file (exact copies; the remembered digests cleared first), a perceptual signature of *every* file (the bench's
-    files are copies, which the check would otherwise skip) and the all-pairs comparison."""
+    """(8) the data-quality check's cost next to the bottleneck pass: SHA-1 of every file (remembered digests
+    cleared), a signature of *every* file (copies, which the check would skip) and the all-pairs comparison."""
     paths = [str(p) for p in frame["image_path"]]
     quality._digest.cache_clear()  # noqa: SLF001  (measure the hashing, not the memory of it)
-    hash_seconds = _seconds(lambda: quality.exact_findings(frame))
-    near_seconds = _seconds(lambda: quality.near_pairs(np.stack([quality.thumbnail_signature(p) for p in paths])))
+    hash_seconds = seconds(lambda: quality.exact_findings(frame))
+    near_seconds = seconds(lambda: quality.near_pairs(np.stack([quality.thumbnail_signature(p) for p in paths])))
     return {
         "data_check_hash_seconds": hash_seconds, "data_check_near_seconds": near_seconds,
         "data_check_vs_bottleneck": (hash_seconds + near_seconds) / bottleneck_seconds,
@@ -285,10 +270,9 @@ def bench_data_check(frame: pd.DataFrame, bottleneck_seconds: float) -> dict[str
 
 
 def rss_probe(s: BenchSettings, n: int, workspace: Path) -> dict[str, float]:
-    """Child-process body: resident memory just before, and at its highest during, the bottleneck phase."""
+    """A fresh process's body: resident memory just before, and at its highest during, the bottleneck phase."""
     frame = bench_images(n, workspace / "images")
-    common = _common(s, workspace)
-    compute_bottlenecks(frame.head(s.batch_size), s.arch, cache_name="probe-warm", **common)  # model built, traced
+    s.bottlenecks(frame.head(s.batch_size), workspace, "probe-warm")  # model built, traced
     process = psutil.Process()
     before = process.memory_info().rss
     peak = [before]
@@ -301,7 +285,7 @@ def rss_probe(s: BenchSettings, n: int, workspace: Path) -> dict[str, float]:
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     try:
-        result = compute_bottlenecks(frame, s.arch, cache_name="probe", **common)
+        result = s.bottlenecks(frame, workspace, "probe")
     finally:
         done.set()
         sampler.join()
@@ -314,14 +298,8 @@ def bench_memory(s: BenchSettings, n: int, workspace: Path) -> dict[str, Any]:
     """(5) peak RSS growth at N and 4N images, each in a fresh process; streaming means only features grow."""
     probes = []
     for count in (n, 4 * n):
-        folder = workspace / f"rss-{count}"
-        command = [sys.executable, "-m", "workshop_utils", "bench", "--_rss-probe", str(count), "--arch", s.arch,
-                   "--out", str(folder), "--_settings", json.dumps({"weights": s.weights, "image_size": s.image_size,
-                                                                     "batch_size": s.batch_size})]
-        done = subprocess.run(command, capture_output=True, text=True, check=False)
-        if done.returncode != 0:
-            raise RuntimeError(f"Memory probe with {count} images failed:\n{done.stderr[-2000:]}")
-        probes.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as child:
+            probes.append(child.submit(rss_probe, s, count, workspace / f"rss-{count}").result())
     small, large = probes
     growth_small = small["rss_peak_bytes"] - small["rss_before_bytes"]
     growth_large = large["rss_peak_bytes"] - large["rss_before_bytes"]
