@@ -2,7 +2,7 @@
 
 The graph is a nearest-prototype classifier on the mean colour of the (preprocessed) input, with one
 prototype per way of getting the preprocessing wrong, so only the right resize → BGR → (x − mean) * scale
-lands on the class called "correct". (This project's own model.pb is scored in test_model_io.py.)
+lands on the class called "correct". (This project's own model.pb is scored in test_export.py.)
 """
 from __future__ import annotations
 

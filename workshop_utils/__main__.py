@@ -1,13 +1,13 @@
-"""``python -m workshop_utils``: the workshop's command line (run, predict, serve, publish; see ``apps/cli.py``),
-plus the maintainers' ``bench`` (the benchmark) and ``sample`` (regenerate or check data/sample)."""
-from __future__ import annotations
-
+"""``python -m workshop_utils``: the workshop's command line (run, predict, serve, publish; ``apps/cli.py``), plus
+the maintainers' ``bench`` (the benchmark) and ``sample`` (regenerate or check data/sample), loaded only when asked."""
 import sys
 
-from workshop_utils.apps import cli
-from workshop_utils.tooling import bench, sample
+if sys.argv[1:2] == ["bench"]:
+    from workshop_utils.tooling import bench as tool
+elif sys.argv[1:2] == ["sample"]:
+    from workshop_utils.tooling import sample as tool
+else:
+    from workshop_utils.apps import cli
 
-TOOLS = {"bench": bench.main, "sample": sample.main}
-if len(sys.argv) > 1 and sys.argv[1] in TOOLS:
-    sys.exit(TOOLS[sys.argv[1]](sys.argv[2:]))
-sys.exit(cli.main())
+    sys.exit(cli.main())
+sys.exit(tool.main(sys.argv[2:]))
