@@ -12,6 +12,9 @@ from pathlib import Path
 
 from workshop_utils import __version__, config
 from workshop_utils.apps import commands
+from workshop_utils.apps.serve.batcher import DEFAULT_MAX_QUEUE
+from workshop_utils.apps.serve.server import DEFAULT_SHUTDOWN_TIMEOUT_S
+from workshop_utils.apps.serve.uploads import DEFAULT_BODY_TIMEOUT_S, DEFAULT_MAX_BYTES, DEFAULT_MAX_CONCURRENCY
 from workshop_utils.core.errors import WorkshopError
 from workshop_utils.core.formats import SUPPORTED_FORMATS
 from workshop_utils.data import PROTOCOLS
@@ -152,15 +155,15 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", default="127.0.0.1",
                        help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)")
     serve.add_argument("--port", type=int, default=8000, help="TCP port, 0 to 65535 (0: any free port)")
-    serve.add_argument("--max-bytes", type=_positive_int, default=10 * 2**20,
+    serve.add_argument("--max-bytes", type=_positive_int, default=DEFAULT_MAX_BYTES,
                        help="largest upload in bytes (10 MB); larger ones get HTTP 413")
-    serve.add_argument("--body-timeout", type=_positive_float, default=30.0,
+    serve.add_argument("--body-timeout", type=_positive_float, default=DEFAULT_BODY_TIMEOUT_S,
                        help="seconds a client has to send its whole upload; slower ones get HTTP 408")
-    serve.add_argument("--max-concurrency", type=_positive_int, default=32,
+    serve.add_argument("--max-concurrency", type=_positive_int, default=DEFAULT_MAX_CONCURRENCY,
                        help="uploads read or scored at the same time; more get HTTP 503 with Retry-After")
-    serve.add_argument("--max-queue", type=_positive_int, default=64,
+    serve.add_argument("--max-queue", type=_positive_int, default=DEFAULT_MAX_QUEUE,
                        help="images waiting for the model; more get HTTP 503 with Retry-After")
-    serve.add_argument("--shutdown-timeout", type=_positive_float, default=10.0,
+    serve.add_argument("--shutdown-timeout", type=_positive_float, default=DEFAULT_SHUTDOWN_TIMEOUT_S,
                        help="seconds Ctrl+C or SIGTERM waits for open requests before cancelling them")
     for command in (predict, serve):
         command.add_argument("--tta", action=argparse.BooleanOptionalAction, default=None,
